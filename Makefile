@@ -1,0 +1,24 @@
+# Every target sets itself up first (idempotent), so each works on a fresh
+# Debian 12 machine as root.
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint unit
+
+setup:
+	@./scripts/setup.sh
+
+# README command 1: the main job on the built-in lab.
+demo: setup
+	tracer demo
+
+# README command 2 (and .ci/run): lint, then the whole test suite.
+test: setup
+	$(PY) -m ruff check tracer tests bench
+	$(PY) -m pytest
+
+# Fast tests only (no root, no lab), for development.
+unit: setup
+	$(PY) -m pytest -m "not root and not lab and not kernel_vm"
+
+lint: setup
+	$(PY) -m ruff check tracer tests bench
