@@ -1,0 +1,75 @@
+"""Reads capture directories (format in tracer.capture_schema) into pandas.
+No BCC, no root: this is what analysis and notebooks use."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracer.capture_schema import FORMAT_NAME, META_FILE, PART_GLOB, SCHEMA
+from tracer.errors import CaptureFileError
+
+
+@dataclass
+class Capture:
+    path: Path
+    meta: dict[str, Any]
+    events: pd.DataFrame = field(repr=False)
+
+    @property
+    def node(self) -> str:
+        return str(self.meta.get("node", ""))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CaptureFileError(f"{path}: no such capture")
+    if not path.is_dir():
+        raise CaptureFileError(f"{path}: not a capture directory (tracer captures are directories)")
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise CaptureFileError(f"{path}: not a tracer capture (no {META_FILE})") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CaptureFileError(f"{meta_path}: unreadable metadata ({exc})") from exc
+    if meta.get("format") != FORMAT_NAME:
+        raise CaptureFileError(f"{path}: not a tracer capture (format {meta.get('format')!r})")
+    return meta
+
+
+def part_files(path: Path) -> list[Path]:
+    return sorted(path.glob(PART_GLOB))
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All parts of one capture as one Arrow table. A damaged part is an error
+    that names the part; the data itself is never modified."""
+    path = Path(path)
+    read_meta(path)
+    tables = []
+    for part in part_files(path):
+        try:
+            tables.append(pq.read_table(part, columns=columns))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CaptureFileError(
+                f"{part}: damaged or truncated capture part ({exc}); the other parts are intact"
+            ) from exc
+    if not tables:
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def load(path: str | Path, columns: list[str] | None = None) -> Capture:
+    path = Path(path)
+    meta = read_meta(path)
+    events = read_table(path, columns).to_pandas()
+    return Capture(path=path, meta=meta, events=events)

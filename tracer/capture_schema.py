@@ -1,0 +1,73 @@
+"""The capture file's columns: one row per event. Shared by the writer (capture
+engine) and every reader (analysis, notebooks); imports neither BCC nor
+anything kernel-side, so analysis runs anywhere.
+
+A capture is a directory:
+
+    <capture>/part-000000.parquet   one file per ~second of capture, each complete
+    <capture>/part-000001.parquet   (written under a dot-name, then renamed)
+    <capture>/_tracer_meta.json     metadata, rewritten atomically every second
+
+pandas reads it as ``pd.read_parquet("<capture>")`` and DuckDB as
+``SELECT * FROM read_parquet('<capture>/*.parquet')``; both ignore the
+metadata file (pyarrow skips names starting with '_' or '.'). A capture killed
+with SIGKILL loses at most the part being filled, about its last second.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_NAME = "tracer-capture"
+FORMAT_VERSION = 1
+META_FILE = "_tracer_meta.json"
+PART_GLOB = "part-*.parquet"
+
+# Probe points, as users see them.
+PROBES = ("rx", "tx", "nat", "drop")
+# Netfilter hooks, by NF_INET_* number (include/uapi/linux/netfilter.h).
+HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+# What a NAT event did. "rev_snat" is a reply un-masqueraded in PREROUTING
+# (destination restored to the client); "rev_dnat" is a reply whose source is
+# restored from the pod to the Service VIP in POSTROUTING/INPUT.
+NAT_KINDS = ("dnat", "snat", "rev_dnat", "rev_snat")
+
+_str = pa.dictionary(pa.int32(), pa.string())
+
+# (name, arrow type, meaning). Order is the file's column order.
+COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("ts_ns", pa.int64(), "CLOCK_MONOTONIC of the capturing node, ns (bpf_ktime_get_ns)"),
+    ("time_ns", pa.int64(), "UTC wall clock, ns since the epoch: ts_ns + the capture's clock offset"),
+    ("node", _str, "node that captured the event"),
+    ("probe", _str, "probe point: rx, tx, nat, drop"),
+    ("hook", _str, "netfilter hook of a nat event (prerouting, input, output, postrouting), else ''"),
+    ("netns_ino", pa.uint32(), "inode of the network namespace the packet was in"),
+    ("netns", _str, "name of that namespace where known (lab-node-a, lab-pod-..., host), else ''"),
+    ("ifindex", pa.uint32(), "interface index (within netns)"),
+    ("ifname", _str, "interface name"),
+    ("skb", pa.uint64(), "kernel address of the sk_buff: packet identity within one node, reused"),
+    ("ct", pa.uint64(), "kernel address of the conntrack entry (0 if none): connection identity on one node"),
+    ("cpu", pa.uint16(), "CPU the event ran on"),
+    ("proto", pa.uint8(), "IP protocol number (6 tcp, 17 udp, 1 icmp)"),
+    ("saddr", _str, "IPv4 source (for nat events: before the rewrite)"),
+    ("daddr", _str, "IPv4 destination (for nat events: before the rewrite)"),
+    ("sport", pa.uint16(), "source port (0 if none)"),
+    ("dport", pa.uint16(), "destination port (0 if none)"),
+    ("ip_id", pa.uint16(), "IPv4 identification"),
+    ("ttl", pa.uint8(), "IPv4 TTL"),
+    ("len", pa.uint16(), "IPv4 total length, bytes"),
+    ("tcp_flags", pa.uint8(), "TCP flags byte (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32)"),
+    ("seq", pa.uint32(), "TCP sequence number"),
+    ("ack", pa.uint32(), "TCP acknowledgement number"),
+    ("nat_kind", _str, "nat events: dnat, snat, rev_dnat, rev_snat; else ''"),
+    ("nat_first", pa.bool_(), "nat events: this packet ran the NAT rules (new binding: first packet of the connection)"),
+    ("nat_saddr", _str, "nat events: source after the rewrite"),
+    ("nat_daddr", _str, "nat events: destination after the rewrite"),
+    ("nat_sport", pa.uint16(), "nat events: source port after"),
+    ("nat_dport", pa.uint16(), "nat events: destination port after"),
+    ("nat_ns", pa.uint32(), "nat events: time the NAT hook took for this packet, ns"),
+    ("drop_reason", _str, "drop events: the kernel's skb_drop_reason name, else ''"),
+)
+
+SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
+COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
