@@ -1,0 +1,12 @@
+"""The Kubernetes / kube-proxy layer: manifests the lab renders, the iptables
+rules kube-proxy would write for them, and the inverse (resolving Services from
+a node's real rules) for the capture engine.
+
+Modules, one job each:
+    model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
+    manifest         YAML -> Manifest, with one-line errors that say where
+    naming           kube-proxy's chain-name hashing (iptables and nftables modes)
+    iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
+    iptables_parse   `iptables-save -t nat` text -> ResolvedService list
+    rules_source     read a node's nat rules; find a service by name
+"""

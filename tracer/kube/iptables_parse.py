@@ -1,0 +1,632 @@
+"""`iptables-save -t nat` text -> the Services kube-proxy programmed, resolved
+from the rules alone (no API server).
+
+The walk follows the jumps kube-proxy writes (pkg/proxy/iptables/proxier.go):
+
+    KUBE-SERVICES  -d VIP --dport P        -> KUBE-SVC-H  (cluster IP)
+                                           -> KUBE-EXT-H  (external / LB IP)
+                                           -> KUBE-FW-H   (LB IP with source ranges)
+    KUBE-NODEPORTS --dport N               -> KUBE-EXT-H
+    KUBE-EXT-H / KUBE-FW-H                 -> KUBE-SVC-H or KUBE-SVL-H
+    KUBE-SVC-H / KUBE-SVL-H  [statistic p] -> KUBE-SEP-E
+    KUBE-SEP-E  -j DNAT --to-destination ip:port
+
+All chains of one service port share the hash H (portProtoHash), which is how
+ports are grouped, with or without comments. Names come from the comments
+kube-proxy writes ("ns/name:port cluster IP", "ns/name:port -> ip:port", ...).
+In large-cluster mode kube-proxy drops only the per-endpoint comments, so the
+KUBE-SERVICES comments still name the service; when no comment names it at
+all, the service is named after its chain and `name_source` says "chain".
+
+Accepts iptables-save output of both backends (nft and legacy), with or
+without counters (`-c`: "[pkts:bytes] -A ..."), kube-proxy's own restore input,
+and tables with unrelated chains (Docker, Calico's cali-*). Chains that no
+rule jumps to (stale ones kube-proxy has not deleted yet) are not services.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+SEP_PREFIX = "KUBE-SEP-"
+
+# Per-service-port chain prefixes; KUBE-XLB- is the Local-policy chain of
+# kube-proxy releases before the KUBE-SVL/KUBE-EXT split (v1.24), kept so
+# older nodes (like the seed article's) still resolve.
+_PORT_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
+
+# Comment suffixes of KUBE-SERVICES rules -> address kind.
+_VIP_COMMENT_SUFFIXES = {
+    " cluster IP": "cluster",
+    " external IP": "external",
+    " loadbalancer IP": "loadbalancer",
+}
+_EXT_COMMENT = re.compile(
+    r"^(?:masquerade traffic|pod traffic|masquerade LOCAL traffic|route LOCAL traffic) "
+    r"for (\S+) external destinations$"
+)
+_FW_COMMENT = re.compile(r"^other traffic to (\S+) will be dropped by KUBE-PROXY-FIREWALL$")
+# ServicePortName.String(): "ns/name" or "ns/name:port" ("ns/name:" on old releases).
+_SERVICE_PORT_NAME = re.compile(r"^([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*)(?::([-a-z0-9]*))?$")
+
+# Options that take exactly this many values; any other option takes the
+# following tokens up to the next one that starts with "-" or is "!".
+_LONG_TO_SHORT = {
+    "--append": "-A",
+    "--insert": "-I",
+    "--source": "-s",
+    "--src": "-s",
+    "--destination": "-d",
+    "--dst": "-d",
+    "--protocol": "-p",
+    "--jump": "-j",
+    "--goto": "-g",
+    "--match": "-m",
+    "--in-interface": "-i",
+    "--out-interface": "-o",
+    "--destination-port": "--dport",
+    "--source-port": "--sport",
+}
+_VALUE_COUNT = {
+    "-A": 1, "-I": 1, "-s": 1, "-d": 1, "-p": 1, "-m": 1, "-j": 1, "-g": 1, "-i": 1, "-o": 1,
+    "-c": 2, "--dport": 1, "--sport": 1, "--comment": 1, "--mode": 1, "--probability": 1,
+    "--to-destination": 1, "--to-source": 1, "--src-type": 1, "--dst-type": 1, "--name": 1,
+    "--seconds": 1, "--mark": 1, "--set-xmark": 1, "--or-mark": 1, "--xor-mark": 1,
+    "--nfacct-name": 1, "--ctstate": 1, "--every": 1, "--packet": 1, "--to-ports": 1,
+}
+
+
+# --- result types ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    ip: str
+    port: int
+    protocol: str  # lower case, as in the rules: "tcp", "udp", "sctp"
+    probability: float  # the rule's --probability; 1.0 for the final unconditional rule
+    share: float  # p_i * prod_{j<i}(1 - p_j): the fraction of new connections it gets
+    chain: str  # KUBE-SEP-...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ip": self.ip,
+            "port": self.port,
+            "protocol": self.protocol,
+            "probability": self.probability,
+            "share": self.share,
+            "chain": self.chain,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedEndpoint:
+        return cls(
+            ip=str(data["ip"]),
+            port=int(data["port"]),
+            protocol=str(data["protocol"]),
+            probability=float(data["probability"]),
+            share=float(data["share"]),
+            chain=str(data["chain"]),
+        )
+
+
+Address = tuple[str | None, int, str]  # (ip or None for "any node address", port, protocol)
+
+
+@dataclass(frozen=True)
+class ResolvedServicePort:
+    port_name: str | None  # "" for an unnamed port, None when no comment tells
+    protocol: str
+    port: int | None  # the service port (the VIP rules' --dport)
+    cluster_ips: tuple[str, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    node_port: int | None = None
+    service_chain: str | None = None  # KUBE-SVC-<hash>
+    external_chain: str | None = None  # KUBE-EXT-<hash>
+    local_chain: str | None = None  # KUBE-SVL-<hash> (or KUBE-XLB- on old releases)
+    firewall_chain: str | None = None  # KUBE-FW-<hash>
+    # "Cluster" or "Local" as seen in KUBE-EXT (None without external destinations).
+    external_policy: str | None = None
+    endpoints: tuple[ResolvedEndpoint, ...] = ()  # cluster-policy choice (KUBE-SVC)
+    local_endpoints: tuple[ResolvedEndpoint, ...] = ()  # local-policy choice (KUBE-SVL)
+
+    def service_addresses(self) -> list[Address]:
+        """Every (ip, port, protocol) this port is reached at; node ports as (None, ...)."""
+        out: list[Address] = []
+        if self.port is not None:
+            for ip in (*self.cluster_ips, *self.external_ips, *self.load_balancer_ips):
+                out.append((ip, self.port, self.protocol))
+        if self.node_port is not None:
+            out.append((None, self.node_port, self.protocol))
+        return out
+
+    def endpoint_addresses(self) -> list[Address]:
+        out: list[Address] = []
+        for endpoint in (*self.endpoints, *self.local_endpoints):
+            address = (endpoint.ip, endpoint.port, endpoint.protocol)
+            if address not in out:
+                out.append(address)
+        return out
+
+    def chains(self) -> tuple[str, ...]:
+        named = (self.service_chain, self.external_chain, self.local_chain, self.firewall_chain)
+        return tuple(c for c in named if c)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "port_name": self.port_name,
+            "protocol": self.protocol,
+            "port": self.port,
+            "cluster_ips": list(self.cluster_ips),
+            "external_ips": list(self.external_ips),
+            "load_balancer_ips": list(self.load_balancer_ips),
+            "node_port": self.node_port,
+            "service_chain": self.service_chain,
+            "external_chain": self.external_chain,
+            "local_chain": self.local_chain,
+            "firewall_chain": self.firewall_chain,
+            "external_policy": self.external_policy,
+            "endpoints": [e.to_dict() for e in self.endpoints],
+            "local_endpoints": [e.to_dict() for e in self.local_endpoints],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedServicePort:
+        return cls(
+            port_name=data.get("port_name"),
+            protocol=str(data["protocol"]),
+            port=data.get("port"),
+            cluster_ips=tuple(data.get("cluster_ips", ())),
+            external_ips=tuple(data.get("external_ips", ())),
+            load_balancer_ips=tuple(data.get("load_balancer_ips", ())),
+            node_port=data.get("node_port"),
+            service_chain=data.get("service_chain"),
+            external_chain=data.get("external_chain"),
+            local_chain=data.get("local_chain"),
+            firewall_chain=data.get("firewall_chain"),
+            external_policy=data.get("external_policy"),
+            endpoints=tuple(ResolvedEndpoint.from_dict(e) for e in data.get("endpoints", ())),
+            local_endpoints=tuple(
+                ResolvedEndpoint.from_dict(e) for e in data.get("local_endpoints", ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedService:
+    namespace: str | None  # None when the service is only known by its chain
+    name: str  # the Service name, or the KUBE-SVC/KUBE-EXT chain name
+    ports: tuple[ResolvedServicePort, ...]
+    name_source: str = "comment"  # "comment" or "chain"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace is not None else self.name
+
+    def service_addresses(self) -> list[Address]:
+        """(ip, port, protocol) of every VIP, external and LB IP; node ports as (None, ...)."""
+        return _unique(a for p in self.ports for a in p.service_addresses())
+
+    def endpoint_addresses(self) -> list[Address]:
+        return _unique(a for p in self.ports for a in p.endpoint_addresses())
+
+    def all_addresses(self) -> list[Address]:
+        """Service addresses, then endpoint addresses: everything a packet of
+        this service can carry as its destination, before or after DNAT."""
+        return _unique([*self.service_addresses(), *self.endpoint_addresses()])
+
+    def chains(self) -> tuple[str, ...]:
+        return tuple(c for p in self.ports for c in p.chains())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "name_source": self.name_source,
+            "ports": [p.to_dict() for p in self.ports],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedService:
+        return cls(
+            namespace=data.get("namespace"),
+            name=str(data["name"]),
+            ports=tuple(ResolvedServicePort.from_dict(p) for p in data.get("ports", ())),
+            name_source=str(data.get("name_source", "comment")),
+        )
+
+
+def _unique(addresses: Iterable[Address]) -> list[Address]:
+    out: list[Address] = []
+    for address in addresses:
+        if address not in out:
+            out.append(address)
+    return out
+
+
+# --- reading the table -------------------------------------------------------------------
+
+
+@dataclass
+class Rule:
+    """One `-A` line, reduced to the options the walk needs."""
+
+    chain: str
+    options: dict[str, str] = field(default_factory=dict)  # first value of each option
+    negated: set[str] = field(default_factory=set)
+    flags: set[str] = field(default_factory=set)  # options given without a value
+
+    @property
+    def target(self) -> str | None:
+        return self.options.get("-j") or self.options.get("-g")
+
+    @property
+    def comment(self) -> str | None:
+        return self.options.get("--comment")
+
+    def get(self, option: str) -> str | None:
+        return self.options.get(option)
+
+
+@dataclass
+class NatTable:
+    chains: dict[str, list[Rule]] = field(default_factory=dict)
+
+    def rules(self, chain: str | None) -> list[Rule]:
+        return self.chains.get(chain, []) if chain else []
+
+    def has(self, chain: str) -> bool:
+        return chain in self.chains
+
+
+def read_nat_table(text: str) -> NatTable:
+    """The nat table of iptables-save (or iptables-restore) text.
+
+    Lines before any "*table" header count as nat, so a bare list of rules
+    works too. Lines that do not tokenize are skipped."""
+    table = NatTable()
+    current: str | None = "nat"
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = line[1:].strip()
+            continue
+        if line == "COMMIT":
+            current = None
+            continue
+        if current != "nat":
+            continue
+        if line.startswith(":"):
+            table.chains.setdefault(line[1:].split()[0], [])
+            continue
+        rule = _parse_rule(line)
+        if rule is not None:
+            table.chains.setdefault(rule.chain, []).append(rule)
+    return table
+
+
+def _parse_rule(line: str) -> Rule | None:
+    if line.startswith("["):  # iptables-save -c: "[packets:bytes] -A ..."
+        line = line.partition("]")[2].strip()
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        return None
+    rule: Rule | None = None
+    negate = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if token == "!":
+            negate = True
+            continue
+        if not token.startswith("-"):
+            continue  # a stray value
+        option = _LONG_TO_SHORT.get(token, token)
+        count = _VALUE_COUNT.get(option)
+        values: list[str] = []
+        if count is None:
+            while i < len(tokens) and not tokens[i].startswith("-") and tokens[i] != "!":
+                values.append(tokens[i])
+                i += 1
+        else:
+            values = tokens[i : i + count]
+            i += count
+        if option in ("-A", "-I"):
+            if not values:
+                return None
+            rule = Rule(chain=values[0])
+            if option == "-I" and i < len(tokens) and tokens[i].isdigit():
+                i += 1  # "-I CHAIN 1 ..."
+        elif rule is not None:
+            if values:
+                rule.options.setdefault(option, values[0])
+            else:
+                rule.flags.add(option)
+            if negate:
+                rule.negated.add(option)
+        negate = False
+    return rule
+
+
+# --- resolving ---------------------------------------------------------------------------
+
+
+def _port_chain_hash(chain: str | None) -> tuple[str, str] | None:
+    """KUBE-EXT-ABC -> ("KUBE-EXT-", "ABC")."""
+    if not chain:
+        return None
+    for prefix in _PORT_CHAIN_PREFIXES:
+        if chain.startswith(prefix) and len(chain) > len(prefix):
+            return prefix, chain[len(prefix) :]
+    return None
+
+
+def _address(value: str | None) -> str | None:
+    """"10.96.0.10/32" -> "10.96.0.10" (iptables-save adds the /32)."""
+    if not value:
+        return None
+    host, _, length = value.partition("/")
+    if length in ("", "32", "128"):
+        return host
+    return value
+
+
+def _split_host_port(value: str) -> tuple[str, int] | None:
+    """"10.0.0.1:80" or "[fd00::1]:80" -> (ip, port)."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = value.rpartition(":")
+    port = port.split("-")[0]  # a port range: its first port
+    try:
+        ipaddress.ip_address(host)
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+def _parse_service_port_name(text: str | None) -> tuple[str, str, str] | None:
+    """"ns/name:port" -> (ns, name, port); "ns/name" -> (ns, name, "")."""
+    if not text:
+        return None
+    match = _SERVICE_PORT_NAME.match(text.strip())
+    if not match:
+        return None
+    return match.group(1), match.group(2), match.group(3) or ""
+
+
+@dataclass
+class _PortDraft:
+    hash: str
+    first_seen: int
+    names: list[str] = field(default_factory=list)  # candidate ServicePortName strings
+    protocol: str | None = None
+    port: int | None = None
+    cluster_ips: list[str] = field(default_factory=list)
+    external_ips: list[str] = field(default_factory=list)
+    load_balancer_ips: list[str] = field(default_factory=list)
+    node_port: int | None = None
+
+    def name_candidate(self, text: str | None) -> None:
+        if text and _parse_service_port_name(text) and text not in self.names:
+            self.names.append(text)
+
+
+def parse_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
+    """Every service port kube-proxy programmed, grouped into services.
+
+    Sorted by namespace and name (chain-named services last, by chain)."""
+    table = read_nat_table(iptables_save_text)
+    drafts: dict[str, _PortDraft] = {}
+
+    def draft_for(chain: str | None) -> _PortDraft | None:
+        parts = _port_chain_hash(chain)
+        if parts is None:
+            return None
+        key = parts[1]
+        if key not in drafts:
+            drafts[key] = _PortDraft(hash=key, first_seen=len(drafts))
+        return drafts[key]
+
+    for rule in table.rules(KUBE_SERVICES):
+        draft = draft_for(rule.target)
+        if draft is None:
+            continue  # the KUBE-NODEPORTS tail call, or something not ours
+        _add_vip(draft, rule)
+    for rule in table.rules(KUBE_NODEPORTS):
+        draft = draft_for(rule.target)
+        if draft is None or rule.get("--dport") is None:
+            continue
+        # kube-proxy may write a localhost (-d 127.0.0.0/8, nfacct) twin of the
+        # rule; both carry the same node port.
+        draft.node_port = int(rule.get("--dport") or 0) or None
+        draft.protocol = draft.protocol or _protocol(rule)
+        draft.name_candidate(rule.comment)
+
+    ports = [_resolve_port(table, d) for d in sorted(drafts.values(), key=lambda d: d.first_seen)]
+    return _group(ports)
+
+
+def _protocol(rule: Rule) -> str | None:
+    value = rule.get("-p")
+    return value.lower() if value else None
+
+
+def _add_vip(draft: _PortDraft, rule: Rule) -> None:
+    ip = _address(rule.get("-d"))
+    kind = None
+    comment = rule.comment or ""
+    for suffix, suffix_kind in _VIP_COMMENT_SUFFIXES.items():
+        if comment.endswith(suffix):
+            kind = suffix_kind
+            draft.name_candidate(comment[: -len(suffix)])
+            break
+    if kind is None:
+        # No comment to go by: KUBE-SVC/SVL are entered from the cluster IP;
+        # a KUBE-FW chain exists only for load-balancer IPs; the rest are
+        # external IPs (or LB IPs, which the rules alone cannot tell apart).
+        prefix = (_port_chain_hash(rule.target) or ("", ""))[0]
+        if prefix in ("KUBE-SVC-", "KUBE-SVL-") and not draft.cluster_ips:
+            kind = "cluster"
+        elif prefix == "KUBE-FW-":
+            kind = "loadbalancer"
+        else:
+            kind = "external"
+    draft.protocol = draft.protocol or _protocol(rule)
+    dport = rule.get("--dport")
+    if dport and dport.isdigit() and draft.port is None:
+        draft.port = int(dport)
+    if ip is None:
+        return
+    bucket = {
+        "cluster": draft.cluster_ips,
+        "external": draft.external_ips,
+        "loadbalancer": draft.load_balancer_ips,
+    }[kind]
+    if ip not in bucket:
+        bucket.append(ip)
+
+
+def _existing(table: NatTable, chain: str) -> str | None:
+    return chain if table.has(chain) else None
+
+
+def _resolve_port(table: NatTable, draft: _PortDraft) -> tuple[_PortDraft, ResolvedServicePort]:
+    svc_chain = _existing(table, "KUBE-SVC-" + draft.hash)
+    ext_chain = _existing(table, "KUBE-EXT-" + draft.hash)
+    local_chain = _existing(table, "KUBE-SVL-" + draft.hash) or _existing(
+        table, "KUBE-XLB-" + draft.hash
+    )
+    fw_chain = _existing(table, "KUBE-FW-" + draft.hash)
+
+    # More comments that carry the ServicePortName, for when KUBE-SERVICES had none.
+    for rule in table.rules(svc_chain) + table.rules(local_chain):
+        comment = rule.comment or ""
+        draft.name_candidate(comment.removesuffix(" cluster IP").split(" -> ")[0])
+    for chain in (ext_chain, fw_chain):
+        for rule in table.rules(chain):
+            for pattern in (_EXT_COMMENT, _FW_COMMENT):
+                match = pattern.match(rule.comment or "")
+                if match:
+                    draft.name_candidate(match.group(1))
+
+    protocol = draft.protocol or "tcp"
+    endpoints = _load_balancing(table, svc_chain, protocol, draft)
+    local_endpoints = _load_balancing(table, local_chain, protocol, draft)
+    parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
+    port = ResolvedServicePort(
+        port_name=parsed[2] if parsed else None,
+        protocol=protocol,
+        port=draft.port,
+        cluster_ips=tuple(draft.cluster_ips),
+        external_ips=tuple(draft.external_ips),
+        load_balancer_ips=tuple(draft.load_balancer_ips),
+        node_port=draft.node_port,
+        service_chain=svc_chain,
+        external_chain=ext_chain,
+        local_chain=local_chain,
+        firewall_chain=fw_chain,
+        external_policy=_external_policy(table, ext_chain),
+        endpoints=endpoints,
+        local_endpoints=local_endpoints,
+    )
+    return draft, port
+
+
+def _external_policy(table: NatTable, ext_chain: str | None) -> str | None:
+    """Cluster when KUBE-EXT masquerades everything; Local when it only
+    masquerades node-originated (--src-type LOCAL) traffic."""
+    rules = table.rules(ext_chain)
+    if not rules:
+        return None
+    for rule in rules:
+        if rule.target == KUBE_MARK_MASQ and "--src-type" not in rule.options:
+            return "Cluster"
+    return "Local"
+
+
+def _load_balancing(
+    table: NatTable, chain: str | None, protocol: str, draft: _PortDraft
+) -> tuple[ResolvedEndpoint, ...]:
+    """The endpoint choice of a KUBE-SVC/KUBE-SVL chain, in rule order.
+
+    Rule i matches with its probability p_i among the packets rules 0..i-1
+    left, so endpoint i gets p_i * prod_{j<i}(1 - p_j) of new connections.
+    Session-affinity rules (`-m recent --rcheck`) only send returning clients
+    back and are not part of the split."""
+    choices: list[tuple[str, float]] = []
+    for rule in table.rules(chain):
+        target = rule.target
+        if not target or not target.startswith(SEP_PREFIX) or "--rcheck" in rule.flags:
+            continue
+        value = rule.get("--probability")
+        p = 1.0 if value is None or rule.get("--mode") not in (None, "random") else float(value)
+        choices.append((target, p))
+        if p >= 1.0:
+            break  # an unconditional jump: later rules are never reached
+    out: list[ResolvedEndpoint] = []
+    remaining = 1.0
+    for sep_chain, p in choices:
+        share = remaining * p
+        remaining *= 1.0 - p
+        destination = _dnat_destination(table, sep_chain, draft)
+        if destination is None:
+            continue
+        ip, port, ep_protocol = destination
+        out.append(
+            ResolvedEndpoint(
+                ip=ip,
+                port=port,
+                protocol=ep_protocol or protocol,
+                probability=p,
+                share=share,
+                chain=sep_chain,
+            )
+        )
+    return tuple(out)
+
+
+def _dnat_destination(
+    table: NatTable, sep_chain: str, draft: _PortDraft
+) -> tuple[str, int, str | None] | None:
+    for rule in table.rules(sep_chain):
+        draft.name_candidate(rule.comment)
+        if rule.target == "DNAT" and rule.get("--to-destination"):
+            parts = _split_host_port(rule.get("--to-destination") or "")
+            if parts is not None:
+                return parts[0], parts[1], _protocol(rule)
+    return None
+
+
+def _group(ports: list[tuple[_PortDraft, ResolvedServicePort]]) -> list[ResolvedService]:
+    named: dict[tuple[str, str], list[ResolvedServicePort]] = {}
+    by_chain: list[ResolvedService] = []
+    for draft, port in ports:
+        parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
+        if parsed is None:
+            name = next(iter(port.chains()), "KUBE-SVC-" + draft.hash)
+            by_chain.append(
+                ResolvedService(namespace=None, name=name, ports=(port,), name_source="chain")
+            )
+            continue
+        named.setdefault((parsed[0], parsed[1]), []).append(port)
+    services = [
+        ResolvedService(namespace=ns, name=name, ports=tuple(ports), name_source="comment")
+        for (ns, name), ports in sorted(named.items())
+    ]
+    return services + sorted(by_chain, key=lambda s: s.name)
+

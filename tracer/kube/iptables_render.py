@@ -1,0 +1,400 @@
+"""Services + Endpoints -> the `iptables-restore` input for the nat table, as
+kube-proxy's iptables mode writes it.
+
+Follows kubernetes/kubernetes pkg/proxy/iptables/proxier.go, syncProxyRules()
+and writeServiceToEndpointRules() (v1.30 and later; read at commits b0f823e6
+and 531be812, whose nat output is identical), rule by rule and argument by
+argument, so that a node in the lab shows what a real node shows in
+`iptables-save -t nat` (after iptables' own normalisation).
+
+What is rendered, per service port with at least one ready endpoint:
+  - KUBE-SERVICES: cluster IP -> KUBE-SVC, external IPs and load-balancer IPs
+    -> KUBE-EXT; the closing "kubernetes service nodeports" rule;
+  - KUBE-NODEPORTS: node port -> KUBE-EXT;
+  - KUBE-SVC: masquerade off-cluster sources, then one rule per endpoint with
+    `-m statistic --mode random --probability 1/(n-i)` ("%0.10f"), the last
+    one unconditional;
+  - KUBE-SVL (externalTrafficPolicy Local, local endpoints only);
+  - KUBE-EXT: masquerade (Cluster policy) or the Local short-circuit rules;
+  - KUBE-SEP: hairpin masquerade and DNAT to ip:port;
+  - KUBE-POSTROUTING and KUBE-MARK-MASQ, and (optionally) the jump rules from
+    PREROUTING, OUTPUT and POSTROUTING.
+
+Not rendered, as kube-proxy writes them in the filter table, not nat: the
+REJECT/DROP rules for services without (local) endpoints, so such a service
+has no nat rules at all (kube-proxy does the same). Not modelled: session
+affinity, loadBalancerSourceRanges (KUBE-FW), internalTrafficPolicy Local,
+topology hints, masqueradeAll, terminating endpoints, IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tracer.errors import UsageError
+from tracer.kube import naming
+from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+
+# The chains kube-proxy declares on every sync, in its order.
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+TOP_LEVEL_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+
+# 1 << --iptables-masquerade-bit (default 14). kube-proxy formats it with
+# "%#08x" ("0x004000"); its tests and iptables-save both show "0x4000".
+MASQUERADE_MARK = "0x4000"
+
+# Above this many endpoints (summed over all service ports) kube-proxy enters
+# "large cluster mode" and drops the per-endpoint comments.
+LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
+
+# nfacct counter kube-proxy counts localhost NodePort traffic with (metrics.go).
+LOCALHOST_NODEPORT_NFACCT = "localhost_nps_accepted_pkts"
+
+NODEPORTS_COMMENT = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+
+# kube-proxy installs these with `iptables -I` (EnsureRule(Prepend)) outside the
+# restore, in this order, each prepended: OUTPUT, PREROUTING, POSTROUTING
+# (iptablesJumpChains, nat entries).
+JUMP_RULES = (
+    ("OUTPUT", KUBE_SERVICES, "kubernetes service portals"),
+    ("PREROUTING", KUBE_SERVICES, "kubernetes service portals"),
+    ("POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules"),
+)
+
+
+@dataclass
+class _Restore:
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+    def chain(self, name: str) -> None:
+        self.chains.append(f":{name} - [0:0]")
+
+    def rule(self, *args: str) -> None:
+        self.rules.append(" ".join(a for a in args if a))
+
+
+@dataclass(frozen=True)
+class _Options:
+    cluster_cidr: str | None
+    large_cluster_mode: bool
+    node_name: str | None
+    masquerade_mark: str
+    localhost_nodeports: bool
+    nfacct_localhost: bool
+
+
+def probability(n: int) -> str:
+    """computeProbability: 1/n formatted "%0.10f" (Go and Python round alike)."""
+    return f"{1.0 / n:0.10f}"
+
+
+def render_nat_table(
+    services: Iterable[Service],
+    endpoints: Mapping[tuple[str, str], Sequence[Endpoint]],
+    *,
+    node_ips: Sequence[str],
+    cluster_cidr: str | None = "10.217.0.0/16",
+    large_cluster_mode: bool | None = False,
+    node_name: str | None = None,
+    nodeport_addresses: str = "all",
+    masquerade_mark: str = MASQUERADE_MARK,
+    random_fully: bool = True,
+    localhost_nodeports: bool = True,
+    nfacct_localhost_nodeports: bool = False,
+    jump_rules: bool = True,
+) -> str:
+    """The complete `iptables-restore --noflush` input for the nat table.
+
+    services: the Services to program; those without a cluster IP are skipped
+        (kube-proxy does not proxy headless Services).
+    endpoints: (namespace, name) -> the service's endpoints; Endpoint.port is
+        the resolved targetPort. For a multi-port Service an endpoint belongs
+        to the port whose targetPort equals its port. Endpoints that are not
+        ready are left out, as kube-proxy leaves them out.
+    node_ips: this node's addresses. With nodeport_addresses="all" (kube-proxy's
+        default: an empty --nodeport-addresses) they do not appear in the nat
+        table; with "node-ips" (as with --nodeport-addresses=primary) KUBE-SERVICES
+        sends NodePort traffic to KUBE-NODEPORTS only for these destinations.
+    cluster_cidr: the pod CIDR kube-proxy's detect-local-mode ClusterCIDR uses
+        for `! -s <cidr> -j KUBE-MARK-MASQ` in KUBE-SVC; None renders no such
+        rule (no local-traffic detector).
+    large_cluster_mode: drop per-endpoint comments as kube-proxy does past
+        1000 endpoints; None decides like kube-proxy (count > 1000).
+    node_name: this node's name; endpoints whose `node` equals it are local
+        (matters for externalTrafficPolicy Local only).
+    random_fully: kube-proxy adds `--random-fully` to MASQUERADE when the
+        iptables binary supports it (1.6.2 and later, i.e. any current node).
+    localhost_nodeports: kube-proxy's --iptables-localhost-nodeports (default
+        true); false adds `! -d 127.0.0.0/8` to the nodeports rule.
+    nfacct_localhost_nodeports: render the extra 127.0.0.0/8 KUBE-NODEPORTS rule
+        with `-m nfacct` kube-proxy writes when it could create its nfacct
+        counter (needs xt_nfacct and the counter to load).
+    jump_rules: include `-I PREROUTING/OUTPUT/POSTROUTING` jumps (kube-proxy
+        makes them with separate `iptables -I` calls); leave them out when
+        reloading into a namespace that already has them.
+    """
+    if nodeport_addresses not in ("all", "node-ips"):
+        raise UsageError(
+            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
+        )
+    node_addresses = [_ipv4(ip, "node IP") for ip in node_ips]
+    if nodeport_addresses == "node-ips" and not node_addresses:
+        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
+    if cluster_cidr is not None:
+        try:
+            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
+        except ValueError as exc:
+            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+
+    plan = [
+        (service, port, _port_endpoints(service, port, endpoints.get(service.key, ())))
+        for service in services
+        if service.cluster_ip
+        for port in service.ports
+    ]
+    if large_cluster_mode is None:
+        total = sum(len(eps) for _, _, eps in plan)
+        large_cluster_mode = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    options = _Options(
+        cluster_cidr=cluster_cidr,
+        large_cluster_mode=large_cluster_mode,
+        node_name=node_name,
+        masquerade_mark=masquerade_mark,
+        localhost_nodeports=localhost_nodeports,
+        nfacct_localhost=nfacct_localhost_nodeports and localhost_nodeports,
+    )
+
+    out = _Restore()
+    for chain in TOP_LEVEL_CHAINS:
+        out.chain(chain)
+    if jump_rules:
+        for source, target, comment in JUMP_RULES:
+            out.rule("-I", source, "-m", "comment", "--comment", f'"{comment}"', "-j", target)
+
+    mark = masquerade_mark
+    out.rule("-A", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", f"{mark}/{mark}", "-j", "RETURN")
+    # Clear the mark so a packet that traverses the stack again is not re-masqueraded.
+    out.rule("-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark)
+    out.rule(
+        "-A", KUBE_POSTROUTING,
+        "-m", "comment", "--comment", '"kubernetes service traffic requiring SNAT"',
+        "-j", "MASQUERADE", "--random-fully" if random_fully else "",
+    )
+    out.rule("-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark)
+
+    for service, port, port_endpoints in plan:
+        _render_service_port(out, service, port, port_endpoints, options)
+
+    # The tail call to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
+    if nodeport_addresses == "all":
+        not_localhost = () if localhost_nodeports else ("!", "-d", "127.0.0.0/8")
+        out.rule(
+            "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
+            "-m", "addrtype", "--dst-type", "LOCAL", *not_localhost, "-j", KUBE_NODEPORTS,
+        )
+    else:
+        for address in node_addresses:
+            if address.is_loopback and not localhost_nodeports:
+                continue
+            out.rule(
+                "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
+                "-d", str(address), "-j", KUBE_NODEPORTS,
+            )
+
+    return "\n".join(["*nat", *out.chains, *out.rules, "COMMIT", ""])
+
+
+def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def _port_endpoints(
+    service: Service, port: ServicePort, endpoints: Sequence[Endpoint]
+) -> list[Endpoint]:
+    """The endpoints of one service port, deduplicated and in kube-proxy's order.
+
+    kube-proxy keeps endpoints in a set keyed by "ip:port" and sorts them by
+    that string (pkg/proxy/endpointslicecache.go, byEndpoint), so 10.0.0.10
+    comes before 10.0.0.9: string order, not numeric."""
+    if len(service.ports) > 1:
+        if not isinstance(port.target_port, int):
+            raise UsageError(
+                f"{service.full_name}: targetPort {port.target_port!r} of port {port.name!r} "
+                "is a name; resolve it to a number first (load_manifest does)"
+            )
+        endpoints = [e for e in endpoints if e.port == port.target_port]
+    unique: dict[str, Endpoint] = {}
+    for endpoint in endpoints:
+        _ipv4(endpoint.ip, f"{service.full_name}: endpoint")
+        unique.setdefault(naming.endpoint_string(endpoint.ip, endpoint.port), endpoint)
+    return [unique[key] for key in sorted(unique)]
+
+
+def _render_service_port(
+    out: _Restore,
+    service: Service,
+    port: ServicePort,
+    endpoints: list[Endpoint],
+    options: _Options,
+) -> None:
+    if port.protocol not in PROTOCOLS:
+        raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
+    assert service.cluster_ip is not None
+    cluster_ip = str(_ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    external_ips = [
+        str(_ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
+    ]
+    lb_ips = [
+        str(_ipv4(ip, f"{service.full_name}: load-balancer IP"))
+        for ip in service.load_balancer_ips
+    ]
+
+    spn = naming.service_port_name(service.namespace, service.name, port.name)
+    proto = port.protocol.lower()
+    svc_chain = naming.service_chain(spn, proto)
+    svl_chain = naming.service_local_chain(spn, proto)
+    ext_chain = naming.external_chain(spn, proto)
+
+    # pkg/proxy/topology.go CategorizeEndpoints, without topology or
+    # terminating endpoints: cluster endpoints are the ready ones, local ones
+    # are the ready ones on this node.
+    cluster_endpoints = [e for e in endpoints if e.ready]
+    has_endpoints = bool(cluster_endpoints)
+    if not has_endpoints:
+        return  # kube-proxy writes only filter-table REJECT rules for it
+    externally_accessible = bool(port.node_port or external_ips or lb_ips)
+    # ExternalPolicyLocal (pkg/api/v1/service): only NodePort/LoadBalancer.
+    external_policy_local = (
+        service.external_traffic_policy == "Local"
+        and service.type in ("NodePort", "LoadBalancer")
+    )
+    local_endpoints = [
+        e
+        for e in cluster_endpoints
+        if options.node_name is not None and e.node == options.node_name
+    ]
+    uses_local_chain = external_policy_local and externally_accessible and bool(local_endpoints)
+    external_policy_chain = svl_chain if external_policy_local else svc_chain
+    has_external_endpoints = bool(local_endpoints) if external_policy_local else True
+
+    match = ("-m", proto, "-p", proto)
+    # Capture the cluster IP, external IPs, load-balancer IPs.
+    out.rule(
+        "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
+        "-d", cluster_ip, "--dport", str(port.port), "-j", svc_chain,
+    )
+    for ip in external_ips:
+        out.rule(
+            "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} external IP"', *match,
+            "-d", ip, "--dport", str(port.port), "-j", ext_chain,
+        )
+    for ip in lb_ips:
+        out.rule(
+            "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} loadbalancer IP"', *match,
+            "-d", ip, "--dport", str(port.port), "-j", ext_chain,
+        )
+    # Capture the node port.
+    if port.node_port:
+        if options.nfacct_localhost:
+            out.rule(
+                "-A", KUBE_NODEPORTS, "-m", "comment", "--comment", spn, *match,
+                "-d", "127.0.0.0/8", "--dport", str(port.node_port),
+                "-m", "nfacct", "--nfacct-name", LOCALHOST_NODEPORT_NFACCT, "-j", ext_chain,
+            )
+        out.rule(
+            "-A", KUBE_NODEPORTS, "-m", "comment", "--comment", spn, *match,
+            "--dport", str(port.node_port), "-j", ext_chain,
+        )
+
+    # Internal traffic: masquerade what comes from outside the pod network
+    # (a node routing the service range to itself, say), since the reply
+    # might otherwise leave by another node.
+    if options.cluster_cidr is not None:
+        out.rule(
+            "-A", svc_chain, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
+            "-d", cluster_ip, "--dport", str(port.port), "!", "-s", options.cluster_cidr,
+            "-j", KUBE_MARK_MASQ,
+        )
+
+    # External traffic: every external destination jumps to KUBE-EXT.
+    if externally_accessible:
+        out.chain(ext_chain)
+        if not external_policy_local:
+            # Endpoints may be on another node: masquerade so replies come back here.
+            out.rule(
+                "-A", ext_chain, "-m", "comment", "--comment",
+                f'"masquerade traffic for {spn} external destinations"', "-j", KUBE_MARK_MASQ,
+            )
+        else:
+            if options.cluster_cidr is not None:
+                # Pods reaching an external IP are treated as if they went out
+                # to a load balancer and came back: cluster policy.
+                out.rule(
+                    "-A", ext_chain, "-m", "comment", "--comment",
+                    f'"pod traffic for {spn} external destinations"',
+                    "-s", options.cluster_cidr, "-j", svc_chain,
+                )
+            out.rule(
+                "-A", ext_chain, "-m", "comment", "--comment",
+                f'"masquerade LOCAL traffic for {spn} external destinations"',
+                "-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ,
+            )
+            out.rule(
+                "-A", ext_chain, "-m", "comment", "--comment",
+                f'"route LOCAL traffic for {spn} external destinations"',
+                "-m", "addrtype", "--src-type", "LOCAL", "-j", svc_chain,
+            )
+        if has_external_endpoints:
+            out.rule("-A", ext_chain, "-j", external_policy_chain)
+
+    out.chain(svc_chain)
+    _write_load_balancing(out, spn, proto, svc_chain, cluster_endpoints, options)
+    if uses_local_chain:
+        out.chain(svl_chain)
+        _write_load_balancing(out, spn, proto, svl_chain, local_endpoints, options)
+
+    for endpoint in cluster_endpoints:
+        ep = naming.endpoint_string(endpoint.ip, endpoint.port)
+        sep_chain = naming.endpoint_chain(spn, proto, ep)
+        out.chain(sep_chain)
+        comment = _service_comment(spn, options)
+        # Hairpin: a pod reaching itself through the service must be
+        # masqueraded, or it would answer itself directly.
+        out.rule("-A", sep_chain, *comment, "-s", endpoint.ip, "-j", KUBE_MARK_MASQ)
+        out.rule("-A", sep_chain, *comment, *match, "-j", "DNAT", "--to-destination", ep)
+
+
+def _service_comment(text: str, options: _Options) -> tuple[str, ...]:
+    """appendServiceCommentLocked: the comment, unless in large cluster mode."""
+    if options.large_cluster_mode:
+        return ()
+    return ("-m", "comment", "--comment", text)
+
+
+def _write_load_balancing(
+    out: _Restore,
+    spn: str,
+    proto: str,
+    chain: str,
+    endpoints: list[Endpoint],
+    options: _Options,
+) -> None:
+    """writeServiceToEndpointRules: endpoint i of n matches with probability
+    1/(n-i), the last unconditionally, which spreads new connections evenly."""
+    n = len(endpoints)
+    for i, endpoint in enumerate(endpoints):
+        ep = naming.endpoint_string(endpoint.ip, endpoint.port)
+        comment = _service_comment(f'"{spn} -> {ep}"', options)
+        statistic: tuple[str, ...] = ()
+        if i < n - 1:
+            statistic = ("-m", "statistic", "--mode", "random", "--probability", probability(n - i))
+        out.rule("-A", chain, *comment, *statistic, "-j", naming.endpoint_chain(spn, proto, ep))

@@ -1,0 +1,148 @@
+"""Frozen dataclasses for the parts of Kubernetes objects the lab and the rule
+renderer need: Deployments (pods to start), Services (what kube-proxy
+programs) and Endpoints (the pods behind a service port).
+
+Mappings (labels, selectors) are stored as sorted tuples of pairs so the
+dataclasses stay frozen and hashable; `selector_map` / `pod_label_map` give
+them back as dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tracer.errors import UsageError
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def labels_from_mapping(mapping: Mapping[str, str] | None) -> Labels:
+    """{"app": "x"} -> (("app", "x"),), sorted so equal mappings compare equal."""
+    if not mapping:
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in mapping.items()))
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str  # "" when the Service has a single unnamed port
+    protocol: str  # "TCP", "UDP" or "SCTP"
+    port: int
+    target_port: int | str  # a number, or the name of a container port
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str  # "ClusterIP", "NodePort" or "LoadBalancer"
+    cluster_ip: str | None
+    external_ips: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    selector: Labels
+    external_traffic_policy: str = "Cluster"
+    # status.loadBalancer.ingress[].ip; a manifest never sets these, tests and
+    # the renderer can.
+    load_balancer_ips: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name): the key of the endpoints mapping the renderer takes."""
+        return (self.namespace, self.name)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def selector_map(self) -> dict[str, str]:
+        return dict(self.selector)
+
+    def selects(self, labels: Mapping[str, str] | Labels) -> bool:
+        """True when every selector pair is among labels (Kubernetes' rule).
+
+        An empty selector selects nothing here: a Service without a selector
+        has hand-made Endpoints, which the lab does not model."""
+        have = dict(labels)
+        return bool(self.selector) and all(have.get(k) == v for k, v in self.selector)
+
+    def port_named(self, name: str) -> ServicePort:
+        for port in self.ports:
+            if port.name == name:
+                return port
+        raise UsageError(f"{self.full_name} has no port named {name!r}")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    namespace: str
+    name: str
+    replicas: int
+    pod_labels: Labels
+    container_ports: tuple[int, ...]
+    image: str
+    # containerPort names (name -> number), to resolve a Service's named targetPort.
+    named_ports: tuple[tuple[str, int], ...] = ()
+    # livenessProbe.httpGet path and port, when the manifest has one (the lab's
+    # pods answer it).
+    liveness_path: str | None = None
+    liveness_port: int | None = None
+
+    @property
+    def pod_label_map(self) -> dict[str, str]:
+        return dict(self.pod_labels)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One pod address behind a service port; port is the resolved targetPort."""
+
+    ip: str
+    port: int
+    node: str | None = None
+    pod: str | None = None
+    ready: bool = True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    deployments: tuple[Deployment, ...]
+    services: tuple[Service, ...]
+    source: str
+
+    def service(self, name: str, namespace: str | None = None) -> Service:
+        """The Service called name (in namespace, or in any namespace if unique)."""
+        found = [
+            s for s in self.services if s.name == name and namespace in (None, s.namespace)
+        ]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            known = ", ".join(s.full_name for s in self.services) or "none"
+            raise UsageError(f"{self.source}: no Service {name!r} (services: {known})")
+        names = ", ".join(s.full_name for s in found)
+        raise UsageError(f"{self.source}: Service name {name!r} is ambiguous: {names}")
+
+    def deployment(self, name: str, namespace: str = "default") -> Deployment:
+        for d in self.deployments:
+            if d.name == name and d.namespace == namespace:
+                return d
+        raise UsageError(f"{self.source}: no Deployment {namespace}/{name}")
+
+    def backing_deployments(self, service: Service) -> tuple[Deployment, ...]:
+        """Deployments in the Service's namespace whose pods its selector matches."""
+        return tuple(
+            d
+            for d in self.deployments
+            if d.namespace == service.namespace and service.selects(d.pod_labels)
+        )
+
+    def backing_deployment(self, service: Service) -> Deployment | None:
+        """The first Deployment behind the Service (None when there is none)."""
+        found = self.backing_deployments(service)
+        return found[0] if found else None
