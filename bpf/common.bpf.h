@@ -1,0 +1,396 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Maps and helpers shared by every probe family: reading an sk_buff, parsing
+ * its IPv4/TCP/UDP headers, the in-kernel service filter, and emitting events.
+ *
+ * Kernel structs are never dereferenced by name here: BCC compiles against
+ * whatever headers it finds (Debian's 6.1 on this project's 6.18 machines), so
+ * every offset (OFF_*) is read from the running kernel's BTF by
+ * tracer/capture/offsets.py and passed in with -D.
+ */
+#ifndef TRACER_COMMON_BPF_H
+#define TRACER_COMMON_BPF_H
+
+#include "tracer.h"
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 1024
+#endif
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 1024 /* a power of two */
+#endif
+#ifndef SVC_KEYS_MAX
+#define SVC_KEYS_MAX 4096
+#endif
+#ifndef NETNS_MAX
+#define NETNS_MAX 1024
+#endif
+#ifndef PENDING_MAX
+#define PENDING_MAX 16384
+#endif
+#ifndef FLOWS_MAX
+#define FLOWS_MAX 65536
+#endif
+
+#define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
+#define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+#ifndef MODE_HIST
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#endif
+BPF_PERCPU_ARRAY(stats, u64, TRACER_STAT_NR);
+BPF_PERCPU_ARRAY(nat_hist, u64, TRACER_HIST_NR);
+BPF_HASH(svc_keys, struct tracer_svc_key, u8, SVC_KEYS_MAX);
+#ifdef SCOPE_NETNS
+BPF_HASH(netns_allow, u32, u8, NETNS_MAX);
+#endif
+
+struct tracer_pkt {
+	u32 saddr, daddr;
+	u32 seq, ack;
+	u16 sport, dport;
+	u16 ip_id, len;
+	u8 proto, ttl, tcp_flags, pad;
+};
+
+struct tracer_flow_key {
+	u32 saddr, daddr;
+	u16 sport, dport;
+	u32 proto;
+};
+
+#ifdef TRACK_FLOWS
+/* Flows that passed the user's extra filters, recorded at NAT time in both
+ * directions and both translations, so that later hops whose tuple no longer
+ * shows the client (after MASQUERADE) or the endpoint (before DNAT) still
+ * match. LRU: an evicted flow is counted in the filter's favour (re-added at
+ * its next NAT event), never silently kept growing. */
+BPF_TABLE("lru_hash", struct tracer_flow_key, u8, flows, FLOWS_MAX);
+#endif
+
+static __always_inline void stat_add(u32 idx, u64 n)
+{
+	u64 *v = stats.lookup(&idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline u64 read_u64(const void *base, u32 off)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+static __always_inline u32 read_u32(const void *base, u32 off)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+static __always_inline u16 read_u16(const void *base, u32 off)
+{
+	u16 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+static __always_inline u32 netns_of_net(const void *net)
+{
+	return net ? read_u32(net, OFF_NET_INUM) : 0;
+}
+
+static __always_inline u32 netns_of_dev(const void *dev)
+{
+	return dev ? netns_of_net((const void *)read_u64(dev, OFF_DEV_ND_NET)) : 0;
+}
+
+static __always_inline int netns_in_scope(u32 ino)
+{
+#ifdef SCOPE_NETNS
+	return netns_allow.lookup(&ino) != NULL;
+#else
+	return 1;
+#endif
+}
+
+/* L3 header of an skb whose network header is set (netfilter, transmit). */
+static __always_inline const void *skb_network(const void *skb)
+{
+	u16 nh = read_u16(skb, OFF_SKB_NETWORK_HEADER);
+	if (nh == 0xffff) /* (typeof(skb->network_header))~0U: not set */
+		return NULL;
+	return (const void *)(read_u64(skb, OFF_SKB_HEAD) + nh);
+}
+
+/* L3 header at receive: netif_receive_skb runs before
+ * skb_reset_network_header() in __netif_receive_skb_core(), but
+ * eth_type_trans() has already pulled the MAC header, so skb->data is L3. */
+static __always_inline const void *skb_data(const void *skb)
+{
+	return (const void *)read_u64(skb, OFF_SKB_DATA);
+}
+
+struct tracer_iphdr {
+	u8 vihl, tos;
+	u16 tot_len, id, frag_off;
+	u8 ttl, protocol;
+	u16 check;
+	u32 saddr, daddr;
+};
+
+/* Parse IPv4 and the first bytes of TCP/UDP. Returns 0 on success. */
+static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
+{
+	struct tracer_iphdr ip;
+	if (!l3 || bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+		return -1;
+	if ((ip.vihl >> 4) != 4)
+		return -1;
+	u32 ihl = (ip.vihl & 0x0f) * 4;
+	if (ihl < 20)
+		return -1;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->ip_id = ip.id;
+	p->len = ip.tot_len;
+	p->ttl = ip.ttl;
+	p->proto = ip.protocol;
+	/* Only the first fragment carries the L4 header. */
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return 0;
+	const char *l4 = (const char *)l3 + ihl;
+	if (ip.protocol == IPPROTO_TCP_) {
+		struct { u16 sport, dport; u32 seq, ack; u8 doff, flags; } th;
+		if (bpf_probe_read_kernel(&th, sizeof(th), l4) == 0) {
+			p->sport = th.sport;
+			p->dport = th.dport;
+			p->seq = th.seq;
+			p->ack = th.ack;
+			p->tcp_flags = th.flags;
+		}
+	} else if (ip.protocol == IPPROTO_UDP_) {
+		struct { u16 sport, dport; } uh;
+		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4) == 0) {
+			p->sport = uh.sport;
+			p->dport = uh.dport;
+		}
+	}
+	return 0;
+}
+
+/* Is this tuple the service's? Returns TRACER_ROLE_* bits (0: no). */
+static __always_inline u8 svc_match(const struct tracer_pkt *p)
+{
+#ifdef FILTER_PROTO
+	if (p->proto != FILTER_PROTO)
+		return 0;
+#endif
+	struct tracer_svc_key k = {};
+	u8 role = 0;
+	u8 *r;
+	k.proto = p->proto;
+	k.addr = p->daddr;
+	k.port = p->dport;
+	r = svc_keys.lookup(&k);
+	if (r)
+		role |= *r;
+	k.addr = p->saddr;
+	k.port = p->sport;
+	r = svc_keys.lookup(&k);
+	if (r)
+		role |= *r;
+	return role;
+}
+
+/* The user's extra filters (client, port, endpoint), on one tuple. */
+static __always_inline int user_match(const struct tracer_pkt *p)
+{
+#ifdef FILTER_CLIENT
+	if (p->saddr != FILTER_CLIENT && p->daddr != FILTER_CLIENT)
+		return 0;
+#endif
+#ifdef FILTER_ENDPOINT
+	if (p->saddr != FILTER_ENDPOINT && p->daddr != FILTER_ENDPOINT)
+		return 0;
+#endif
+#ifdef FILTER_PORT
+	if (p->sport != FILTER_PORT && p->dport != FILTER_PORT)
+		return 0;
+#endif
+	return 1;
+}
+
+#ifdef TRACK_FLOWS
+static __always_inline void flow_key(const struct tracer_pkt *p, struct tracer_flow_key *k)
+{
+	k->saddr = p->saddr;
+	k->daddr = p->daddr;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+}
+
+static __always_inline int flow_known(const struct tracer_pkt *p)
+{
+	struct tracer_flow_key k = {};
+	flow_key(p, &k);
+	return flows.lookup(&k) != NULL;
+}
+
+static __always_inline void flow_add(const struct tracer_pkt *p)
+{
+	struct tracer_flow_key k = {}, r = {};
+	u8 one = 1;
+	flow_key(p, &k);
+	r.saddr = p->daddr;
+	r.daddr = p->saddr;
+	r.sport = p->dport;
+	r.dport = p->sport;
+	r.proto = p->proto;
+	if (flows.update(&k, &one) || flows.update(&r, &one))
+		stat_add(TRACER_STAT_FLOW_OVERFLOW, 1);
+}
+#endif
+
+/* The whole filter for one tuple at a non-NAT probe. */
+static __always_inline int packet_wanted(const struct tracer_pkt *p)
+{
+	if (!svc_match(p))
+		return 0;
+#ifdef TRACK_FLOWS
+	return user_match(p) || flow_known(p);
+#else
+	return user_match(p);
+#endif
+}
+
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 r = 0;
+#pragma unroll
+	for (int i = 32; i > 0; i >>= 1) {
+		if (v >= (1ULL << i)) {
+			v >>= i;
+			r += i;
+		}
+	}
+	return r < TRACER_HIST_SLOTS ? r : TRACER_HIST_SLOTS - 1;
+}
+
+static __always_inline void nat_hist_add(u8 hook, u8 first, u64 ns)
+{
+	if (hook >= TRACER_HIST_HOOKS)
+		return;
+	u32 idx = ((u32)hook * 2 + (first ? 1 : 0)) * TRACER_HIST_SLOTS + log2_slot(ns);
+	u64 *v = nat_hist.lookup(&idx);
+	if (v)
+		*v += 1;
+}
+
+/* Copy a parsed packet and its device into a reserved event. */
+static __always_inline void fill_event(struct tracer_event *e, u8 probe, const void *skb,
+				       const void *dev, u32 netns, const struct tracer_pkt *p)
+{
+	e->ts_ns = bpf_ktime_get_ns();
+	e->skb = (u64)skb;
+	e->ct = read_u64(skb, OFF_SKB_NFCT) & ~7ULL; /* NFCT_PTRMASK */
+	e->netns_ino = netns;
+	if (dev) {
+		e->ifindex = read_u32(dev, OFF_DEV_IFINDEX);
+		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), (const char *)dev + OFF_DEV_NAME);
+	} else {
+		e->ifindex = 0;
+		e->ifname[0] = 0;
+	}
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->seq = p->seq;
+	e->ack = p->ack;
+	e->ip_id = p->ip_id;
+	e->len = p->len;
+	e->ttl = p->ttl;
+	e->proto = p->proto;
+	e->tcp_flags = p->tcp_flags;
+	e->cpu = bpf_get_smp_processor_id();
+	e->probe = probe;
+	e->hook = TRACER_HOOK_NONE;
+	e->nat_saddr = 0;
+	e->nat_daddr = 0;
+	e->nat_sport = 0;
+	e->nat_dport = 0;
+	e->nat_ns = 0;
+	e->nat_kind = TRACER_NAT_NONE;
+	e->nat_first = 0;
+	e->drop_reason = 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+}
+
+#ifndef MODE_HIST
+/* Reserve an event, counting a full ring buffer as loss of this probe. */
+static __always_inline struct tracer_event *event_reserve(u8 probe)
+{
+	struct tracer_event *e = events.ringbuf_reserve(sizeof(struct tracer_event));
+	if (!e) {
+		stat_add(TRACER_STAT_LOST, 1);
+		stat_add(TRACER_STAT_LOST_BASE + probe, 1);
+	}
+	return e;
+}
+
+/* Submit without waking the reader, except every WAKEUP_EVERY events per CPU:
+ * a wakeup per event would cost the data path an IPI and a context switch,
+ * and the reader polls on a short timeout anyway. (BCC 0.26 has no
+ * ringbuf_query() to wake on the amount of data instead.) */
+static __always_inline void event_submit(struct tracer_event *e)
+{
+	u64 flags = BPF_RB_NO_WAKEUP;
+	u32 idx = TRACER_STAT_EVENTS;
+	u64 *n = stats.lookup(&idx);
+	if (n) {
+		*n += 1;
+		if ((*n & (WAKEUP_EVERY - 1)) == 0)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
+	events.ringbuf_submit(e, flags);
+}
+
+/* The common path of rx, tx and drop probes: scope, parse, filter, emit.
+ * l3 is the packet's IPv4 header (how to find it depends on the probe). */
+static __always_inline struct tracer_event *packet_event(u8 probe, const void *skb,
+							 const void *dev, u32 netns,
+							 const void *l3)
+{
+	if (!netns_in_scope(netns))
+		return NULL;
+	u16 proto = read_u16(skb, OFF_SKB_PROTOCOL);
+	if (proto != ETH_P_IP_BE) {
+		stat_add(proto == ETH_P_IPV6_BE ? TRACER_STAT_IPV6_SKIPPED : TRACER_STAT_NON_IP, 1);
+		return NULL;
+	}
+	struct tracer_pkt p = {};
+	if (parse_ipv4(l3, &p)) {
+		stat_add(TRACER_STAT_PARSE_ERROR, 1);
+		return NULL;
+	}
+	if (!packet_wanted(&p))
+		return NULL;
+	struct tracer_event *e = event_reserve(probe);
+	if (e)
+		fill_event(e, probe, skb, dev, netns, &p);
+	return e;
+}
+
+/* Device and namespace of an skb that has a device (rx, tx). */
+static __always_inline const void *skb_dev(const void *skb)
+{
+	return (const void *)read_u64(skb, OFF_SKB_DEV);
+}
+#endif /* !MODE_HIST */
+
+#endif /* TRACER_COMMON_BPF_H */

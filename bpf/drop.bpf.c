@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Probe point "drop": a packet freed as dropped (kfree_skb), with the
+ * kernel's reason (enum skb_drop_reason, 5.17+; names come from BTF).
+ *   DROP_RAW_TRACEPOINT  trc_drop_raw on raw tracepoint kfree_skb: args[0] is
+ *                        the skb, args[DROP_RAW_REASON_ARG] the reason (its
+ *                        position read from BTF's btf_trace_kfree_skb, since
+ *                        6.12 added rx_sk after it)
+ *   DROP_TRACEPOINT      trc_drop_tp on skb:kfree_skb, fields at the offsets
+ *                        of the tracepoint's format file
+ * A dropped skb may have no device any more: its namespace then comes from
+ * its socket; a packet with neither is out of scope.
+ */
+#include "common.bpf.h"
+
+static __always_inline int drop_event(const void *skb, u32 reason)
+{
+#ifndef MODE_HIST
+#ifdef DROP_REASON_CONSUMED
+	/* SKB_CONSUMED (value from BTF) is a normal free, not a drop (6.2+). */
+	if (reason == DROP_REASON_CONSUMED)
+		return 0;
+#endif
+	const void *dev = skb_dev(skb);
+	u32 netns = netns_of_dev(dev);
+	if (!netns) {
+		const void *sk = (const void *)read_u64(skb, OFF_SKB_SK);
+		if (sk)
+			netns = netns_of_net((const void *)read_u64(sk, OFF_SOCK_NET));
+	}
+	struct tracer_event *e = packet_event(TRACER_PROBE_DROP, skb, dev, netns, skb_network(skb));
+	if (e) {
+		e->drop_reason = reason;
+		event_submit(e);
+	}
+#endif
+	return 0;
+}
+
+#if defined(DROP_RAW_TRACEPOINT)
+int trc_drop_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef DROP_RAW_REASON_ARG
+	return drop_event((const void *)ctx->args[0], (u32)ctx->args[DROP_RAW_REASON_ARG]);
+#else
+	return drop_event((const void *)ctx->args[0], 0);
+#endif
+}
+#elif defined(DROP_TRACEPOINT)
+int trc_drop_tp(void *args)
+{
+	const void *skb = (const void *)*(u64 *)((char *)args + DROP_TP_SKBADDR_OFF);
+#ifdef DROP_TP_REASON_OFF
+	return drop_event(skb, *(u32 *)((char *)args + DROP_TP_REASON_OFF));
+#else
+	return drop_event(skb, 0);
+#endif
+}
+#endif

@@ -1,0 +1,269 @@
+"""A small reader of the kernel's BTF (/sys/kernel/btf/vmlinux).
+
+The tracer compiles its BPF C against whatever kernel headers BCC can find,
+which on this project's machines are Debian's 6.1 headers while the running
+kernel may be 6.18: every struct offset written in C against those headers
+could be wrong. So the BPF C never dereferences kernel structs by name; the
+offsets it needs come from here, from the running kernel's own BTF, and are
+passed to the compiler as macros.
+
+Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from tracer.errors import KernelFeatureError
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+
+BTF_MAGIC = 0xEB9F
+
+# BTF_KIND_* numbers and the size of the data that follows each kind's
+# 12-byte struct btf_type (per vlen item where it has a list).
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION = 1, 2, 3, 4, 5
+KIND_ENUM, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST = 6, 7, 8, 9, 10
+KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC = 11, 12, 13, 14, 15
+KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 16, 17, 18, 19
+
+_FIXED_EXTRA = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
+_PER_ITEM_EXTRA = {
+    KIND_STRUCT: 12,
+    KIND_UNION: 12,
+    KIND_ENUM: 8,
+    KIND_FUNC_PROTO: 8,
+    KIND_DATASEC: 12,
+    KIND_ENUM64: 12,
+}
+_MODIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type_id: int
+    bit_offset: int
+    bitfield_size: int
+
+
+class BtfError(KernelFeatureError):
+    pass
+
+
+class Btf:
+    """Types of one BTF blob, indexed by id; names resolved on demand."""
+
+    def __init__(self, data: bytes):
+        if len(data) < 24:
+            raise BtfError("BTF blob too short")
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise BtfError(f"not BTF (magic {magic:#x})")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        self._data = data
+        self._types_start = hdr_len + type_off
+        self._types_end = self._types_start + type_len
+        self._str_start = hdr_len + str_off
+        self._str_end = self._str_start + str_len
+        self._offsets = self._index()
+
+    @classmethod
+    def load(cls, path: Path = VMLINUX_BTF) -> Btf:
+        try:
+            return cls(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise BtfError(
+                f"{path} not found: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF); "
+                "the tracer needs it for struct offsets"
+            ) from exc
+
+    def _index(self) -> list[int]:
+        """Byte offset of each type's struct btf_type, by type id (id 0 is void)."""
+        data, pos, end = self._data, self._types_start, self._types_end
+        unpack = struct.unpack_from
+        fixed, per_item = _FIXED_EXTRA, _PER_ITEM_EXTRA
+        offsets = [0]
+        append = offsets.append
+        while pos < end:
+            append(pos)
+            info = unpack("<I", data, pos + 4)[0]
+            kind = (info >> 24) & 0x1F
+            pos += 12 + fixed.get(kind, 0) + per_item.get(kind, 0) * (info & 0xFFFF)
+        return offsets
+
+    # -- raw access -------------------------------------------------------
+    def _name(self, name_off: int) -> str:
+        start = self._str_start + name_off
+        end = self._data.index(b"\0", start, self._str_end)
+        return self._data[start:end].decode()
+
+    def _header(self, type_id: int) -> tuple[int, int, int, int, int]:
+        """(name_off, kind, vlen, kind_flag, size_or_type) of a type id."""
+        pos = self._offsets[type_id]
+        name_off, info, size_or_type = struct.unpack_from("<III", self._data, pos)
+        return name_off, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, size_or_type
+
+    def kind(self, type_id: int) -> int:
+        return self._header(type_id)[1]
+
+    def name(self, type_id: int) -> str:
+        return self._name(self._header(type_id)[0])
+
+    @cached_property
+    def _by_name(self) -> dict[tuple[int, str], int]:
+        """(kind, name) -> first type id. Built once, only for kinds looked up by name."""
+        wanted = {KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FUNC, KIND_TYPEDEF}
+        out: dict[tuple[int, str], int] = {}
+        data, unpack = self._data, struct.unpack_from
+        for type_id in range(1, len(self._offsets)):
+            name_off, info = unpack("<II", data, self._offsets[type_id])
+            kind = (info >> 24) & 0x1F
+            if name_off and kind in wanted:
+                key = (kind, self._name(name_off))
+                # A forward-declared-then-defined struct appears once with
+                # vlen > 0; keep the first complete definition.
+                if key not in out or (info & 0xFFFF and not self._header(out[key])[2]):
+                    out[key] = type_id
+        return out
+
+    def find(self, name: str, kinds: tuple[int, ...]) -> int | None:
+        for kind in kinds:
+            type_id = self._by_name.get((kind, name))
+            if type_id is not None:
+                return type_id
+        return None
+
+    def resolve(self, type_id: int) -> int:
+        """Skip typedefs and qualifiers."""
+        while type_id and self.kind(type_id) in _MODIFIERS:
+            type_id = self._header(type_id)[4]
+        return type_id
+
+    def size(self, type_id: int) -> int:
+        type_id = self.resolve(type_id)
+        _, kind, _, _, size_or_type = self._header(type_id)
+        if kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT):
+            return size_or_type
+        if kind == KIND_PTR:
+            return 8
+        if kind == KIND_ARRAY:
+            elem, _index, nelems = struct.unpack_from(
+                "<III", self._data, self._offsets[type_id] + 12
+            )
+            return self.size(elem) * nelems
+        raise BtfError(f"type {type_id} (kind {kind}) has no size")
+
+    def members(self, type_id: int) -> list[Member]:
+        type_id = self.resolve(type_id)
+        _, kind, vlen, kind_flag, _ = self._header(type_id)
+        if kind not in (KIND_STRUCT, KIND_UNION):
+            raise BtfError(f"type {type_id} is not a struct or union")
+        pos = self._offsets[type_id] + 12
+        out = []
+        for i in range(vlen):
+            name_off, mtype, offset = struct.unpack_from("<III", self._data, pos + 12 * i)
+            if kind_flag:
+                bit_offset, bitfield_size = offset & 0xFFFFFF, offset >> 24
+            else:
+                bit_offset, bitfield_size = offset, 0
+            out.append(Member(self._name(name_off) if name_off else "", mtype, bit_offset, bitfield_size))
+        return out
+
+    # -- what the tracer asks ---------------------------------------------
+    def struct_id(self, name: str) -> int:
+        type_id = self.find(name, (KIND_STRUCT, KIND_UNION))
+        if type_id is None:
+            raise BtfError(f"struct {name} not in the kernel's BTF")
+        return type_id
+
+    def _find_member(self, type_id: int, field: str) -> tuple[int, Member] | None:
+        """Bit offset and member for field, looking through anonymous
+        structs/unions (sk_buff's header fields sit in an anonymous
+        struct_group since 5.19, commit 03f61041c179)."""
+        for m in self.members(type_id):
+            if m.name == field:
+                return m.bit_offset, m
+            if not m.name:
+                inner = self.resolve(m.type_id)
+                if self.kind(inner) in (KIND_STRUCT, KIND_UNION):
+                    found = self._find_member(inner, field)
+                    if found is not None:
+                        return m.bit_offset + found[0], found[1]
+        return None
+
+    def field(self, struct_name: str, path: str) -> tuple[int, int]:
+        """Byte offset and byte size of a dotted field path, e.g.
+        field("net_device", "nd_net.net"). Bitfields are refused."""
+        type_id = self.struct_id(struct_name)
+        total_bits = 0
+        member: Member | None = None
+        for part in path.split("."):
+            if member is not None:
+                type_id = self.resolve(member.type_id)
+            found = self._find_member(type_id, part)
+            if found is None:
+                raise BtfError(f"struct {struct_name} has no field {path} in the kernel's BTF")
+            bits, member = found
+            total_bits += bits
+        assert member is not None
+        if member.bitfield_size or total_bits % 8:
+            raise BtfError(f"{struct_name}.{path} is a bitfield")
+        return total_bits // 8, self.size(member.type_id)
+
+    def offsetof(self, struct_name: str, path: str) -> int:
+        return self.field(struct_name, path)[0]
+
+    def enum(self, name: str) -> dict[int, str]:
+        type_id = self.find(name, (KIND_ENUM, KIND_ENUM64))
+        if type_id is None:
+            raise BtfError(f"enum {name} not in the kernel's BTF")
+        _, kind, vlen, _, _ = self._header(type_id)
+        pos = self._offsets[type_id] + 12
+        out = {}
+        for i in range(vlen):
+            if kind == KIND_ENUM:
+                name_off, val = struct.unpack_from("<Ii", self._data, pos + 8 * i)
+            else:
+                name_off, lo, hi = struct.unpack_from("<III", self._data, pos + 12 * i)
+                val = lo | (hi << 32)
+            out[val] = self._name(name_off)
+        return out
+
+    def has_function(self, name: str) -> bool:
+        return self.find(name, (KIND_FUNC,)) is not None
+
+    def raw_tracepoint_args(self, tracepoint: str) -> list[str] | None:
+        """Type names of the arguments a raw tracepoint passes (ctx->args[i]),
+        from the kernel's btf_trace_<name> typedef: a pointer to a function
+        whose first parameter is the tracepoint's private data, not passed to
+        BPF. (vmlinux BTF keeps no parameter names there, only types.)"""
+        type_id = self.find(f"btf_trace_{tracepoint}", (KIND_TYPEDEF,))
+        if type_id is None:
+            return None
+        ptr = self._header(type_id)[4]
+        if self.kind(ptr) != KIND_PTR:
+            return None
+        proto = self._header(ptr)[4]
+        if self.kind(proto) != KIND_FUNC_PROTO:
+            return None
+        _, _, vlen, _, _ = self._header(proto)
+        pos = self._offsets[proto] + 12
+        types = [struct.unpack_from("<II", self._data, pos + 8 * i)[1] for i in range(vlen)]
+        return [self.type_name(t) for t in types[1:]]
+
+    def type_name(self, type_id: int) -> str:
+        """C-ish name of a type: 'struct sk_buff *', 'enum skb_drop_reason', 'void *'."""
+        if type_id == 0:
+            return "void"
+        _, kind, _, _, ref = self._header(type_id)
+        if kind == KIND_PTR:
+            return self.type_name(ref) + " *"
+        if kind in (KIND_CONST, KIND_VOLATILE, KIND_RESTRICT, KIND_TYPE_TAG):
+            return self.type_name(ref)
+        prefix = {KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ",
+                  KIND_ENUM64: "enum "}.get(kind, "")
+        return prefix + self.name(type_id)

@@ -1,0 +1,255 @@
+"""Compile the BPF C for a set of backends with BCC, load it, and attach it.
+
+This is the only module (with tracer/capture/session.py, which uses it) that
+imports BCC. Settings reach the C as -D macros: the offsets from BTF, the
+backend of each probe point, the mode, the filters and the map sizes.
+
+BCC treats only functions and map accesses in its main source text as BPF
+programs (it does not rewrite included files), so the source is the shared
+headers followed by each selected family, with #line markers so compiler
+messages name the real files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.btf import Btf
+from tracer.capture import bpf_syscall
+from tracer.capture.backends import Backend
+from tracer.capture.kheaders import find_kernel_headers
+from tracer.capture.offsets import kernel_offsets
+from tracer.errors import EnvironmentProblem, KernelFeatureError, PrivilegeError, TracerError
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+# Where the netfilter programs go: enter just before the NAT hook, exit just
+# after it (NF_IP_PRI_NAT_DST = -100 in PRE_ROUTING and LOCAL_OUT,
+# NF_IP_PRI_NAT_SRC = 100 in POST_ROUTING and LOCAL_IN; include/uapi/linux/
+# netfilter_ipv4.h). Conntrack (-200) has run by then, so the skb has its ct.
+NAT_HOOK_BRACKETS = (
+    (bpf_syscall.NF_INET_PRE_ROUTING, -101, -99),
+    (bpf_syscall.NF_INET_LOCAL_OUT, -101, -99),
+    (bpf_syscall.NF_INET_POST_ROUTING, 99, 101),
+    (bpf_syscall.NF_INET_LOCAL_IN, 99, 101),
+)
+
+
+@dataclass
+class ProgramSettings:
+    mode: str = "events"  # or "hist"
+    ringbuf_bytes: int = 16 << 20
+    svc_keys_max: int = 4096
+    netns_max: int = 1024
+    flows_max: int = 65536
+    scope_netns: bool = True
+    filter_proto: int | None = None
+    filter_client: str | None = None  # IPv4 dotted
+    filter_endpoint: str | None = None
+    filter_port: int | None = None
+    wakeup_every: int = 1024
+
+    def macros(self) -> dict[str, int | str | None]:
+        out: dict[str, int | str | None] = {
+            "RINGBUF_PAGES": max(1, self.ringbuf_bytes // 4096),
+            "SVC_KEYS_MAX": self.svc_keys_max,
+            "NETNS_MAX": self.netns_max,
+            "FLOWS_MAX": self.flows_max,
+            "WAKEUP_EVERY": self.wakeup_every,
+        }
+        if self.mode == "hist":
+            out["MODE_HIST"] = None
+        if self.scope_netns:
+            out["SCOPE_NETNS"] = None
+        if self.filter_proto is not None:
+            out["FILTER_PROTO"] = self.filter_proto
+        if self.filter_client:
+            out["FILTER_CLIENT"] = _be32(self.filter_client)
+        if self.filter_endpoint:
+            out["FILTER_ENDPOINT"] = _be32(self.filter_endpoint)
+        if self.filter_port is not None:
+            out["FILTER_PORT"] = _be16(self.filter_port)
+        if self.filter_client or self.filter_endpoint or self.filter_port is not None:
+            out["TRACK_FLOWS"] = None
+        return out
+
+
+def _be32(ip: str) -> str:
+    """The address as the C sees a network-order u32 loaded on little-endian x86."""
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return hex(a | b << 8 | c << 16 | d << 24)
+
+
+def _be16(port: int) -> str:
+    return hex(((port & 0xFF) << 8) | (port >> 8))
+
+
+def compose_source(backends: list[Backend]) -> str:
+    files = ["common.bpf.h"]
+    if any(b.point == "nat" for b in backends):
+        files.append("nat.bpf.h")
+    files += sorted({f"{b.family}.bpf.c" for b in backends})
+    parts = []
+    for name in files:
+        path = BPF_DIR / name
+        parts.append(f'#line 1 "{path}"\n{path.read_text()}\n')
+    return "".join(parts)
+
+
+def cflags_for(backends: list[Backend], settings: ProgramSettings, offsets: dict[str, int]) -> list[str]:
+    macros: dict[str, int | str | None] = {**offsets, **settings.macros()}
+    for b in backends:
+        macros.update(b.macros)
+    flags = [f"-I{BPF_DIR}"]
+    for key, value in macros.items():
+        flags.append(f"-D{key}" if value is None else f"-D{key}={value}")
+    # BCC adds -O2; warnings about the kernel's own 6.1 headers are noise.
+    flags.append("-Wno-macro-redefined")
+    return flags
+
+
+@dataclass
+class LoadedProgram:
+    bpf: object  # bcc.BPF
+    backends: dict[str, Backend]
+    settings: ProgramSettings
+    compile_s: float = 0.0
+    first_attach_s: float | None = None
+    all_attached_s: float | None = None
+    links: list[int] = field(default_factory=list)
+    # (kind, target, fn_name) of every BCC attachment, for detach()
+    attachments: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+    def table(self, name: str):
+        return self.bpf[name.encode()]  # type: ignore[index]
+
+    def detach(self) -> None:
+        """Stop the probes but keep the maps, so what is queued can still be read."""
+        for fd in self.links:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.links.clear()
+        bpf = self.bpf
+        for kind, target, fn in reversed(self.attachments):
+            with contextlib.suppress(Exception):
+                if kind == "raw_tracepoint":
+                    bpf.detach_raw_tracepoint(tp=target)  # type: ignore[attr-defined]
+                elif kind == "tracepoint":
+                    bpf.detach_tracepoint(tp=target, fn_name=fn)  # type: ignore[attr-defined]
+                elif kind == "kprobe":
+                    bpf.detach_kprobe(event=target, fn_name=fn)  # type: ignore[attr-defined]
+                elif kind == "kretprobe":
+                    bpf.detach_kretprobe(event=target, fn_name=fn)  # type: ignore[attr-defined]
+        self.attachments.clear()
+        for fn in list(getattr(bpf, "kfunc_entry_fds", {})):
+            with contextlib.suppress(Exception):
+                bpf.detach_kfunc(fn)  # type: ignore[attr-defined]
+        for fn in list(getattr(bpf, "kfunc_exit_fds", {})):
+            with contextlib.suppress(Exception):
+                bpf.detach_kretfunc(fn)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.detach()
+        with contextlib.suppress(Exception):
+            self.bpf.cleanup()  # type: ignore[attr-defined]
+
+
+def _bcc():
+    try:
+        import bcc
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            "BCC is not importable: install Debian's python3-bpfcc and run the tracer "
+            "from a venv made with --system-site-packages (scripts/setup.sh does both)"
+        ) from exc
+    return bcc
+
+
+def compile_program(
+    backends: list[Backend], settings: ProgramSettings, btf: Btf | None = None
+) -> tuple[object, float]:
+    """Compile (and, for fentry, load+attach: BCC does that on construction)."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("capturing needs root (BPF programs and netfilter hooks)")
+    headers = find_kernel_headers()
+    if not headers.own_kernel:
+        os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
+    bcc = _bcc()
+    offsets = kernel_offsets(btf or Btf.load())
+    text = compose_source(backends)
+    cflags = cflags_for(backends, settings, offsets)
+    t0 = time.monotonic()
+    try:
+        bpf = bcc.BPF(text=text.encode(), cflags=cflags)
+    except Exception as exc:  # BCC raises bare Exception for compile/load errors
+        msg = str(exc)
+        if any(b.name == "fentry" for b in backends):
+            raise KernelFeatureError(f"fentry programs cannot be loaded here: {msg}") from exc
+        raise TracerError(f"BPF compile/load failed: {msg} (see the compiler output above)") from exc
+    return bpf, time.monotonic() - t0
+
+
+def load_and_attach(
+    backends: dict[str, Backend],
+    settings: ProgramSettings,
+    btf: Btf | None = None,
+    t_start: float | None = None,
+) -> LoadedProgram:
+    """Compile, load, attach every backend. Netfilter links are created in the
+    calling thread's network namespace."""
+    t_start = time.monotonic() if t_start is None else t_start
+    bpf, compile_s = compile_program(list(backends.values()), settings, btf)
+    prog = LoadedProgram(bpf=bpf, backends=backends, settings=settings, compile_s=compile_s)
+
+    def attached() -> None:
+        now = time.monotonic() - t_start
+        if prog.first_attach_s is None:
+            prog.first_attach_s = now
+        prog.all_attached_s = now
+
+    try:
+        # fentry programs were attached by BCC while constructing.
+        if any(b.name == "fentry" for b in backends.values()):
+            attached()
+        for point, b in backends.items():
+            target = b.target.encode()
+            if b.name == "raw_tracepoint":
+                fn = f"trc_{point}_raw".encode()
+                bpf.attach_raw_tracepoint(tp=target, fn_name=fn)
+                prog.attachments.append(("raw_tracepoint", target, fn))
+            elif b.name == "tracepoint":
+                fn = f"trc_{point}_tp".encode()
+                bpf.attach_tracepoint(tp=target, fn_name=fn)
+                prog.attachments.append(("tracepoint", target, fn))
+            elif b.name == "kprobe" and point == "rx":
+                bpf.attach_kprobe(event=target, fn_name=b"trc_rx_kprobe")
+                prog.attachments.append(("kprobe", target, b"trc_rx_kprobe"))
+            elif b.name == "kprobe" and point == "nat":
+                bpf.attach_kprobe(event=target, fn_name=b"trc_nat_kprobe")
+                prog.attachments.append(("kprobe", target, b"trc_nat_kprobe"))
+                bpf.attach_kretprobe(event=target, fn_name=b"trc_nat_kretprobe")
+                prog.attachments.append(("kretprobe", target, b"trc_nat_kretprobe"))
+            elif b.name == "netfilter":
+                enter = bpf.load_func(b"trc_nat_nf_enter", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
+                                      attach_type=bpf_syscall.BPF_NETFILTER)
+                leave = bpf.load_func(b"trc_nat_nf_exit", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
+                                      attach_type=bpf_syscall.BPF_NETFILTER)
+                for hook, before, after in NAT_HOOK_BRACKETS:
+                    prog.links.append(bpf_syscall.link_create_netfilter(enter.fd, hook, before))
+                    prog.links.append(bpf_syscall.link_create_netfilter(leave.fd, hook, after))
+            elif b.name == "fentry":
+                continue
+            else:
+                raise TracerError(f"no attach rule for backend {b.name} of {point}")
+            attached()
+    except TracerError:
+        prog.close()
+        raise
+    except Exception as exc:
+        prog.close()
+        raise KernelFeatureError(f"attaching probes failed: {exc}") from exc
+    return prog

@@ -1,0 +1,94 @@
+"""A bulk consumer of a BPF ring buffer (BPF_MAP_TYPE_RINGBUF), reading the
+map's memory directly instead of through BCC's per-event callback.
+
+BCC's consumer calls Python once per event (~0.85 M events/s on this
+project's 2-core machines). The tracer's events all have one size, so the
+records between the consumer and producer positions form a regular array:
+numpy finds the first record still being written (BUSY bit) and copies
+everything before it in one go.
+
+Layout (kernel/bpf/ringbuf.c, the same as libbpf's ring_buffer__new):
+page 0 is the consumer position (read-write); from page 1 the producer
+position page, then the data area mapped twice in a row so a record that
+wraps around the end is still contiguous.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+import struct
+
+import numpy as np
+
+from tracer.capture.event_layout import EVENT_DTYPE, EVENT_SIZE, RECORD_DTYPE, RECORD_SIZE
+
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+
+
+class RingBufferReader:
+    def __init__(self, map_fd: int, data_size: int):
+        if data_size & (data_size - 1):
+            raise ValueError("ring buffer size must be a power of two")
+        page = mmap.PAGESIZE
+        self.size = data_size
+        self.mask = data_size - 1
+        self._consumer = mmap.mmap(
+            map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        self._producer = mmap.mmap(
+            map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+        )
+        self._data = np.frombuffer(self._producer, dtype=np.uint8, offset=page)
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+        self.records_read = 0
+        self.discarded = 0
+
+    def _positions(self) -> tuple[int, int]:
+        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
+        prod = struct.unpack_from("<Q", self._producer, 0)[0]
+        return cons, prod
+
+    def pending_bytes(self) -> int:
+        cons, prod = self._positions()
+        return prod - cons
+
+    def read(self, max_records: int = 1 << 20) -> np.ndarray:
+        """Every complete event available now (up to max_records), as a copy."""
+        cons, prod = self._positions()
+        avail = min(prod - cons, max_records * RECORD_SIZE)
+        n = avail // RECORD_SIZE
+        if n == 0:
+            return np.empty(0, EVENT_DTYPE)
+        start = cons & self.mask
+        records = self._data[start : start + n * RECORD_SIZE].view(RECORD_DTYPE)
+        hdr = records["hdr_len"]
+        busy = (hdr & BUSY_BIT) != 0
+        if busy.any():
+            n = int(np.argmax(busy))
+            records, hdr = records[:n], hdr[:n]
+        if n == 0:
+            return np.empty(0, EVENT_DTYPE)
+        lengths = hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)
+        if (lengths != EVENT_SIZE).any():
+            raise RuntimeError("ring buffer holds a record that is not a tracer event")
+        keep = (hdr & DISCARD_BIT) == 0
+        events = records["ev"][keep].copy() if not keep.all() else records["ev"].copy()
+        self.discarded += int(n - keep.sum())
+        # Release the space only after the copy (x86: stores are not
+        # reordered before earlier loads).
+        struct.pack_into("<Q", self._consumer, 0, cons + n * RECORD_SIZE)
+        self.records_read += len(events)
+        return events
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until the kernel forces a wakeup or timeout_s passes."""
+        self._epoll.poll(timeout_s)
+
+    def close(self) -> None:
+        self._epoll.close()
+        del self._data
+        self._producer.close()
+        self._consumer.close()

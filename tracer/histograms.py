@@ -1,0 +1,105 @@
+"""Latency histograms shared by the live capture summary and the analysis:
+log2 buckets like BCC's tools print them, and a fixed-size log-linear
+histogram for percentiles of unbounded streams (memory never grows with the
+number of samples)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Bucket = tuple[int, int, int]  # (low, high, count): values in [low, high]
+
+
+def log2_buckets(slot_counts: Sequence[int]) -> list[Bucket]:
+    """Slot i of a BPF log2 histogram counts values v with floor(log2 v) == i
+    (slot 0 also holds 0): the range [2^i, 2^(i+1) - 1]."""
+    out = []
+    for i, count in enumerate(slot_counts):
+        low = 0 if i == 0 else 1 << i
+        out.append((low, (1 << (i + 1)) - 1, int(count)))
+    return out
+
+
+def log2_buckets_of(values: np.ndarray) -> list[Bucket]:
+    values = np.asarray(values, dtype=np.int64)
+    if values.size == 0:
+        return []
+    slots = np.zeros(64, dtype=np.int64)
+    idx = np.floor(np.log2(np.maximum(values, 1))).astype(np.int64)
+    np.add.at(slots, idx, 1)
+    return log2_buckets(slots[: int(idx.max()) + 1])
+
+
+def format_log2_hist(buckets: Sequence[Bucket], unit: str = "ns", width: int = 40) -> str:
+    """The table BCC's tools print (print_log2_hist): trailing and leading
+    empty buckets trimmed, stars scaled to the largest bucket."""
+    rows = list(buckets)
+    while rows and rows[-1][2] == 0:
+        rows.pop()
+    start = 0
+    while start < len(rows) and rows[start][2] == 0:
+        start += 1
+    rows = rows[start:]
+    if not rows:
+        return f"     {unit} : count     distribution\n        (no samples)"
+    top = max(c for _, _, c in rows) or 1
+    label_w = max(len(f"{lo} -> {hi}") for lo, hi, _ in rows)
+    lines = [f"{unit:>{label_w + 2}} : count     distribution"]
+    for lo, hi, count in rows:
+        stars = round(count * width / top)
+        lines.append(
+            f"{f'{lo} -> {hi}':>{label_w + 2}} : {count:<9} |{'*' * stars:<{width}}|"
+        )
+    return "\n".join(lines)
+
+
+class StreamingHistogram:
+    """Log-linear buckets (BINS_PER_OCTAVE per power of two, about 2% wide):
+    percentiles of any number of samples in constant memory."""
+
+    BINS_PER_OCTAVE = 32
+    OCTAVES = 40
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS_PER_OCTAVE * self.OCTAVES, dtype=np.int64)
+        self.count = 0
+        self.max = 0
+        self.min: int | None = None
+        self.total = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.int64)
+        if values.size == 0:
+            return
+        idx = np.floor(np.log2(np.maximum(values, 1)) * self.BINS_PER_OCTAVE).astype(np.int64)
+        np.add.at(self.counts, np.minimum(idx, len(self.counts) - 1), 1)
+        self.count += int(values.size)
+        self.total += int(values.sum())
+        self.max = max(self.max, int(values.max()))
+        low = int(values.min())
+        self.min = low if self.min is None else min(self.min, low)
+
+    def percentile(self, q: float) -> float:
+        """Value below which a fraction q of samples lies (bucket midpoint)."""
+        if self.count == 0:
+            return float("nan")
+        rank = q * self.count
+        cum = np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, max(rank, 1), side="left"))
+        low = 2 ** (i / self.BINS_PER_OCTAVE)
+        high = 2 ** ((i + 1) / self.BINS_PER_OCTAVE)
+        mid = (low * high) ** 0.5
+        return float(min(max(mid, self.min or 0), self.max))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "count": self.count,
+            "p50": self.percentile(0.5),
+            "p90": self.percentile(0.9),
+            "p99": self.percentile(0.99),
+            "p99.9": self.percentile(0.999),
+            "max": float(self.max),
+            "mean": self.total / self.count if self.count else float("nan"),
+        }
