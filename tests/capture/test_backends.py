@@ -81,7 +81,7 @@ def test_old_kernel_falls_back_to_nf_nat_ipv4_fn_and_plain_receive(monkeypatch):
 
 def test_forcing_a_missing_backend_says_why(monkeypatch):
     monkeypatch.setattr(bk, "_tracepoint_backend", _raw_only)
-    with pytest.raises(KernelFeatureError, match="kprobe for nat is not available.*no kprobes"):
+    with pytest.raises(KernelFeatureError, match=r"kprobe for nat is not available.*no kprobes"):
         bk.select_backends(FakeKernel(netfilter=True), forced={"nat": "kprobe"})
 
 

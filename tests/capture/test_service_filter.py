@@ -51,7 +51,7 @@ class FakeTable(dict):
     class Key:
         addr = port = proto = 0
 
-    def Leaf(self, v):  # noqa: N802 - BCC's name
+    def Leaf(self, v):
         return v
 
     def __setitem__(self, k, v):

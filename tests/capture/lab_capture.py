@@ -1,0 +1,131 @@
+"""Helpers for capture tests against the real lab: run `tracer capture` as a
+separate process (it enters a node's namespace for good), and read the
+independent witnesses (kube-proxy rule counters, conntrack, BPF objects)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TRACER = [sys.executable, "-m", "tracer"]
+
+
+@dataclass
+class CaptureRun:
+    proc: subprocess.Popen
+    output: Path | None
+    stderr_lines: list[str] = field(default_factory=list)
+    stdout: str = ""
+    returncode: int | None = None
+    summary: dict | None = None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.stdout = out or ""
+        self.returncode = self.proc.returncode
+
+
+def _pump(stream, lines: list[str], ready: threading.Event) -> None:
+    for line in iter(stream.readline, ""):
+        lines.append(line.rstrip("\n"))
+        if line.startswith("tracer: capturing"):
+            ready.set()
+    ready.set()
+
+
+@contextlib.contextmanager
+def capture(args: list[str], output: Path | None = None, *, ready_timeout: float = 60,
+            stop_signal: int = signal.SIGINT, summary_json: Path | None = None) -> Iterator[CaptureRun]:
+    """`tracer capture ARGS -o output --quiet` in the background, ready when
+    its probes are attached; stopped (SIGINT) when the block ends."""
+    argv = [*TRACER, "capture", *args, "--quiet"]
+    if output is not None:
+        argv += ["-o", str(output), "--force"]
+    if summary_json is not None:
+        argv += ["--summary-json", str(summary_json)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = CaptureRun(proc, output)
+    ready = threading.Event()
+    pump = threading.Thread(target=_pump, args=(proc.stderr, run.stderr_lines, ready), daemon=True)
+    pump.start()
+    if not ready.wait(ready_timeout) or proc.poll() is not None:
+        run.stop(signal.SIGKILL)
+        pytest.fail("capture did not start: " + "\n".join(run.stderr_lines), pytrace=False)
+    try:
+        yield run
+    finally:
+        run.stop(stop_signal)
+        pump.join(5)
+        if summary_json is not None and summary_json.exists():
+            run.summary = json.loads(summary_json.read_text())
+
+
+def sh(netns: str, *cmd: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True,
+                          capture_output=True, text=True).stdout
+
+
+_COUNTER = re.compile(r"^\[(\d+):(\d+)\] -A (KUBE-SEP-\w+) .*-j DNAT")
+
+
+def sep_counters(netns: str) -> dict[str, int]:
+    """Packets counted by each KUBE-SEP-* DNAT rule: one per new connection."""
+    out = {}
+    for line in sh(netns, "iptables-save", "-c", "-t", "nat").splitlines():
+        m = _COUNTER.match(line)
+        if m:
+            out[m.group(3)] = int(m.group(1))
+    return out
+
+
+_CT = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def conntrack_entries(netns: str, port: int) -> set[tuple[tuple, tuple]]:
+    """(orig tuple, reply tuple) of every TCP conntrack entry whose original
+    destination port is port."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "conntrack", "-L", "-p", "tcp",
+                           "--dport", str(port)], capture_output=True, text=True).stdout
+    out = set()
+    for line in text.splitlines():
+        found = _CT.findall(line)
+        if len(found) >= 2:
+            orig, reply = found[0], found[1]
+            out.add(((orig[0], int(orig[2]), orig[1], int(orig[3])),
+                     (reply[0], int(reply[2]), reply[1], int(reply[3]))))
+    return out
+
+
+def bpf_objects() -> tuple[set[int], set[int]]:
+    """Ids of every BPF program and link on the machine."""
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                      capture_output=True, text=True).stdout or "[]")
+    links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], check=True,
+                                      capture_output=True, text=True).stdout or "[]")
+    return {p["id"] for p in progs}, {link["id"] for link in links}
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -1,0 +1,313 @@
+"""`tracer capture` against the real kernel and the real lab: real BPF, real
+kube-proxy NAT rules, real nginx, real traffic. Every count is checked against
+an independent witness: KUBE-SEP-* rule counters, conntrack, nginx logs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from tests.capture.lab_capture import (
+    TRACER,
+    bpf_objects,
+    capture,
+    conntrack_entries,
+    sep_counters,
+    sh,
+    wait_until,
+)
+from tracer.capture_file import load
+from tracer.lab.traffic import run_traffic
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+CLIENT = "192.168.64.10"
+NODE_A, NODE_B = "192.168.64.57", "192.168.64.58"
+
+
+def _endpoint_of_chain(meta: dict) -> dict[str, str]:
+    return {ep["chain"]: ep["ip"] for port in meta["service"]["ports"] for ep in port["endpoints"]}
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def test_external_ip_path_on_both_nodes_agrees_with_every_witness(lab_state, tmp_path):
+    pod_ip = {p.name: p.ip for p in lab_state.pods}
+    pod_b = next(p for p in lab_state.pods if p.node == "node-b")
+    sh("lab-node-a", "conntrack", "-F")
+    before = sep_counters("lab-node-a")
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "a") as a, \
+            capture(["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp_path / "b") as b:
+        result = run_traffic(requests=80, concurrency=4, target="external-ip")
+        time.sleep(0.5)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr_lines + b.stderr_lines
+    assert result.ok == 80 and result.failed == 0
+    ca, cb = load(tmp_path / "a"), load(tmp_path / "b")
+    ea, eb = ca.events, cb.events
+    assert ca.meta["complete"] and ca.meta["backends"]["nat"] == "netfilter"
+
+    # Nothing lost, and every event the kernel queued was written.
+    for cap in (ca, cb):
+        st = cap.meta["stats"]
+        assert st["lost"] == 0
+        assert st["events_kernel"] == st["events_read"] == st["events"] == len(cap.events)
+
+    nat = ea[ea.probe == "nat"]
+    dnat = nat[(nat.nat_kind == "dnat") & nat.nat_first]
+    snat = nat[(nat.nat_kind == "snat") & nat.nat_first]
+    # One DNAT choice per connection: client -> external IP:8088 becomes pod:80.
+    assert len(dnat) == 80
+    assert set(dnat.saddr) == {CLIENT} and set(dnat.daddr) == {NODE_A}
+    assert set(dnat.dport) == {8088} and set(dnat.nat_dport) == {80}
+    assert set(dnat.nat_daddr) <= set(pod_ip.values())
+    # MASQUERADE: the pod sees node A.
+    assert len(snat) == 80 and set(snat.nat_saddr) == {NODE_A} and set(snat.hook) == {"postrouting"}
+    # Replies: reverse rewrites, un-SNAT in prerouting then un-DNAT in postrouting.
+    rev_snat = nat[nat.nat_kind == "rev_snat"]
+    rev_dnat = nat[nat.nat_kind == "rev_dnat"]
+    assert len(rev_snat) > 0 and set(rev_snat.hook) == {"prerouting"}
+    assert set(rev_snat.nat_daddr) == {CLIENT}
+    assert set(rev_dnat.nat_saddr) == {NODE_A} and set(rev_dnat.nat_sport) == {8088}
+
+    # Witness 1: KUBE-SEP-* DNAT rule counters, per endpoint.
+    sep = _delta(sep_counters("lab-node-a"), before)
+    chain_ip = _endpoint_of_chain(ca.meta)
+    by_rules = Counter({chain_ip[c]: n for c, n in sep.items()})
+    by_capture = Counter(dnat.nat_daddr.astype(str))
+    assert by_capture == by_rules
+    # Witness 2: nginx access logs, per pod.
+    assert by_capture == Counter({pod_ip[p]: n for p, n in result.served_by_pod.items()})
+    # Witness 3: conntrack's original and reply tuples, per connection.
+    masq = {ct: (s, p) for ct, s, p in zip(snat.ct, snat.nat_saddr, snat.nat_sport, strict=True)}
+    captured = set()
+    for row in dnat.itertuples():
+        node_ip, masq_port = masq[row.ct]
+        captured.add(((row.saddr, row.sport, row.daddr, row.dport),
+                      (row.nat_daddr, row.nat_dport, node_ip, masq_port)))
+    assert captured == conntrack_entries("lab-node-a", 8088)
+
+    # Packets DNATed to the pod on node B leave node A's uplink ...
+    to_b = dnat[dnat.nat_daddr == pod_b.ip]
+    assert len(to_b) > 0
+    uplink_a = (ea.netns == "lab-node-a") & (ea.ifname == "eth0")
+    tx_a = ea[(ea.probe == "tx") & uplink_a & (ea.daddr == pod_b.ip)]
+    assert len(tx_a) > 0
+    # ... and node B sees them arrive and enter the pod's cali* veth.
+    uplink_b = (eb.netns == "lab-node-b") & (eb.ifname == "eth0")
+    rx_b = eb[(eb.probe == "rx") & uplink_b & (eb.daddr == pod_b.ip)]
+    tx_cali = eb[(eb.probe == "tx") & (eb.ifname == pod_b.veth) & (eb.daddr == pod_b.ip)]
+    in_pod = eb[(eb.probe == "rx") & (eb.netns == pod_b.netns)]
+    syn_b = rx_b[rx_b.tcp_flags == 2]
+    assert len(syn_b) == len(to_b)
+    assert len(tx_cali[tx_cali.tcp_flags == 2]) == len(to_b)
+    assert len(in_pod[in_pod.tcp_flags == 2]) == len(to_b)
+    # Same packets: IP ID and sequence numbers survive the hop.
+    sent = set(zip(tx_a.ip_id, tx_a.seq, strict=True))
+    assert set(zip(syn_b.ip_id, syn_b.seq, strict=True)) <= sent
+    # Node B does no NAT for them, and its capture has only its own namespaces.
+    assert len(eb[eb.probe == "nat"]) == 0
+    assert set(eb.netns) <= {"lab-node-b", *(p.netns for p in lab_state.pods if p.node == "node-b")}
+
+
+def test_node_port_path(lab_state, tmp_path):
+    before = sep_counters("lab-node-b")
+    with capture(["--svc", "default/nginx-demo-2", "--netns", "lab-node-b"], tmp_path / "np"):
+        result = run_traffic(requests=30, concurrency=3, target="node-port", node="b")
+        time.sleep(0.3)
+    ev = load(tmp_path / "np").events
+    dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
+    assert result.ok == 30 and len(dnat) == 30
+    assert set(dnat.daddr) == {NODE_B} and set(dnat.dport) == {30089}
+    sep = _delta(sep_counters("lab-node-b"), before)
+    chain_ip = _endpoint_of_chain(load(tmp_path / "np").meta)
+    assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in sep.items()})
+
+
+def test_cluster_ip_path_from_a_pod(lab_state, tmp_path):
+    src = next(p for p in lab_state.pods if p.node == "node-a")
+    before = sep_counters("lab-node-a")
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "cip"):
+        result = run_traffic(requests=30, concurrency=3, target="cluster-ip", source=src.name)
+        time.sleep(0.3)
+    cap = load(tmp_path / "cip")
+    ev = cap.events
+    dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
+    assert result.ok == 30 and len(dnat) == 30
+    assert set(dnat.saddr) == {src.ip} and set(dnat.daddr) == {"10.96.88.88"}
+    # The request left the pod through its eth0: seen in the pod's namespace.
+    assert len(ev[(ev.netns == src.netns) & (ev.probe == "tx")]) > 0
+    sep = _delta(sep_counters("lab-node-a"), before)
+    chain_ip = _endpoint_of_chain(cap.meta)
+    assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in sep.items()})
+
+
+def test_drop_of_a_service_packet_has_its_reason(lab_state, tmp_path):
+    pod_b = next(p for p in lab_state.pods if p.node == "node-b")
+    rule = ["FORWARD", "-p", "tcp", "-d", pod_b.ip, "--dport", "80", "-j", "DROP"]
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a", "--endpoint", pod_b.ip],
+                 tmp_path / "drop"):
+        sh("lab-node-a", "iptables", "-I", *rule)
+        try:
+            subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "1",
+                            f"http://{NODE_A}:8088/"] * 1, capture_output=True)
+            # Until a connection is DNATed to pod B (random choice), retry.
+            for _ in range(20):
+                subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "1",
+                                f"http://{NODE_A}:8088/"], capture_output=True)
+        finally:
+            sh("lab-node-a", "iptables", "-D", *rule)
+    ev = load(tmp_path / "drop").events
+    drops = ev[ev.probe == "drop"]
+    assert len(drops) > 0
+    assert set(drops.drop_reason) == {"NETFILTER_DROP"}
+    assert set(drops.daddr) == {pod_b.ip}
+
+
+def test_nothing_lost_silently_when_the_ring_buffer_overflows(lab_state, tmp_path):
+    """A one-page ring buffer beside a large one, both on the same traffic:
+    what the small one recorded plus what it reports lost must equal what the
+    large one recorded."""
+    args = ["--svc", "nginx-demo-1", "--netns", "lab-node-a"]
+    with capture([*args, "--ringbuf-mb", "0"], tmp_path / "small") as small, \
+            capture(args, tmp_path / "big") as big:
+        run_traffic(requests=300, concurrency=8, target="external-ip")
+        time.sleep(0.5)
+    assert small.returncode == 0 and big.returncode == 0
+    s, b = load(tmp_path / "small"), load(tmp_path / "big")
+    assert b.meta["stats"]["lost"] == 0
+    lost = s.meta["stats"]["lost"]
+    assert lost > 0
+    assert len(s.events) + lost == len(b.events)
+    assert sum(s.meta["stats"]["lost_by_probe"].values()) == lost
+    # The summary says so, prominently.
+    assert f"lost events: {lost}" in small.stdout and "ring buffer was full" in small.stdout
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_probe_outlives_the_tracer(lab_state, tmp_path, how):
+    progs0, links0 = bpf_objects()
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "c",
+                 stop_signal=how):
+        progs1, links1 = bpf_objects()
+        assert len(progs1 - progs0) >= 5 and len(links1 - links0) == 8  # 4 hooks x enter/exit
+    assert wait_until(lambda: bpf_objects() == (progs0, links0) or
+                      (bpf_objects()[0] <= progs0 and bpf_objects()[1] <= links0), timeout=15)
+
+
+def test_sigkilled_capture_still_loads(lab_state, tmp_path):
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "k",
+                 stop_signal=signal.SIGKILL) as run:
+        t_end = time.time() + 3.5
+        sent = 0
+        while time.time() < t_end:
+            sent += run_traffic(requests=20, concurrency=2, target="external-ip").ok
+        killed_at = time.time_ns()
+    assert run.returncode == -signal.SIGKILL
+    cap = load(tmp_path / "k")
+    assert cap.meta["complete"] is False
+    assert len(cap.events) > 0
+    ev = cap.events
+    dnat_first = int(((ev.nat_kind == "dnat") & ev.nat_first).sum())
+    assert 0 < dnat_first <= sent
+    # At most about the last second is missing.
+    assert killed_at - int(ev.time_ns.max()) < 1.6e9
+
+
+def test_hist_mode_counts_match_the_rules(lab_state, tmp_path):
+    before = sep_counters("lab-node-a")
+    summary = tmp_path / "s.json"
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a", "--mode", "hist"],
+                 tmp_path / "h", summary_json=summary) as run:
+        run_traffic(requests=50, concurrency=4, target="external-ip")
+        time.sleep(0.3)
+    new = sum(_delta(sep_counters("lab-node-a"), before).values())
+    hists = run.summary["histograms"]["nat_hook_ns"]
+    first_pre = next(h for h in hists if h["hook"] == "prerouting" and h["first"])
+    assert sum(c for _, _, c in first_pre["buckets"]) == new == 50
+    assert "in-kernel histogram" in run.stdout and "nsecs" in run.stdout
+    cap = load(tmp_path / "h")
+    assert len(cap.events) == 0 and cap.meta["mode"] == "hist"
+    assert run.summary["backends"] == {"nat": "netfilter"}
+
+
+def test_client_and_endpoint_filters(lab_state, tmp_path):
+    pod_a = next(p for p in lab_state.pods if p.node == "node-a")
+    pod_b = next(p for p in lab_state.pods if p.node == "node-b")
+    base = ["--svc", "nginx-demo-1", "--netns", "lab-node-a"]
+    before = sep_counters("lab-node-a")
+    with capture([*base, "--client", CLIENT], tmp_path / "client"), \
+            capture([*base, "--endpoint", pod_b.ip], tmp_path / "endpoint"):
+        ext = run_traffic(requests=40, concurrency=4, target="external-ip")
+        run_traffic(requests=20, concurrency=2, target="cluster-ip", source=pod_a.name)
+        time.sleep(0.3)
+    sep = _delta(sep_counters("lab-node-a"), before)
+    c = load(tmp_path / "client").events
+    dnat = c[(c.nat_kind == "dnat") & c.nat_first]
+    assert len(dnat) == ext.ok == 40 and set(dnat.saddr) == {CLIENT}
+    assert pod_a.ip not in set(c[c.probe == "nat"].saddr)
+    e = load(tmp_path / "endpoint")
+    ev = e.events
+    dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
+    chain_b = next(ch for ch, ip in _endpoint_of_chain(e.meta).items() if ip == pod_b.ip)
+    assert len(dnat) == sep[chain_b] and set(dnat.nat_daddr) == {pod_b.ip}
+    assert pod_a.ip not in set(ev.daddr) | set(ev.saddr) | set(ev.nat_daddr[ev.probe == "nat"])
+
+
+def test_endpoint_changes_during_capture_are_picked_up(lab_reup, tmp_path):
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "ch"):
+        state = lab_reup(replicas=3)
+        time.sleep(3)  # the capture re-reads the rules every 2 s
+        run_traffic(requests=60, concurrency=4, target="external-ip", state=state)
+        time.sleep(0.3)
+    cap = load(tmp_path / "ch")
+    history = cap.meta["service_history"]
+    assert [len(h["service"]["ports"][0]["endpoints"]) for h in history] == [2, 3]
+    new_pod = next(p for p in state.pods if p.ip not in
+                   {ep["ip"] for ep in history[0]["service"]["ports"][0]["endpoints"]})
+    ev = cap.events
+    assert new_pod.ip in set(ev.nat_daddr[(ev.nat_kind == "dnat")])
+
+
+def test_ipv6_is_counted_as_skipped_never_misparsed(lab_state, tmp_path):
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "v6"):
+        subprocess.run(["ip", "netns", "exec", "lab-client", "ping", "-6", "-c", "3", "-i", "0.2",
+                        "-W", "1", "ff02::1%eth0"], capture_output=True)
+        run_traffic(requests=5, concurrency=1, target="external-ip")
+        time.sleep(0.3)
+    cap = load(tmp_path / "v6")
+    assert cap.meta["stats"]["ipv6_skipped"] >= 3
+    assert set(cap.events.proto) == {6}
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRACER, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["capture", "--svc", "no-such-svc", "--netns", "lab-node-a"], 2, "default/nginx-demo-1"),
+    (["capture", "--svc", "nginx-demo-1", "--netns", "lab-node-a", "--client", "1.2.3"], 2,
+     "not an IPv4 address"),
+    (["capture", "--svc", "nginx-demo-1", "--netns", "lab-node-a", "--backend", "nat=kprobe"], 4,
+     "not available on this kernel"),
+    (["capture", "--svc", "nginx-demo-1", "--netns", "lab-node-a", "-o", "/proc/version/x"], 5,
+     "cannot write capture"),
+    (["capture", "--svc", "nginx-demo-1", "--netns", "no-such-node"], 2, "no network namespace"),
+])
+def test_errors_are_one_line_and_an_exit_code(lab_state, args, code, text):
+    proc = _run(args)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_not_root_is_one_line(lab_state):
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TRACER,
+                           "capture", "--svc", "nginx-demo-1"], capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().count("\n") == 0 and "root" in proc.stderr
