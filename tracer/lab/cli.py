@@ -1,0 +1,134 @@
+"""`tracer lab ...` commands: parse options, call tracer.lab, print. The
+library is imported inside each command so `tracer --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("lab")
+def lab() -> None:
+    """The built-in lab: the seed article's two Kubernetes nodes in network
+    namespaces (kube-proxy iptables rules, Calico-style BGP routing with BIRD,
+    nginx pods). All commands need root."""
+
+
+@lab.command("up")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Kubernetes manifest to deploy (default: the shipped nginx-demo.yaml).")
+@click.option("--replicas", type=click.IntRange(min=0), default=None,
+              help="Override every Deployment's replica count.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds to wait for BGP to converge.")
+@click.option("--json", "as_json", is_flag=True, help="Print the lab state as JSON.")
+def up_command(manifest: str | None, replicas: int | None, timeout: float, as_json: bool) -> None:
+    """Build the lab, or bring it in line with the manifest (idempotent)."""
+    from tracer.lab import controller
+
+    result = controller.up(manifest, replicas, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps({"action": result.action, "seconds": round(result.seconds, 3),
+                               "changes": list(result.changes),
+                               "state": json.loads(result.state.to_json())},
+                              indent=2, sort_keys=True))
+        return
+    s = result.state
+    click.echo(f"lab {result.action} in {result.seconds:.2f}s: {len(s.nodes)} nodes, "
+               f"{len(s.pods)} pods, {len(s.services)} services")
+    for change in result.changes:
+        click.echo(f"  {change}")
+    for p in s.pods:
+        click.echo(f"  pod {p.name} on {p.node} {p.ip} ({p.veth})")
+    for svc in s.services:
+        addrs = [a for a in (svc.cluster_ip, *svc.external_ips) if a]
+        np = f", nodePort {svc.node_port}" if svc.node_port else ""
+        click.echo(f"  service {svc.name}: {', '.join(addrs)} port {svc.port}{np}")
+
+
+@lab.command("down")
+@click.option("--json", "as_json", is_flag=True)
+def down_command(as_json: bool) -> None:
+    """Remove every namespace, process and file the lab made (idempotent)."""
+    from tracer.lab import controller
+
+    result = controller.down()
+    if as_json:
+        click.echo(json.dumps({"namespaces": list(result.namespaces),
+                               "processes": list(result.processes),
+                               "run_dir_removed": result.run_dir_removed,
+                               "seconds": round(result.seconds, 3)}, indent=2, sort_keys=True))
+    elif result.was_up:
+        click.echo(f"lab down in {result.seconds:.2f}s: removed {len(result.namespaces)} "
+                   f"namespaces, stopped {len(result.processes)} processes")
+    else:
+        click.echo("lab was not up: nothing to remove")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON for scripts.")
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool) -> int:
+    """Nodes, pods, BGP sessions and routes, services. Exit 0 when the lab is
+    up and healthy, 1 otherwise."""
+    from tracer.lab import status
+
+    st = status.status()
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(status.format_status(st))
+    return 0 if st.up and st.healthy else 1
+
+
+@lab.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("name")
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def exec_command(name: str, argv: tuple[str, ...]) -> int:
+    """Run a command inside a lab namespace: NAME is client, tor, node-a (or
+    a), node-b, a pod name, or a lab-* namespace (lab-node-a, lab-pod-...).
+    Exits with its exit code.
+
+    Example: tracer lab exec node-a -- iptables -t nat -L KUBE-SERVICES -n"""
+    from tracer.lab import controller
+
+    args = list(argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    return controller.exec_in(name, args)
+
+
+@lab.command("traffic")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=None,
+              help="Exact number of requests (default 100 unless --duration).")
+@click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Run wrk for this many seconds instead of an exact count.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--target", type=click.Choice(["external-ip", "node-port", "cluster-ip"]),
+              default="external-ip", show_default=True)
+@click.option("--keepalive", is_flag=True, help="Reuse connections (default: one per request).")
+@click.option("--node", type=click.Choice(["a", "b"]), default="a", show_default=True,
+              help="Node whose IP the node-port target uses.")
+@click.option("--from", "source", default=None,
+              help="client or a pod name (default: client; a pod for cluster-ip).")
+@click.option("--service", default=None, help="Service to target (default: the first that fits).")
+@click.option("--json", "as_json", is_flag=True)
+def traffic_command(requests, duration, concurrency, target, keepalive, node, source, service,
+                    as_json) -> int:
+    """Send real HTTP requests to a lab Service and report what happened.
+    Exits 1 if any request failed."""
+    from tracer.lab import traffic
+
+    result = traffic.run_traffic(
+        requests=requests, duration=duration, concurrency=concurrency, target=target,
+        keepalive=keepalive, node=node, source=source, service=service,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(traffic.format_result(result))
+    return 1 if result.failed else 0

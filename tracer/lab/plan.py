@@ -1,0 +1,291 @@
+"""Pure planning: manifest + replica override -> the LabState to build.
+
+No I/O here (beyond hashing strings): the fixed topology of the seed article,
+Kubernetes-like pod names, Calico-like interface names and per-node address
+blocks, where every file of every daemon goes, and which pod backs which
+service port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.errors import ManifestError, UsageError
+from tracer.kube.model import Deployment, Manifest
+from tracer.kube.model import Service as KubeService
+from tracer.lab.state import (
+    POD_NETNS_PREFIX,
+    RUN_DIR,
+    Bird,
+    Endpoint,
+    Host,
+    LabState,
+    Nginx,
+    Node,
+    Pod,
+    Router,
+    Service,
+    ServicePort,
+)
+
+DEFAULT_MANIFEST = Path(__file__).parent / "manifests" / "nginx-demo.yaml"
+
+# The seed article's addresses: a /24 LAN behind a top-of-rack router, node A
+# is 192.168.64.57 (also the Service's external IP), the pod 10.217.120.72.
+LAN_CIDR = "192.168.64.0/24"
+LAN_PREFIXLEN = 24
+TOR_IP = "192.168.64.1"
+CLIENT_IP = "192.168.64.10"
+CLUSTER_CIDR = "10.217.0.0/16"
+ASN = 64512  # Calico's default AS number
+POD_GATEWAY = "169.254.1.1"  # what every Calico pod routes to
+CALICO_MAC = "ee:ee:ee:ee:ee:ee"  # Calico's host-side veth MAC
+BRIDGE = "br-lan"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ip: str
+    pod_cidr: str
+
+
+# Node names; each node's namespace is "lab-" + its name.
+NODE_SPECS = (
+    NodeSpec("node-a", "192.168.64.57", "10.217.120.64/26"),
+    NodeSpec("node-b", "192.168.64.58", "10.217.121.0/26"),
+)
+
+# Pods get addresses from offset 8 of their node's block, so replica 0 on
+# node A is 10.217.120.72, the pod IP of the seed article.
+FIRST_POD_OFFSET = 8
+
+# Kubernetes' rand.SafeEncodeString alphabet (no vowels, no 0/1/3): what the
+# 5-character suffix of a ReplicaSet's pod names is drawn from.
+K8S_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def netns_name(short: str) -> str:
+    return f"lab-{short}"
+
+
+def pod_netns(pod_name: str) -> str:
+    return f"{POD_NETNS_PREFIX}{pod_name}"
+
+
+def lan_port(name: str) -> str:
+    """The ToR-side bridge port of a host on the LAN ("lan-node-a")."""
+    return f"lan-{name.removeprefix('lab-')}"[:15]
+
+
+def template_hash(namespace: str, deployment: str) -> str:
+    """Stand-in for the pod-template-hash: the same for every replica of a
+    Deployment, as in Kubernetes. Here: 10 hex chars of a sha256."""
+    return hashlib.sha256(f"{namespace}/{deployment}".encode()).hexdigest()[:10]
+
+
+def pod_suffix(namespace: str, deployment: str, index: int, salt: int = 0) -> str:
+    digest = hashlib.sha256(f"{namespace}/{deployment}/{index}/{salt}".encode()).digest()
+    return "".join(K8S_SUFFIX_ALPHABET[b % len(K8S_SUFFIX_ALPHABET)] for b in digest[:5])
+
+
+def pod_name(namespace: str, deployment: str, index: int, salt: int = 0) -> str:
+    """Deterministic Kubernetes-like pod name: <deploy>-<10 hex>-<5 chars>."""
+    return (
+        f"{deployment}-{template_hash(namespace, deployment)}-"
+        f"{pod_suffix(namespace, deployment, index, salt)}"
+    )
+
+
+def veth_name(namespace: str, pod: str) -> str:
+    """Calico's host-side interface name: "cali" + sha1("<ns>.<pod>")[:11]."""
+    return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
+
+
+def block_capacity(cidr: str) -> int:
+    """How many pods fit in a node's block from FIRST_POD_OFFSET on (the
+    broadcast address of the block is left out)."""
+    return ipaddress.ip_network(cidr).num_addresses - FIRST_POD_OFFSET - 1
+
+
+def pod_ip(cidr: str, slot: int) -> str:
+    """The address of the slot-th pod (0-based) on a node with block cidr."""
+    if not 0 <= slot < block_capacity(cidr):
+        raise UsageError(
+            f"node block {cidr} has room for {block_capacity(cidr)} pods, asked for {slot + 1}"
+        )
+    net = ipaddress.ip_network(cidr)
+    return str(net.network_address + FIRST_POD_OFFSET + slot)
+
+
+def bird_files(run_dir: Path, name: str) -> Bird:
+    d = run_dir / "bird"
+    return Bird(
+        config=str(d / f"{name}.conf"),
+        socket=str(d / f"{name}.ctl"),
+        pid_file=str(d / f"{name}.pid"),
+        log=str(d / f"{name}.log"),
+    )
+
+
+def nginx_files(run_dir: Path, pod: str) -> Nginx:
+    d = run_dir / "pods" / pod
+    return Nginx(
+        config=str(d / "nginx.conf"),
+        pid_file=str(d / "nginx.pid"),
+        access_log=str(d / "access.log"),
+        error_log=str(d / "error.log"),
+        root=str(d / "html"),
+    )
+
+
+def resolve_target_port(
+    service: KubeService, port_target: int | str, deployment: Deployment
+) -> int:
+    """A Service's targetPort as a number: numbers as they are, names looked
+    up among the Deployment's named container ports."""
+    if isinstance(port_target, int):
+        return port_target
+    named = dict(deployment.named_ports)
+    if port_target in named:
+        return named[port_target]
+    if port_target.isdigit():
+        return int(port_target)
+    raise ManifestError(
+        f"{service.full_name}: targetPort {port_target!r} names no containerPort of "
+        f"Deployment {deployment.namespace}/{deployment.name}"
+    )
+
+
+def make_plan(
+    manifest: Manifest,
+    *,
+    replicas: int | None = None,
+    run_dir: str | Path = RUN_DIR,
+    manifest_path: str = "",
+    manifest_sha256: str = "",
+) -> LabState:
+    """Everything to build, with no process ids yet.
+
+    Replica i of every Deployment goes to node i % 2 (round-robin, replica 0
+    on node A); each node hands out addresses sequentially from its block.
+    `replicas` overrides every Deployment's replica count.
+    """
+    if replicas is not None and replicas < 0:
+        raise UsageError(f"--replicas must be >= 0, got {replicas}")
+    run_dir = Path(run_dir)
+
+    nodes = tuple(
+        Node(
+            name=spec.name,
+            netns=netns_name(spec.name),
+            ip=spec.ip,
+            pod_cidr=spec.pod_cidr,
+            lan_port=lan_port(spec.name),
+            bird=bird_files(run_dir, spec.name),
+        )
+        for spec in NODE_SPECS
+    )
+    tor = Router(name="tor", netns=netns_name("tor"), ip=TOR_IP, bridge=BRIDGE,
+                 bird=bird_files(run_dir, "tor"))
+    client = Host(name="client", netns=netns_name("client"), ip=CLIENT_IP,
+                  lan_port=lan_port("client"))
+
+    # Ports nginx must listen on, per Deployment: its container ports and every
+    # resolved targetPort of the Services that select it.
+    listen: dict[tuple[str, str], set[int]] = {
+        (d.namespace, d.name): set(d.container_ports) for d in manifest.deployments
+    }
+    for svc in manifest.services:
+        for d in manifest.backing_deployments(svc):
+            for sp in svc.ports:
+                if sp.protocol == "TCP":
+                    listen[(d.namespace, d.name)].add(resolve_target_port(svc, sp.target_port, d))
+
+    pods: list[Pod] = []
+    used_slots = {n.name: 0 for n in nodes}
+    names: set[str] = set()
+    for d in manifest.deployments:
+        count = d.replicas if replicas is None else replicas
+        ports = tuple(sorted(listen[(d.namespace, d.name)] or {80}))
+        for i in range(count):
+            node = nodes[i % len(nodes)]
+            ip = pod_ip(node.pod_cidr, used_slots[node.name])
+            used_slots[node.name] += 1
+            salt = 0
+            name = pod_name(d.namespace, d.name, i)
+            while name in names:  # a 1-in-14-million suffix clash: draw again
+                salt += 1
+                name = pod_name(d.namespace, d.name, i, salt)
+            names.add(name)
+            pods.append(
+                Pod(
+                    name=name,
+                    namespace=d.namespace,
+                    deployment=d.name,
+                    index=i,
+                    node=node.name,
+                    ip=ip,
+                    netns=pod_netns(name),
+                    veth=veth_name(d.namespace, name),
+                    ports=ports,
+                    labels=d.pod_labels,
+                    nginx=nginx_files(run_dir, name),
+                )
+            )
+
+    services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
+    return LabState(
+        run_dir=str(run_dir),
+        manifest=manifest_path or manifest.source,
+        manifest_sha256=manifest_sha256,
+        replicas=replicas,
+        lan_cidr=LAN_CIDR,
+        cluster_cidr=CLUSTER_CIDR,
+        asn=ASN,
+        pod_gateway=POD_GATEWAY,
+        tor=tor,
+        client=client,
+        nodes=nodes,
+        pods=tuple(pods),
+        services=services,
+        created=time.time(),
+    )
+
+
+def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:
+    backing = {(d.namespace, d.name): d for d in manifest.backing_deployments(svc)}
+    ports = []
+    for sp in svc.ports:
+        endpoints = []
+        target = sp.target_port if isinstance(sp.target_port, int) else 0
+        for p in pods:
+            d = backing.get((p.namespace, p.deployment))
+            if d is None:
+                continue
+            target = resolve_target_port(svc, sp.target_port, d)
+            endpoints.append(Endpoint(ip=p.ip, port=target, pod=p.name, node=p.node))
+        ports.append(
+            ServicePort(
+                name=sp.name,
+                protocol=sp.protocol,
+                port=sp.port,
+                target_port=target,
+                node_port=sp.node_port,
+                endpoints=tuple(endpoints),
+            )
+        )
+    return Service(
+        namespace=svc.namespace,
+        name=svc.name,
+        type=svc.type,
+        cluster_ip=svc.cluster_ip,
+        external_ips=tuple(svc.external_ips),
+        ports=tuple(ports),
+        selector=tuple(svc.selector),
+    )
+

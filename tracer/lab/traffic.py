@@ -1,0 +1,441 @@
+"""Real HTTP load against the lab's Services, with counts that add up.
+
+Two engines:
+  - exact (default, `--requests N`): N requests from a pool of C worker
+    threads that have entered the source namespace (the client, or a pod for
+    cluster IPs). A new TCP connection per request unless keepalive. Every
+    request is accounted for (ok or failed, with why) and the page body says
+    which pod answered, so the counts can be compared with the pods' access
+    logs and the KUBE-SEP counters.
+  - wrk (`--duration S`): as much load as wrk makes in S seconds; counts come
+    from wrk and from the access logs (wrk cannot stop at an exact count).
+
+Either way the pods' access logs are read before and after, so the result
+also says how many requests each pod served.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from tracer import netns as nsmod
+from tracer.errors import LabError, TracerError, UsageError
+from tracer.lab import access_log
+from tracer.lab.state import LabState, load_state
+from tracer.system import require_program, require_root, run
+
+TARGETS = ("external-ip", "node-port", "cluster-ip")
+_POD_LINE = re.compile(rb"pod=(\S+) ip=(\S+) node=(\S+)")
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    service: str
+    address: str
+    port: int
+    source: str  # "client" or a pod name
+    source_netns: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}/"
+
+
+@dataclass(frozen=True)
+class TrafficResult:
+    target: str
+    service: str
+    url: str
+    source: str
+    source_netns: str
+    engine: str  # "exact" or "wrk"
+    keepalive: bool
+    concurrency: int
+    requested: int | None  # None for a duration run
+    ok: int  # 2xx responses received in full
+    failed: int
+    errors: dict[str, int]  # failure kind -> count
+    status_codes: dict[str, int]
+    connections: int  # TCP connections opened (exact engine; wrk: -c)
+    by_pod: dict[str, int]  # who answered, from the page bodies (exact engine)
+    served_by_pod: dict[str, int]  # requests the pods logged during the run
+    duration_s: float
+    requests_per_s: float
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 max mean
+
+    @property
+    def served(self) -> int:
+        return sum(self.served_by_pod.values())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_target(
+    state: LabState,
+    kind: str = "external-ip",
+    *,
+    node: str = "a",
+    source: str | None = None,
+    service: str | None = None,
+) -> Target:
+    """Where to send requests and from which namespace."""
+    if kind not in TARGETS:
+        raise UsageError(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
+    candidates = [state.service(service)] if service else list(state.services)
+    if kind == "external-ip":
+        svc = next((s for s in candidates if s.external_ips), None)
+        address = svc.external_ips[0] if svc else None
+        port = svc.port if svc else 0
+    elif kind == "node-port":
+        svc = next((s for s in candidates if s.node_port), None)
+        address = state.node(node).ip if svc else None
+        port = (svc.node_port or 0) if svc else 0
+    else:
+        svc = next((s for s in candidates if s.cluster_ip), None)
+        address = svc.cluster_ip if svc else None
+        port = svc.port if svc else 0
+    if svc is None or address is None:
+        raise UsageError(f"no lab service has a {kind.replace('-', ' ')}")
+
+    if source is None:
+        # Cluster IPs are reached from inside the cluster: from a pod.
+        if kind == "cluster-ip":
+            if not state.pods:
+                raise UsageError("no pod to send cluster-IP traffic from (replicas 0)")
+            source = state.pods[0].name
+        else:
+            source = "client"
+    if source in (state.client.name, state.client.netns):
+        if kind == "cluster-ip":
+            raise UsageError(
+                "cluster IPs are only reachable inside the cluster: use --from POD "
+                "(or --target external-ip / node-port from the client)"
+            )
+        return Target(kind, svc.name, address, port, state.client.name, state.client.netns)
+    pod = state.pod(source)
+    return Target(kind, svc.name, address, port, pod.name, pod.netns)
+
+
+# --- report math -----------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..100)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_summary(latencies_s: Iterable[float]) -> dict[str, float]:
+    values = sorted(latencies_s)
+    if not values:
+        return {}
+    ms = [v * 1000 for v in values]
+    return {
+        "p50": round(percentile(ms, 50), 3),
+        "p90": round(percentile(ms, 90), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "max": round(ms[-1], 3),
+        "mean": round(sum(ms) / len(ms), 3),
+    }
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def pod_of_body(body: bytes) -> str | None:
+    m = _POD_LINE.search(body)
+    return m.group(1).decode() if m else None
+
+
+# --- exact engine ------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_index: int = 0
+    ok: int = 0
+    errors: Counter = field(default_factory=Counter)
+    status: Counter = field(default_factory=Counter)
+    by_pod: Counter = field(default_factory=Counter)
+    connections: int = 0
+    latencies: list[float] = field(default_factory=list)
+    fatal: BaseException | None = None
+
+    def take(self, total: int) -> bool:
+        with self.lock:
+            if self.next_index >= total or self.fatal is not None:
+                return False
+            self.next_index += 1
+            return True
+
+
+class _HttpError(Exception):
+    """A request that failed; args[0] is the kind reported in errors."""
+
+
+def _read_response(sock: socket.socket, keepalive: bool) -> tuple[int, bytes, bool]:
+    """(status, body, server closes) of one HTTP/1.1 response."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _HttpError("closed before response" if not buf else "truncated headers")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise _HttpError("bad status line") from None
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower()] = v.strip().lower()
+    closes = headers.get(b"connection") == b"close" or not keepalive
+    length = headers.get(b"content-length")
+    if length is not None:
+        want = int(length)
+        while len(body) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise _HttpError("truncated body")
+            body += chunk
+    else:
+        while True:  # no length: the body ends when the server closes
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        closes = True
+    return status, body, closes
+
+
+def _worker(target: Target, total: int, keepalive: bool, timeout: float, tally: _Tally) -> None:
+    try:
+        path = nsmod.resolve(target.source_netns)
+        want = nsmod.inode(path)
+        with nsmod.entered(path):
+            # Never send a request from the host's namespace by mistake.
+            if nsmod.current_inode() != want:
+                raise LabError(f"could not enter {target.source_netns}")
+            _requests(target, total, keepalive, timeout, tally)
+    except BaseException as exc:  # surfaces in the caller's thread
+        with tally.lock:
+            tally.fatal = tally.fatal or exc
+
+
+def _requests(target: Target, total: int, keepalive: bool, timeout: float, tally: _Tally) -> None:
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
+        f"User-Agent: tracer-lab\r\nAccept: */*\r\n"
+        f"Connection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
+    ).encode()
+    sock: socket.socket | None = None
+    while tally.take(total):
+        t0 = time.perf_counter()
+        try:
+            if sock is None:
+                sock = socket.create_connection((target.address, target.port), timeout=timeout)
+                with tally.lock:
+                    tally.connections += 1
+            sock.sendall(request)
+            status, body, closes = _read_response(sock, keepalive)
+        except (OSError, _HttpError) as exc:
+            kind = exc.args[0] if isinstance(exc, _HttpError) else type(exc).__name__
+            if isinstance(exc, TimeoutError | socket.timeout):
+                kind = "timeout"
+            with tally.lock:
+                tally.errors[kind] += 1
+            if sock is not None:
+                sock.close()
+                sock = None
+            continue
+        elapsed = time.perf_counter() - t0
+        if closes:
+            sock.close()
+            sock = None
+        with tally.lock:
+            tally.status[str(status)] += 1
+            if 200 <= status < 300:
+                tally.ok += 1
+                tally.latencies.append(elapsed)
+                pod = pod_of_body(body)
+                if pod:
+                    tally.by_pod[pod] += 1
+            else:
+                tally.errors[f"http {status}"] += 1
+    if sock is not None:
+        sock.close()
+
+
+def _exact(target: Target, requests: int, concurrency: int, keepalive: bool,
+           timeout: float) -> tuple[_Tally, float]:
+    tally = _Tally()
+    threads = [
+        threading.Thread(target=_worker, args=(target, requests, keepalive, timeout, tally),
+                         name=f"lab-traffic-{i}", daemon=True)
+        for i in range(min(concurrency, max(requests, 1)))
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if tally.fatal is not None:
+        if isinstance(tally.fatal, TracerError):
+            raise tally.fatal
+        raise LabError(f"traffic worker failed: {tally.fatal}") from tally.fatal
+    return tally, elapsed
+
+
+# --- wrk engine -------------------------------------------------------------------------
+
+_WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m)")
+_WRK_PCT = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def parse_wrk(text: str) -> dict:
+    """The numbers of wrk's --latency report."""
+    m = _WRK_TOTAL.search(text)
+    if m is None:
+        raise LabError(f"cannot read wrk's report: {text.strip().splitlines()[-1:]}")
+    out: dict = {"requests": int(m.group(1)), "seconds": float(m.group(2)) * _UNIT_S[m.group(3)]}
+    out["latency_ms"] = {
+        f"p{p}": round(float(v) * _UNIT_S[u] * 1000, 3) for p, v, u in _WRK_PCT.findall(text)
+    }
+    errs = _WRK_ERR.search(text)
+    out["errors"] = (
+        {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"), errs.groups(),
+                                   strict=True) if int(v)}
+        if errs else {}
+    )
+    non2xx = _WRK_NON2XX.search(text)
+    out["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return out
+
+
+def _wrk(target: Target, seconds: float, concurrency: int, keepalive: bool) -> dict:
+    require_program("wrk")
+    argv = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency),
+            "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
+    if not keepalive:
+        argv += ["-H", "Connection: close"]
+    proc = run([*argv, target.url], netns=target.source_netns, timeout=seconds + 30)
+    return parse_wrk(proc.stdout)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def run_traffic(
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    concurrency: int = 4,
+    target: str = "external-ip",
+    keepalive: bool = False,
+    node: str = "a",
+    source: str | None = None,
+    service: str | None = None,
+    timeout: float = 5.0,
+    state: LabState | None = None,
+) -> TrafficResult:
+    """Send HTTP requests to a lab Service and report what happened."""
+    require_root("tracer lab traffic")
+    if requests is not None and duration is not None:
+        raise UsageError("give --requests or --duration, not both")
+    if requests is None and duration is None:
+        requests = 100
+    if requests is not None and requests < 1:
+        raise UsageError(f"--requests must be >= 1, got {requests}")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration must be > 0, got {duration}")
+    if concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
+    state = state or load_state()
+    tgt = resolve_target(state, target, node=node, source=source, service=service)
+
+    marks = access_log.offsets(state)
+    if requests is not None:
+        tally, elapsed = _exact(tgt, requests, concurrency, keepalive, timeout)
+        served = _served_since(state, marks, at_least=tally.ok)
+        failed = sum(tally.errors.values())
+        return TrafficResult(
+            target=tgt.kind, service=tgt.service, url=tgt.url, source=tgt.source,
+            source_netns=tgt.source_netns, engine="exact", keepalive=keepalive,
+            concurrency=concurrency, requested=requests, ok=tally.ok, failed=failed,
+            errors=dict(tally.errors), status_codes=dict(tally.status),
+            connections=tally.connections, by_pod=dict(sorted(tally.by_pod.items())),
+            served_by_pod=served, duration_s=round(elapsed, 4),
+            requests_per_s=rate(tally.ok, elapsed), latency_ms=latency_summary(tally.latencies),
+        )
+
+    assert duration is not None
+    t0 = time.perf_counter()
+    report = _wrk(tgt, duration, concurrency, keepalive)
+    elapsed = time.perf_counter() - t0
+    served = _served_since(state, marks, at_least=report["requests"])
+    failed = report["non2xx"] + sum(report["errors"].values())
+    return TrafficResult(
+        target=tgt.kind, service=tgt.service, url=tgt.url, source=tgt.source,
+        source_netns=tgt.source_netns, engine="wrk", keepalive=keepalive,
+        concurrency=concurrency, requested=None, ok=report["requests"] - report["non2xx"],
+        failed=failed, errors=report["errors"], status_codes={},
+        connections=concurrency, by_pod={}, served_by_pod=served,
+        duration_s=round(report["seconds"] or elapsed, 4),
+        requests_per_s=rate(report["requests"], report["seconds"] or elapsed),
+        latency_ms=report["latency_ms"],
+    )
+
+
+def _served_since(state: LabState, marks: dict[str, int], *, at_least: int,
+                  wait: float = 2.0) -> dict[str, int]:
+    """Requests the pods logged since marks. nginx logs a request just after
+    its response went out, so the last lines may trail the client by a moment:
+    wait (briefly) until at least as many as the client saw are there."""
+    deadline = time.monotonic() + wait
+    while True:
+        counts = access_log.count_by_pod(access_log.read_since(marks, state))
+        if sum(counts.values()) >= at_least or time.monotonic() > deadline:
+            return dict(sorted(counts.items()))
+        time.sleep(0.02)
+
+
+def format_result(r: TrafficResult) -> str:
+    """Human-readable report (the CLI prints it)."""
+    mode = "keep-alive" if r.keepalive else "new connection per request"
+    asked = f"{r.requested} requests" if r.requested is not None else "duration run"
+    lines = [
+        f"traffic: {asked} to {r.url} ({r.target}, service {r.service}) from {r.source}, "
+        f"{r.engine} engine, concurrency {r.concurrency}, {mode}",
+        f"  ok {r.ok}  failed {r.failed}  connections {r.connections}  "
+        f"in {r.duration_s:.3f}s  ({r.requests_per_s} req/s)",
+    ]
+    if r.errors:
+        lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())))
+    if r.latency_ms:
+        lines.append("  latency ms: " + "  ".join(f"{k} {v}" for k, v in r.latency_ms.items()))
+    pods = sorted(set(r.by_pod) | set(r.served_by_pod))
+    if pods:
+        lines.append("  per pod (answers seen by the client / requests in the pod's access log):")
+        for p in pods:
+            seen = r.by_pod.get(p, "-") if r.engine == "exact" else "-"
+            lines.append(f"    {p:<32} {seen!s:>7} / {r.served_by_pod.get(p, 0)}")
+    return "\n".join(lines)
