@@ -2,7 +2,7 @@
 # Debian 12 machine as root.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint unit
+.PHONY: setup demo test lint unit test-kernels
 
 setup:
 	@./scripts/setup.sh
@@ -22,3 +22,8 @@ unit: setup
 
 lint: setup
 	$(PY) -m ruff check tracer tests bench
+
+# Tests that boot Debian's distro kernel under qemu (TCG) for the kprobe and
+# fentry backends; the first run downloads the kernel into /var/cache/tracer.
+test-kernels: setup
+	$(PY) -m pytest -m kernel_vm

@@ -4,20 +4,215 @@ real work."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
 from tracer import __version__
 from tracer.errors import TracerError
+from tracer.lab.cli import lab as _lab_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracer")
 def cli() -> None:
     """eBPF packet tracer for Kubernetes nodes."""
+
+
+@cli.command("services")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved services as JSON.")
+@click.option(
+    "--netns",
+    metavar="NAME|PATH",
+    help="Read the rules of this network namespace (a name under /run/netns, or a path).",
+)
+def services_command(as_json: bool, netns: str | None) -> None:
+    """List the Services kube-proxy programmed in the nat table."""
+    import json
+
+    from tracer import netns as netns_lib
+    from tracer.kube.iptables_parse import parse_nat_rules
+    from tracer.kube.rules_source import format_services_table, read_nat_rules
+    from tracer.system import require_root
+
+    if netns:
+        path = netns_lib.resolve(netns)
+        require_root("tracer services --netns")
+        with netns_lib.entered(path):
+            text = read_nat_rules()
+    else:
+        text = read_nat_rules()
+    services = parse_nat_rules(text)
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in services], indent=2))
+    else:
+        click.echo(format_services_table(services))
+
+
+# `tracer lab ...`: the network-namespace lab (tracer/lab/cli.py).
+cli.add_command(_lab_commands)
+
+
+@cli.command("capture")
+@click.option("--svc", "service", required=True, metavar="[NAMESPACE/]NAME",
+              help="Service to trace, resolved from the node's kube-proxy rules.")
+@click.option("--netns", metavar="NAME|PATH",
+              help="Capture as the node whose network namespace this is (e.g. lab-node-a).")
+@click.option("--node", metavar="NAME", help="Node name to record (default: netns name or hostname).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write the capture (a directory of Parquet parts + metadata).")
+@click.option("--force", is_flag=True, help="Overwrite an existing capture directory.")
+@click.option("--mode", type=click.Choice(["events", "hist"]), default="events", show_default=True,
+              help="events: every packet; hist: only in-kernel NAT latency histograms (cheapest).")
+@click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
+@click.option("--count", type=int, metavar="N", help="Stop after N events.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-event lines; summary only.")
+@click.option("--backend", metavar="SPEC",
+              help="Force backends: 'kprobe' (wherever possible) or 'nat=kprobe,rx=tracepoint'.")
+@click.option("--probes", default="rx,nat,tx,drop", show_default=True,
+              help="Probe points to attach, comma-separated.")
+@click.option("--client", metavar="IP", help="Only flows of this client address.")
+@click.option("--endpoint", metavar="IP", help="Only flows to this pod/endpoint address.")
+@click.option("--port", type=int, metavar="PORT", help="Only packets with this port (any side, any stage).")
+@click.option("--proto", metavar="PROTO", help="Only this protocol (tcp, udp, sctp, icmp).")
+@click.option("--ringbuf-mb", type=int, default=16, show_default=True,
+              help="Ring buffer size in MiB (a power of two).")
+@click.option("--summary-json", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the summary and counters as JSON.")
+def capture_command(service: str, netns: str | None, node: str | None, output: Path | None,
+                    force: bool, mode: str, duration: float | None, count: int | None,
+                    quiet: bool, backend: str | None, probes: str, client: str | None,
+                    endpoint: str | None, port: int | None, proto: str | None, ringbuf_mb: int,
+                    summary_json: Path | None) -> None:
+    """Trace every packet of one Service as this node handles it."""
+    from tracer.capture.session import Callbacks, CaptureOptions, run_capture
+
+    opts = CaptureOptions(
+        service=service, netns=netns, node=node, output=output, force=force, mode=mode,
+        duration=duration, count=count, quiet=quiet, backend=backend,
+        probes=tuple(p.strip() for p in probes.split(",") if p.strip()), client=client,
+        endpoint=endpoint, port=port, proto=proto, ringbuf_mb=ringbuf_mb,
+    )
+    tty = sys.stderr.isatty()
+    callbacks = Callbacks(
+        line=click.echo,
+        status=(lambda s: click.echo("\r" + s + "\033[K", err=True, nl=False)) if tty
+        else (lambda s: None),
+        ready=lambda s: click.echo(s, err=True),
+    )
+    result = run_capture(opts, callbacks)
+    if tty:
+        click.echo("", err=True)
+    click.echo(result.text)
+    if summary_json is not None:
+        doc = {"summary": result.summary.to_dict(), "stats": result.stats,
+               "backends": result.meta.get("backends"), "node": result.meta.get("node"),
+               "startup": result.meta.get("startup"),
+               "histograms": result.meta.get("histograms")}
+        summary_json.write_text(json.dumps(doc, indent=1, default=str))
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def doctor_command(as_json: bool) -> int:
+    """What this kernel offers and which backend each probe point would use."""
+    from tracer.doctor import run_doctor
+
+    report = run_doctor()
+    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.render())
+    return 0 if report.can_capture else 4
+
+
+# ---- analysis (tracer.analysis): reads captures; needs neither root nor BCC.
+# Each command parses its arguments and prints what tracer.analysis.commands yields.
+
+
+def _echo_all(lines, notes=None) -> None:
+    for line in lines:
+        click.echo(line)
+    for note in notes or []:
+        click.echo(f"tracer: {note}", err=True)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("--packet", type=int, help="Show this packet (ids as printed: 1, 2, ...).")
+@click.option("--flow", help="Packets of a flow: SRC[:PORT]->DST[:PORT][/PROTO], parts optional.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Packets to show; 0 = all.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, one per line.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw swimlanes to this PNG.")
+def timeline(captures, packet, flow, limit, as_json, plot) -> None:
+    """What happened to each packet, hop by hop, across nodes."""
+    from tracer.analysis import commands
+
+    notes: list[str] = []
+    _echo_all(commands.timeline(captures, packet=packet, flow=flow, limit=limit, as_json=as_json,
+                                plot=plot, notes=notes), notes)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the merged capture.")
+@click.option("--force", is_flag=True, help="Replace the capture files in an existing directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+def correlate(captures, out, force, as_json) -> None:
+    """Merge per-node captures into one, on one clock estimated from the traffic."""
+    from tracer.analysis import commands
+
+    _echo_all(commands.correlate(captures, out, force=force, as_json=as_json))
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot the distributions to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def latency(captures, plot, as_json) -> None:
+    """NAT hook time, node traversal and cross-node hop latency distributions."""
+    from tracer.analysis import commands
+
+    _echo_all(commands.latency(captures, as_json=as_json, plot=plot))
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also chart observed vs promised to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--window", "window_s", type=float, help="Time window for the over-time view, seconds.")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of the intervals.")
+def fairness(captures, plot, as_json, window_s, confidence) -> None:
+    """New connections per endpoint against the share kube-proxy's rules promise."""
+    from tracer.analysis import commands
+
+    _echo_all(commands.fairness(captures, as_json=as_json, plot=plot, window_s=window_s,
+                                confidence=confidence))
+
+
+@cli.command()
+@click.argument("capture")
+@click.option("--pcap", required=True, type=click.Path(dir_okay=False), help="pcapng file to write.")
+@click.option("--payload", type=click.Choice(["omit", "zeros"]), default="omit", show_default=True,
+              help="Leave payload out (original length kept) or zero-fill it.")
+def export(capture, pcap, payload) -> None:
+    """Write a capture as pcapng (one packet per event) for Wireshark or tcpdump."""
+    from tracer.analysis import commands
+
+    _echo_all(commands.export(capture, pcap, payload=payload))
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory for report.md, report.html and the PNGs.")
+def report(captures, out) -> None:
+    """One page: capture metadata, sample timelines, latency, fairness."""
+    from tracer.analysis import commands
+
+    _echo_all(commands.report(captures, out))
 
 
 def main(argv: list[str] | None = None) -> None:
