@@ -180,10 +180,12 @@ def latency(captures, plot, as_json) -> None:
 
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
-@click.option("--plot", type=click.Path(dir_okay=False), help="Also chart observed vs promised to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Also chart observed vs promised to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--window", "window_s", type=float, help="Time window for the over-time view, seconds.")
-@click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of the intervals.")
+@click.option("--confidence", type=float, default=0.95, show_default=True,
+              help="Confidence of the intervals.")
 def fairness(captures, plot, as_json, window_s, confidence) -> None:
     """New connections per endpoint against the share kube-proxy's rules promise."""
     from tracer.analysis import commands

@@ -1,0 +1,129 @@
+"""Latency distributions and BCC-style histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.analysis.synthetic import NODE_A, NODE_B, event_set
+from tracer.analysis import latency
+from tracer.analysis.events import load_events
+from tracer.analysis.histogram import (
+    counts_to_buckets,
+    fill_bucket_gaps,
+    format_buckets,
+    format_log2,
+    log2_index,
+)
+from tracer.analysis.packets import assemble
+
+
+@pytest.fixture(scope="module")
+def report(scenario):
+    return latency.analyze(assemble(load_events(scenario.both)))
+
+
+def test_nat_groups_first_apart_from_established(report, scenario):
+    groups = {(d.labels["hook"], d.labels["kind"], d.labels["first"]): d for d in report.nat}
+    first = groups[("prerouting", "dnat", "first")]
+    est = groups[("prerouting", "dnat", "established")]
+    conns = len(scenario.sim.connections)
+    assert first.count == conns  # one first DNAT per connection
+    assert first.percentiles["50"] > 10 * est.percentiles["50"]  # ~15 us vs ~0.6 us
+    assert set(groups) >= {
+        ("postrouting", "snat", "first"),
+        ("prerouting", "rev_snat", "established"),
+        ("postrouting", "rev_dnat", "established"),
+    }
+    # exactly the capture's nat_ns values
+    a = scenario.sim.events[NODE_A]
+    truth = a[(a["nat_kind"] == "dnat") & a["nat_first"]]["nat_ns"].to_numpy()
+    assert first.max == truth.max()
+    assert first.percentiles["99"] == pytest.approx(np.percentile(truth, 99))
+
+
+def test_traversal_and_hops(report):
+    paths = {(d.labels["node"], d.labels["path"]) for d in report.traversal}
+    assert (NODE_A, "eth0 -> eth0") in paths
+    assert (NODE_B, "eth0 -> cali1087c975dd9") in paths and (
+        NODE_B,
+        "cali1087c975dd9 -> eth0",
+    ) in paths
+    hops = {(d.labels["from"], d.labels["to"]): d for d in report.hops}
+    ab = hops[(NODE_A, NODE_B)]
+    # the synthetic wire: 18 us minimum + exponential(6 us); clocks corrected to within ~20 us
+    assert 5_000 < ab.percentiles["50"] < 45_000
+    assert "clock uncertainty" in ab.note
+
+
+def test_percentiles_of_known_values():
+    d = latency.describe(np.arange(1, 1001), {"x": 1})
+    assert d.count == 1000 and d.max == 1000
+    assert d.percentiles["50"] == pytest.approx(500.5)
+    assert d.percentiles["99.9"] == pytest.approx(999.001)
+    empty = latency.describe(np.array([]), {})
+    assert empty.count == 0 and np.isnan(empty.percentiles["50"])
+
+
+def test_traversal_is_first_rx_to_last_tx():
+    rows = [
+        {"ts_ns": 0, "probe": "rx"},
+        {"ts_ns": 3000, "probe": "tx", "ifname": "cali1"},
+        {"ts_ns": 9000, "probe": "rx", "netns": "pod", "ifname": "eth0"},
+    ]
+    d = latency.traversal_times(assemble(event_set(rows)))
+    assert (
+        len(d) == 1
+        and d[0].labels == {"node": NODE_A, "path": "eth0 -> cali1"}
+        and d[0].max == 3000
+    )
+
+
+BCC_EXPECTED = """\
+     ns                  : count     distribution
+       256 -> 511        : 13       |****                                    |
+       512 -> 1023       : 120      |****************************************|
+      1024 -> 2047       : 0        |                                        |
+      2048 -> 4095       : 1        |                                        |"""
+
+
+def test_log2_histogram_looks_like_bcc():
+    values = np.array([300] * 13 + [700] * 120 + [3000])
+    assert format_log2(values) == BCC_EXPECTED
+
+
+def test_log2_buckets():
+    assert log2_index(np.array([0, 1, 2, 3, 4, 1023, 1024])).tolist() == [0, 1, 2, 2, 3, 10, 11]
+    counts = np.bincount(log2_index(np.array([0, 1, 5])), minlength=4)
+    assert counts_to_buckets(counts) == [(0, 1, 2), (2, 3, 0), (4, 7, 1)]
+
+
+def test_kernel_histogram_as_the_engine_writes_it():
+    # tracer.histograms.log2_buckets: every slot, zeros included
+    from tracer.histograms import log2_buckets
+
+    slots = [0] * 32
+    slots[9], slots[11] = 13, 3
+    rows = fill_bucket_gaps(log2_buckets(slots))
+    assert rows == [(512, 1023, 13), (1024, 2047, 0), (2048, 4095, 3)]
+    text = format_buckets(rows)
+    assert (
+        text.splitlines()[1]
+        == "       512 -> 1023       : 13       |****************************************|"
+    )
+
+
+def test_meta_histograms_in_report(report):
+    assert {(h["node"], h["hook"], h["first"]) for h in report.kernel} >= {
+        (NODE_A, "prerouting", True)
+    }
+    text = latency.format_text(report)
+    assert "In-kernel NAT hook histograms" in text and "distribution" in text
+
+
+def test_json_document(report):
+    from tracer.analysis.commands import to_json
+
+    doc = report.to_dict()
+    assert doc["nat_hook"][0]["log2_buckets"]
+    to_json(doc)

@@ -1,0 +1,166 @@
+"""What each analysis command prints, as functions returning lines.
+
+tracer/cli.py parses arguments and calls these; they load captures, run the
+analysis and yield the text (or JSON) to print, raising TracerError subclasses
+for anything the user can act on. Keeping them here keeps cli.py free of
+work and lets tests call them without a terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracer.analysis import correlate as correlate_mod
+from tracer.analysis import fairness as fairness_mod
+from tracer.analysis import latency as latency_mod
+from tracer.analysis import timeline as timeline_mod
+from tracer.analysis.events import load_events
+from tracer.analysis.flows import parse_flow
+from tracer.analysis.packets import assemble
+from tracer.errors import TracerError, UsageError
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to null, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_clean(v) for v in value.tolist()]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return None if math.isnan(v) or math.isinf(v) else v
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    return json.dumps(_clean(value), **kwargs)
+
+
+def timeline(
+    captures: Sequence[str | Path],
+    *,
+    packet: int | None = None,
+    flow: str | None = None,
+    limit: int = 20,
+    as_json: bool = False,
+    plot: str | Path | None = None,
+    notes: list[str] | None = None,
+) -> Iterator[str]:
+    """Journeys of the selected packets: text blocks, or one JSON object per packet.
+    Messages meant for stderr (truncation) are appended to `notes`."""
+    if flow is not None:
+        parse_flow(flow)  # a malformed --flow fails before any file is read
+    if limit < 0:
+        raise UsageError("--limit must be 0 (all) or more")
+    packets = timeline_mod.packets_of(captures)
+    if not packets.count:
+        raise TracerError("no events in these captures")
+    ids = timeline_mod.select(packets, packet=packet, flow=flow)
+    if not len(ids):
+        raise TracerError(f"no packet in these captures matches --flow {flow}")
+    total = len(ids)
+    if limit and total > limit:
+        ids = ids[:limit]
+        if notes is not None:
+            notes.append(f"showing {limit} of {total} packets (--limit 0 for all)")
+    if plot:
+        from tracer.analysis.plots import plot_timeline
+
+        plot_timeline(list(timeline_mod.journeys(packets, ids[:6])), plot)
+        if notes is not None:
+            notes.append(f"timeline plot of {min(len(ids), 6)} packet(s) written to {plot}")
+    if not as_json and len(packets.clocks.nodes) > 1:
+        yield "clocks: " + "; ".join(packets.clocks.summary())
+        yield ""
+    for doc in timeline_mod.journeys(packets, ids):
+        if as_json:
+            yield json.dumps(doc)  # journeys hold plain Python values only
+        else:
+            yield timeline_mod.format_journey(doc)
+            yield ""
+
+
+def latency(
+    captures: Sequence[str | Path], *, as_json: bool = False, plot: str | Path | None = None
+) -> Iterator[str]:
+    packets = assemble(load_events(captures))
+    report = latency_mod.analyze(packets)
+    if plot:
+        from tracer.analysis.plots import plot_latency
+
+        plot_latency(report, plot)
+    if as_json:
+        yield to_json(report.to_dict(), indent=1)
+    else:
+        yield latency_mod.format_text(report)
+
+
+def fairness(
+    captures: Sequence[str | Path],
+    *,
+    as_json: bool = False,
+    plot: str | Path | None = None,
+    window_s: float | None = None,
+    confidence: float = 0.95,
+) -> Iterator[str]:
+    if window_s is not None and window_s <= 0:
+        raise UsageError("--window must be a positive number of seconds")
+    if not 0 < confidence < 1:
+        raise UsageError("--confidence must be between 0 and 1 (e.g. 0.95)")
+    events = load_events(captures)
+    source = (
+        assemble(events) if len(events.nodes) > 1 else events
+    )  # clocks matter only across nodes
+    report = fairness_mod.analyze(
+        source, window_ns=None if window_s is None else int(window_s * 1e9), confidence=confidence
+    )
+    if plot:
+        if not report.overall.connections:
+            raise TracerError("no new connections (DNAT decisions) to plot")
+        from tracer.analysis.plots import plot_fairness
+
+        plot_fairness(report, plot)
+    if as_json:
+        yield to_json(report.to_dict(), indent=1)
+    else:
+        yield fairness_mod.format_text(report)
+
+
+def correlate(
+    captures: Sequence[str | Path], out: str | Path, *, force: bool = False, as_json: bool = False
+) -> Iterator[str]:
+    result = correlate_mod.merge(captures, out, overwrite=force)
+    if as_json:
+        yield to_json(result.to_dict(), indent=1)
+        return
+    yield f"merged {len(result.nodes)} nodes, {result.events} events -> {result.path}"
+    yield from (f"  {line}" for line in result.clocks.summary())
+    yield (
+        f"  {result.links} cross-node packet hops matched, {result.ambiguous_links} ambiguous, "
+        f"{result.causal_violations} out of causal order after correction"
+    )
+
+
+def export(capture: str | Path, pcap: str | Path, *, payload: str = "omit") -> Iterator[str]:
+    from tracer.analysis.pcap import export_pcapng
+
+    n = export_pcapng([capture], pcap, payload=payload)
+    yield f"wrote {n} packets (one per event) to {pcap}"
+
+
+def report(captures: Sequence[str | Path], out_dir: str | Path) -> Iterator[str]:
+    from tracer.analysis.report import build
+
+    md = build(captures, out_dir)
+    yield f"report written to {md} and {md.with_suffix('.html')}"

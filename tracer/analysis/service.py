@@ -1,0 +1,222 @@
+"""What kube-proxy promised: endpoints and their shares, from capture metadata.
+
+``meta["service"]`` is ``tracer.kube.iptables_parse.ResolvedService.to_dict()``:
+``{"namespace", "name", "ports": [{"protocol", "port", "cluster_ips",
+"external_ips", "load_balancer_ips", "node_port", "external_policy",
+"endpoints": [{"ip", "port", "probability", "share", "chain"}],
+"local_endpoints": [...]}]}``. Each port has its own KUBE-SVC chain, so a
+connection's promise depends on how it reached the Service: through a cluster
+IP it is ``endpoints``; through an external IP, load-balancer IP or node port
+it is ``local_endpoints`` when ``external_policy`` is "Local", else
+``endpoints``. Rules are tried in order, so when only probabilities are known,
+share_i = p_i * prod_{j<i} (1 - p_j) (the last rule takes what is left).
+
+``meta["service_history"]`` (``[{"ts_ns", "service"}]``, ts_ns on the
+capturing node's CLOCK_MONOTONIC) starts with the Service at capture start and
+adds an entry for every change; ``meta["service"]`` is the latest. Each entry
+applies from its ts_ns on (the first also before it).
+
+Field names are read leniently (a flat ``endpoints`` list, ``address`` for
+``ip``, ``target_port`` for ``port``) so older or hand-written metadata works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tracer.analysis.addresses import PROTO_NUMBERS, ip_to_int
+
+
+@dataclass(frozen=True)
+class PromisedEndpoint:
+    ip: str
+    port: int | None
+    share: float
+    probability: float | None = None
+    chain: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.ip}:{self.port}" if self.port is not None else self.ip
+
+
+@dataclass(frozen=True)
+class PortPromise:
+    """One service port: where clients reach it and which endpoints it promises."""
+
+    protocol: int | None
+    port: int | None
+    node_port: int | None
+    cluster_ips: frozenset[int]
+    external_ips: frozenset[int]  # external and load-balancer IPs
+    external_policy: str | None
+    endpoints: tuple[PromisedEndpoint, ...]
+    local_endpoints: tuple[PromisedEndpoint, ...] = ()
+
+    def promise_for(self, dst: int, dport: int, proto: int) -> tuple[PromisedEndpoint, ...] | None:
+        """The endpoints a connection to dst:dport/proto was promised, None if
+        it did not come through this port."""
+        if self.protocol is not None and proto != self.protocol:
+            return None
+        external = self.external_policy == "Local"
+        if self.port is not None and dport == self.port:
+            if dst in self.cluster_ips:
+                return self.endpoints
+            if dst in self.external_ips:
+                return self.local_endpoints if external else self.endpoints
+            if not self.cluster_ips and not self.external_ips:  # addresses unknown
+                return self.endpoints
+        if self.node_port is not None and dport == self.node_port:
+            return self.local_endpoints if external else self.endpoints
+        return None
+
+
+def _first(d: dict[str, Any], *names: str) -> Any:
+    for n in names:
+        if d.get(n) is not None:
+            return d[n]
+    return None
+
+
+def shares_from_probabilities(probabilities: Sequence[float | None]) -> list[float]:
+    """kube-proxy's cascade of statistic rules -> the share each endpoint gets."""
+    shares, left = [], 1.0
+    for i, p in enumerate(probabilities):
+        p = 1.0 if p is None or i == len(probabilities) - 1 else float(p)
+        shares.append(left * p)
+        left *= 1.0 - p
+    return shares
+
+
+def parse_endpoints(raw: Sequence[Any] | None) -> tuple[PromisedEndpoint, ...]:
+    parsed = []
+    for e in raw or []:
+        if isinstance(e, str):
+            e = {"endpoint": e}
+        ip = _first(e, "ip", "address", "addr", "pod_ip")
+        port = _first(e, "port", "target_port", "targetPort")
+        if ip is None and e.get("endpoint"):
+            ip, _, port_text = str(e["endpoint"]).rpartition(":")
+            ip, port = (ip, int(port_text)) if ip else (port_text, None)
+        parsed.append((str(ip), None if port is None else int(port), e))
+    if not parsed:
+        return ()
+    shares = [_first(e, "share") for _, _, e in parsed]
+    probs = [_first(e, "probability", "p") for _, _, e in parsed]
+    if any(s is None for s in shares):
+        shares = shares_from_probabilities(probs)
+    total = float(sum(shares)) or 1.0
+    return tuple(
+        PromisedEndpoint(
+            ip=ip,
+            port=port,
+            share=float(s) / total,
+            probability=None if p is None else float(p),
+            chain=_first(e, "chain", "sep_chain"),
+        )
+        for (ip, port, e), s, p in zip(parsed, shares, probs, strict=True)
+    )
+
+
+def _ips(values: Any) -> frozenset[int]:
+    out = set()
+    for v in [values] if isinstance(values, str) else (values or []):
+        try:
+            out.add(ip_to_int(str(v)))
+        except ValueError:
+            continue
+    return frozenset(out)
+
+
+def _proto(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return PROTO_NUMBERS.get(str(value).lower())
+
+
+def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
+    if not service:
+        return []
+    ports = []
+    for p in service.get("ports") or []:
+        if not isinstance(p, dict):
+            continue
+        ports.append(
+            PortPromise(
+                protocol=_proto(p.get("protocol")),
+                port=p.get("port"),
+                node_port=p.get("node_port"),
+                cluster_ips=_ips(p.get("cluster_ips") or p.get("cluster_ip")),
+                external_ips=_ips(
+                    [*(p.get("external_ips") or []), *(p.get("load_balancer_ips") or [])]
+                ),
+                external_policy=p.get("external_policy"),
+                endpoints=parse_endpoints(p.get("endpoints")),
+                local_endpoints=parse_endpoints(p.get("local_endpoints")),
+            )
+        )
+    if service.get("endpoints"):  # flat form: one promise for everything
+        ports.append(
+            PortPromise(
+                None,
+                None,
+                None,
+                frozenset(),
+                frozenset(),
+                None,
+                parse_endpoints(service["endpoints"]),
+            )
+        )
+    return ports
+
+
+def service_name(service: dict[str, Any] | None) -> str:
+    if not service:
+        return "(unknown service)"
+    ns = service.get("namespace")
+    return f"{ns}/{service.get('name')}" if ns else str(service.get("name"))
+
+
+@dataclass
+class Era:
+    """A period during which one version of the Service was in force on one node."""
+
+    start_ts_ns: int  # node monotonic; the first era also covers everything before
+    ports: list[PortPromise]
+
+    def promise_for(
+        self, dst: int, dport: int, proto: int, dnat_to: str
+    ) -> tuple[PromisedEndpoint, ...] | None:
+        for port in self.ports:
+            found = port.promise_for(dst, dport, proto)
+            if found is not None:
+                return found
+        # Reached the Service some way the metadata does not list (e.g. a node
+        # address for a node port): the port whose endpoints include the target.
+        for port in self.ports:
+            if any(e.key == dnat_to for e in port.endpoints):
+                return port.endpoints
+        return None
+
+    def keys(self) -> list[str]:
+        return [e.key for p in self.ports for e in (*p.endpoints, *p.local_endpoints)]
+
+
+def eras(meta: dict[str, Any]) -> list[Era]:
+    history = sorted(meta.get("service_history") or [], key=lambda c: c.get("ts_ns", 0))
+    if not history:
+        return [Era(-(2**62), parse_service(meta.get("service")))]
+    out = [Era(int(h.get("ts_ns", 0)), parse_service(h.get("service"))) for h in history]
+    out[0].start_ts_ns = -(2**62)
+    return out
+
+
+def era_index(era_list: list[Era], ts_ns: np.ndarray) -> np.ndarray:
+    starts = np.array([e.start_ts_ns for e in era_list], dtype=np.int64)
+    return np.maximum(np.searchsorted(starts, ts_ns, side="right") - 1, 0)
