@@ -486,15 +486,17 @@ def simulate(sc: Scenario) -> Simulation:
     client_ip = np.array([ip_to_int(c) for c in clients], dtype=np.int64)[client_idx][conn]
     pod_ip = np.array([ip_to_int(p.ip) for p in PODS], dtype=np.int64)[endpoint[conn]]
     cport = client_port[conn]
+    # kube-proxy masquerades with --random-fully: a random source port per connection.
+    mport = rng.integers(1024, 65536, n_conn)[conn]
     full = lambda v: np.full(n_packets, v, dtype=np.int64)  # noqa: E731
     c2s_stages = [
         (client_ip, cport, full(ip[VIP]), full(VIP_PORT)),
         (client_ip, cport, pod_ip, full(POD_PORT)),
-        (full(ip[NODE_A_IP]), cport, pod_ip, full(POD_PORT)),
-        (full(ip[NODE_A_IP]), cport, pod_ip, full(POD_PORT)),
+        (full(ip[NODE_A_IP]), mport, pod_ip, full(POD_PORT)),
+        (full(ip[NODE_A_IP]), mport, pod_ip, full(POD_PORT)),
     ]
     s2c_stages = [
-        (pod_ip, full(POD_PORT), full(ip[NODE_A_IP]), cport),
+        (pod_ip, full(POD_PORT), full(ip[NODE_A_IP]), mport),
         (pod_ip, full(POD_PORT), client_ip, cport),
         (full(ip[VIP]), full(VIP_PORT), client_ip, cport),
         (full(ip[VIP]), full(VIP_PORT), client_ip, cport),

@@ -65,7 +65,11 @@ def timeline(
         raise UsageError("--limit must be 0 (all) or more")
     packets = timeline_mod.packets_of(captures)
     if not packets.count:
-        raise TracerError("no events in these captures")
+        hist = any(m.get("mode") == "hist" for m in packets.node_meta.values())
+        raise TracerError(
+            "no events in these captures"
+            + (" (histogram mode records no packets: see `tracer latency`)" if hist else "")
+        )
     ids = timeline_mod.select(packets, packet=packet, flow=flow)
     if not len(ids):
         raise TracerError(f"no packet in these captures matches --flow {flow}")

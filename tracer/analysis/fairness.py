@@ -141,8 +141,11 @@ class FairnessReport:
         }
 
 
-def _nice_window(span_ns: int, target: int = 10) -> int:
-    """A round window length giving about `target` windows (1, 2 or 5 x 10^k ns, >= 1 ms)."""
+def _nice_window(span_ns: int, connections: int, min_per_window: int = 30, most: int = 10) -> int:
+    """A round window length (1, 2 or 5 x 10^k ns, >= 1 ms) giving at most
+    `most` windows and, on average, at least `min_per_window` connections in
+    each: a chi-square of a handful of connections says nothing."""
+    target = max(1, min(most, connections // min_per_window))
     raw = max(span_ns / target, 1_000_000)
     exp = 10 ** math.floor(math.log10(raw))
     for m in (1, 2, 5, 10):
@@ -301,6 +304,12 @@ def analyze(
         elif promise is not None:  # no metadata: equal over the endpoints seen
             table[ci, :] = 1.0 / max(k, 1)
     share_rows = table[combo_id] if len(combo_id) else np.zeros((0, k))
+    changes = max((len(m.get("service_history") or []) for m in node_meta.values()), default=0)
+    if changes > 1:
+        notes.append(
+            f"the Service's endpoints changed during the capture ({changes} versions in "
+            "service_history); each connection is held to the version in force when it began"
+        )
     if len({p for p in promises if p is not None}) > 1:
         notes.append(
             "connections were promised different endpoint sets (frontend, node or time); "
@@ -340,7 +349,7 @@ def analyze(
     windows = []
     start = int(t.min()) if len(t) else 0
     if window_ns is None:
-        window_ns = _nice_window(int(t.max() - t.min()) if len(t) else 0)
+        window_ns = _nice_window(int(t.max() - t.min()) if len(t) else 0, len(t))
     if len(t):
         w = (t - start) // window_ns
         for wi in np.unique(w):

@@ -51,13 +51,15 @@ def select(
     return np.arange(1, packets.count + 1)
 
 
+# fmt: off
 _ROW_FIELDS = (
     "row", "hop", "node", "probe", "hook", "netns", "netns_ino", "ifname", "ifindex", "t",
-    "since_prev_ns", "since_first_ns", "proto", "src", "sport", "dst", "dport", "out_src", "out_sport",
-    "out_dst", "out_dport", "ttl", "len", "ip_id", "skb", "tcp_flags", "seq", "ack", "nat_kind",
-    "nat_first", "nat_ns", "drop_reason", "link_from_row", "link_ambiguous", "link_candidates",
-    "ambiguous", "candidates",
+    "since_prev_ns", "since_first_ns", "proto", "src", "sport", "dst", "dport", "out_src",
+    "out_sport", "out_dst", "out_dport", "ttl", "len", "ip_id", "skb", "tcp_flags", "seq", "ack",
+    "nat_kind", "nat_first", "nat_ns", "drop_reason", "link_from_row", "link_ambiguous",
+    "link_candidates", "ambiguous", "candidates",
 )
+# fmt: on
 _Row = namedtuple("_Row", _ROW_FIELDS)
 
 
