@@ -113,6 +113,13 @@ def conntrack_entries(netns: str, port: int) -> set[tuple[tuple, tuple]]:
     return out
 
 
+def netfilter_links() -> list[dict]:
+    links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], check=True,
+                                      capture_output=True, text=True).stdout or "[]")
+    # Debian's bpftool 7.1 predates the name and prints BPF_LINK_TYPE_NETFILTER (10).
+    return [link for link in links if link.get("type") in ("netfilter", 10)]
+
+
 def bpf_objects() -> tuple[set[int], set[int]]:
     """Ids of every BPF program and link on the machine."""
     progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,

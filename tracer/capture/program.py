@@ -13,6 +13,7 @@ messages name the real files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,12 +32,33 @@ BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 # after it (NF_IP_PRI_NAT_DST = -100 in PRE_ROUTING and LOCAL_OUT,
 # NF_IP_PRI_NAT_SRC = 100 in POST_ROUTING and LOCAL_IN; include/uapi/linux/
 # netfilter_ipv4.h). Conntrack (-200) has run by then, so the skb has its ct.
+# Two BPF programs may not share a priority on one hook (EBUSY, net/netfilter/
+# core.c nf_hook_entries_grow, since 6.4), so a second tracer in the same
+# namespace takes the next free priority, still between the neighbouring
+# hooks: mangle (-150) / NAT / filter (0) on the DNAT side, security (50) /
+# NAT / conntrack helpers (300) on the SNAT side.
+_DNAT_SIDE = (range(-101, -150, -1), range(-99, 0))
+_SNAT_SIDE = (range(99, 50, -1), range(101, 300))
 NAT_HOOK_BRACKETS = (
-    (bpf_syscall.NF_INET_PRE_ROUTING, -101, -99),
-    (bpf_syscall.NF_INET_LOCAL_OUT, -101, -99),
-    (bpf_syscall.NF_INET_POST_ROUTING, 99, 101),
-    (bpf_syscall.NF_INET_LOCAL_IN, 99, 101),
+    (bpf_syscall.NF_INET_PRE_ROUTING, *_DNAT_SIDE),
+    (bpf_syscall.NF_INET_LOCAL_OUT, *_DNAT_SIDE),
+    (bpf_syscall.NF_INET_POST_ROUTING, *_SNAT_SIDE),
+    (bpf_syscall.NF_INET_LOCAL_IN, *_SNAT_SIDE),
 )
+HOOK_NAMES = {0: "prerouting", 1: "input", 3: "output", 4: "postrouting"}
+
+
+def _link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[int, int]:
+    for priority in priorities:
+        try:
+            return bpf_syscall.link_create_netfilter(prog_fd, hook, priority), priority
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+    raise KernelFeatureError(
+        f"no free netfilter priority next to the NAT hook ({HOOK_NAMES[hook]}): "
+        "too many BPF programs already bracket it"
+    )
 
 
 @dataclass
@@ -123,6 +145,8 @@ class LoadedProgram:
     links: list[int] = field(default_factory=list)
     # (kind, target, fn_name) of every BCC attachment, for detach()
     attachments: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    # netfilter hook -> (enter, exit) priorities actually used
+    nat_priorities: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def table(self, name: str):
         return self.bpf[name.encode()]  # type: ignore[index]
@@ -239,8 +263,11 @@ def load_and_attach(
                 leave = bpf.load_func(b"trc_nat_nf_exit", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
                                       attach_type=bpf_syscall.BPF_NETFILTER)
                 for hook, before, after in NAT_HOOK_BRACKETS:
-                    prog.links.append(bpf_syscall.link_create_netfilter(enter.fd, hook, before))
-                    prog.links.append(bpf_syscall.link_create_netfilter(leave.fd, hook, after))
+                    fd_in, p_in = _link_at_free_priority(enter.fd, hook, before)
+                    prog.links.append(fd_in)
+                    fd_out, p_out = _link_at_free_priority(leave.fd, hook, after)
+                    prog.links.append(fd_out)
+                    prog.nat_priorities[HOOK_NAMES[hook]] = (p_in, p_out)
             elif b.name == "fentry":
                 continue
             else:

@@ -225,6 +225,7 @@ class CaptureSession:
             "netns": netns_info,
             "backends": {p: b.name for p, b in backends.items()},
             "backend_targets": {p: b.target for p, b in backends.items()},
+            "nat_hook_priorities": self.prog.nat_priorities,
             "mode": o.mode,
             "service": self.service.to_dict(),
             "filters": {k: v for k, v in (("client", o.client), ("endpoint", o.endpoint),
