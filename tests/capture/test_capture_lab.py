@@ -344,3 +344,48 @@ def test_not_root_is_one_line(lab_state):
                            "capture", "--svc", "nginx-demo-1"], capture_output=True, text=True)
     assert proc.returncode == 3
     assert proc.stderr.strip().count("\n") == 0 and "root" in proc.stderr
+
+
+def test_count_ends_the_capture_and_files_load_without_the_tracer(lab_state, tmp_path):
+    out = tmp_path / "n"
+    proc = subprocess.Popen([*TRACER, "capture", "--svc", "nginx-demo-1", "--netns", "lab-node-a",
+                             "--count", "25", "-o", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: (out / "_tracer_meta.json").exists(), timeout=30)
+    run_traffic(requests=10, concurrency=1, target="external-ip")
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "ended by --count 25" in stdout
+    cap = load(out)
+    assert len(cap.events) == 25 and cap.meta["ended_by"] == "--count 25"
+    # Plain pandas and DuckDB read the directory; they know nothing of the tracer.
+    import duckdb
+    import pandas as pd
+
+    df = pd.read_parquet(out)
+    assert len(df) == 25 and set(df.columns) == set(cap.events.columns)
+    by_probe = dict(duckdb.sql(
+        f"SELECT probe, count(*) FROM read_parquet('{out}/*.parquet') GROUP BY probe").fetchall())
+    assert by_probe == df.probe.astype(str).value_counts().to_dict()
+
+
+def test_doctor_reports_the_backends_in_use(lab_state):
+    import json
+
+    proc = _run(["doctor", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["can_capture"] is True
+    assert report["chosen"] == {"rx": "raw_tracepoint", "nat": "netfilter", "tx": "raw_tracepoint",
+                                "drop": "raw_tracepoint"}
+    checks = {c["name"]: c["ok"] for c in report["checks"]}
+    assert checks["BTF"] and checks["netfilter links"] and not checks["kprobes"]
+
+
+def test_services_lists_what_the_node_rules_define(lab_state):
+    import json
+
+    proc = _run(["services", "--netns", "lab-node-a", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    names = {s["name"] for s in json.loads(proc.stdout)}
+    assert {"nginx-demo-1", "nginx-demo-2"} <= names
