@@ -52,7 +52,7 @@ struct tracer_pkt {
 	u32 seq, ack;
 	u16 sport, dport;
 	u16 ip_id, len;
-	u8 proto, ttl, tcp_flags, pad;
+	u8 proto, ttl, tcp_flags, ip_hlen, tcp_hlen;
 };
 
 struct tracer_flow_key {
@@ -159,6 +159,7 @@ static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
 	p->len = ip.tot_len;
 	p->ttl = ip.ttl;
 	p->proto = ip.protocol;
+	p->ip_hlen = ihl;
 	/* Only the first fragment carries the L4 header. */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -171,6 +172,7 @@ static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
 			p->seq = th.seq;
 			p->ack = th.ack;
 			p->tcp_flags = th.flags;
+			p->tcp_hlen = (th.doff >> 4) * 4;
 		}
 	} else if (ip.protocol == IPPROTO_UDP_) {
 		struct { u16 sport, dport; } uh;
@@ -328,7 +330,9 @@ static __always_inline void fill_event(struct tracer_event *e, u8 probe, const v
 	e->nat_kind = TRACER_NAT_NONE;
 	e->nat_first = 0;
 	e->drop_reason = 0;
-	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	e->ip_hlen = p->ip_hlen;
+	e->tcp_hlen = p->tcp_hlen;
+	e->pad = 0;
 }
 
 #ifndef MODE_HIST

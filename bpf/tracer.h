@@ -61,7 +61,9 @@ struct tracer_event {
 	__u8 tcp_flags;
 	__u8 nat_kind;      /* TRACER_NAT_* */
 	__u8 nat_first;     /* this packet ran the NAT rules (new binding) */
-	__u8 pad[3];
+	__u8 ip_hlen;       /* IPv4 header length, bytes */
+	__u8 tcp_hlen;      /* TCP header length (data offset), bytes; 0 if not TCP */
+	__u8 pad;
 };
 
 /* Counters in the per-CPU array "stats", summed by Python. */

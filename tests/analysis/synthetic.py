@@ -595,6 +595,9 @@ def simulate(sc: Scenario) -> Simulation:
             "ttl": ttl.astype(np.uint8),
             "len": length[ev_pkt].astype(np.uint16),
             "tcp_flags": flags[ev_pkt],
+            "ip_hlen": np.full(n_ev, 20, dtype=np.uint8),
+            # Linux: a SYN carries 20 bytes of options, later segments timestamps.
+            "tcp_hlen": np.where(flags[ev_pkt] & 2, 40, 32).astype(np.uint8),
             "seq": seq[ev_pkt].astype(np.uint32),
             "ack": ack[ev_pkt].astype(np.uint32),
             "nat_kind": cat(code["nat_kind"], vocab["nat_kind"]),
@@ -751,6 +754,8 @@ EVENT_DEFAULTS: dict[str, Any] = {
     "ttl": 64,
     "len": 52,
     "tcp_flags": 0x10,
+    "ip_hlen": 20,
+    "tcp_hlen": 32,
     "seq": 1000,
     "ack": 2000,
     "nat_kind": "",

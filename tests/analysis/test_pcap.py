@@ -104,7 +104,23 @@ def test_ip_header_checksum_sums_to_zero(scenario):
     total = (words[:, :, 0] << 8 | words[:, :, 1]).sum(axis=1)
     while (total > 0xFFFF).any():
         total = (total & 0xFFFF) + (total >> 16)
-    assert (total == 0xFFFF).all() and (hlen == 40).all()
+    assert (total == 0xFFFF).all()
+    # TCP headers keep their captured length (options written as NOPs).
+    assert (hlen == 20 + ev["tcp_hlen"].to_numpy()).all()
+
+
+def test_tcp_checksum_covers_pseudo_header_and_options(scenario):
+    ev = load_events(scenario.both).events.head(200)
+    hdr, hlen = headers(ev)
+    for row, n in zip(hdr, hlen, strict=True):
+        ip, tcp = row[:20], row[20:n]
+        seg_len = (int(ip[2]) << 8 | int(ip[3])) - 20  # payload bytes are zeros
+        words = [int(tcp[i]) << 8 | int(tcp[i + 1]) for i in range(0, len(tcp), 2)]
+        words += [int(ip[i]) << 8 | int(ip[i + 1]) for i in range(12, 20, 2)]
+        total = sum(words) + 6 + seg_len
+        while total > 0xFFFF:
+            total = (total & 0xFFFF) + (total >> 16)
+        assert total == 0xFFFF
 
 
 def test_unwritable_output(scenario, tmp_path):

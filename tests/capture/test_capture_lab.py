@@ -165,20 +165,24 @@ def test_drop_of_a_service_packet_has_its_reason(lab_state, tmp_path):
                  tmp_path / "drop"):
         sh("lab-node-a", "iptables", "-I", *rule)
         try:
-            subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "1",
-                            f"http://{NODE_A}:8088/"] * 1, capture_output=True)
-            # Until a connection is DNATed to pod B (random choice), retry.
+            # Until a few connections are DNATed to pod B (random choice).
             for _ in range(20):
-                subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "1",
+                subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "0.5",
                                 f"http://{NODE_A}:8088/"], capture_output=True)
+            time.sleep(0.2)
+            cut = time.monotonic_ns()  # the capture's ts_ns clock: CLOCK_MONOTONIC
         finally:
             sh("lab-node-a", "iptables", "-D", *rule)
     ev = load(tmp_path / "drop").events
+    ev = ev[ev.ts_ns < cut]
     drops = ev[ev.probe == "drop"]
     syn_drops = drops[drops.tcp_flags == 2]
-    # Every SYN DNATed to pod B died in node A's FORWARD chain, and said so.
+    # Every SYN DNATed to pod B while the rule stood died in node A's FORWARD
+    # chain (the same packet: IP ID and sequence number), and said why.
     dnat_b = ev[(ev.nat_kind == "dnat") & (ev.tcp_flags == 2)]
-    assert len(syn_drops) == len(dnat_b) > 0
+    assert len(dnat_b) > 0
+    assert set(zip(syn_drops.ip_id, syn_drops.seq, strict=True)) == set(
+        zip(dnat_b.ip_id, dnat_b.seq, strict=True))
     assert set(syn_drops.drop_reason) == {"NETFILTER_DROP"}
     assert set(drops.daddr) == {pod_b.ip}
 

@@ -149,6 +149,8 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
         ("ttl", np.uint8),
         ("len", np.uint16),
         ("tcp_flags", np.uint8),
+        ("ip_hlen", np.uint8),
+        ("tcp_hlen", np.uint8),
         ("seq", np.uint32),
         ("ack", np.uint32),
         ("nat_sport", np.uint16),

@@ -89,8 +89,10 @@ def _words32(x: np.ndarray) -> np.ndarray:
 
 
 def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes of IPv4 + L4 header per event as a 2-D uint8 array of 40 columns,
-    header length per event). Fields from the tuple *after* each event."""
+    """(bytes of IPv4 + L4 header per event as a 2-D uint8 array of 80 columns,
+    header length per event). Fields from the tuple *after* each event. TCP
+    headers keep their captured length (tcp_hlen): the option bytes, not
+    captured, are written as NOPs so readers see the true payload length."""
     n = len(ev)
 
     def u(column: str) -> np.ndarray:
@@ -101,7 +103,9 @@ def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     proto, length, ip_id, ttl = u("proto"), u("len"), u("ip_id"), u("ttl")
     seq, ack, flags = u("seq"), u("ack"), u("tcp_flags")
     is_tcp, is_udp = proto == 6, proto == 17
-    l4_len = np.where(is_tcp, 20, np.where(is_udp, 8, 0)).astype(np.uint64)
+    hlen = u("tcp_hlen") if "tcp_hlen" in ev else np.zeros(n, np.uint64)
+    tcp_len = np.where((hlen >= 20) & (hlen <= 60), hlen & ~np.uint64(3), 20).astype(np.uint64)
+    l4_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0)).astype(np.uint64)
     # The header we write must fit inside the total length it announces.
     tot = np.maximum(length, np.uint64(20) + l4_len)
     ip_sum = (
@@ -121,8 +125,9 @@ def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         + dport
         + _words32(seq)
         + _words32(ack)
-        + ((np.uint64(5 << 12)) | flags)
+        + (((tcp_len >> np.uint64(2)) << np.uint64(12)) | flags)
         + np.uint64(TCP_WINDOW)
+        + ((tcp_len - np.uint64(20)) >> np.uint64(1)) * np.uint64(0x0101)  # NOP options
     )
     udp_sum = pseudo + sport + dport + seg_len
     l4_csum = (~_fold(np.where(is_tcp, tcp_sum, udp_sum))) & np.uint64(0xFFFF)
@@ -161,12 +166,16 @@ def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     ip["csum"], ip["src"], ip["dst"] = ip_csum, src, dst
     tcp = np.zeros(n, tcp_dt)
     tcp["sport"], tcp["dport"], tcp["seq"], tcp["ack"] = sport, dport, seq, ack
-    tcp["off"], tcp["flags"], tcp["win"], tcp["csum"] = 0x50, flags, TCP_WINDOW, l4_csum
+    tcp["off"], tcp["flags"], tcp["win"], tcp["csum"] = (
+        (tcp_len >> np.uint64(2)) << np.uint64(4), flags, TCP_WINDOW, l4_csum)
     udp = np.zeros(n, udp_dt)
     udp["sport"], udp["dport"], udp["len"], udp["csum"] = sport, dport, seg_len, l4_csum
-    out = np.zeros((n, 40), dtype=np.uint8)
+    out = np.zeros((n, 80), dtype=np.uint8)
     out[:, :20] = ip.view(np.uint8).reshape(n, 20)
     out[is_tcp, 20:40] = tcp.view(np.uint8).reshape(n, 20)[is_tcp]
+    options = is_tcp[:, None] & (np.arange(80)[None, :] >= 40) & (
+        np.arange(80)[None, :] < (20 + tcp_len)[:, None].astype(np.int64))
+    out[options] = 1  # TCP option NOP
     out[is_udp, 20:28] = udp.view(np.uint8).reshape(n, 8)[is_udp]
     return out, (20 + l4_len).astype(np.int64)
 

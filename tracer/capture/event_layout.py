@@ -47,6 +47,8 @@ EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("tcp_flags", "u1", 98),
     ("nat_kind", "u1", 99),
     ("nat_first", "u1", 100),
+    ("ip_hlen", "u1", 101),
+    ("tcp_hlen", "u1", 102),
 )
 EVENT_SIZE = 104
 
@@ -143,6 +145,8 @@ class EventDecoder:
             "ttl": pa.array(ev["ttl"]),
             "len": pa.array(ev["len"].astype(np.uint16)),
             "tcp_flags": pa.array(ev["tcp_flags"]),
+            "ip_hlen": pa.array(ev["ip_hlen"]),
+            "tcp_hlen": pa.array(ev["tcp_hlen"]),
             "seq": pa.array(ev["seq"].astype(np.uint32)),
             "ack": pa.array(ev["ack"].astype(np.uint32)),
             "nat_kind": _dict_column(np.where(is_nat, ev["nat_kind"], 0), _NAT_KIND_DICT),

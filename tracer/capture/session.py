@@ -284,9 +284,21 @@ class CaptureSession:
                     out.append({"hook": HOOKS[h], "first": bool(first), "buckets": log2_buckets(slots)})
         return out
 
+    def _sample_clock(self) -> None:
+        """Keep a monotonic-to-realtime sample every 10 s: NTP may slew the
+        wall clock during a long capture, and correlation across nodes wants
+        the offset at the time of each packet."""
+        now = time.monotonic_ns()
+        samples = self.meta.setdefault("clock_samples", [])
+        if not samples or now - samples[-1]["ts_ns"] >= 10_000_000_000:
+            offset, uncertainty = clock_offset()
+            samples.append({"ts_ns": now, "realtime_minus_monotonic_ns": offset,
+                            "uncertainty_ns": uncertainty})
+
     def _write_meta(self, complete: bool) -> None:
         if self.opts.output is None or self.prog is None:
             return
+        self._sample_clock()
         self.meta.update(
             stats=self.read_stats(),
             histograms={"nat_hook_ns": self.read_histograms()},
