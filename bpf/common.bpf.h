@@ -226,8 +226,13 @@ static __always_inline int user_match(const struct tracer_pkt *p)
 	return 1;
 }
 
-#ifdef TRACK_FLOWS
-static __always_inline void flow_key(const struct tracer_pkt *p, struct tracer_flow_key *k)
+/* Flows on this node that belong to another Service whose endpoints are also
+ * this one's (nginx-demo-2 selects the same pods as nginx-demo-1): learnt at
+ * NAT time from conntrack's original destination, so that their later hops,
+ * which carry only the endpoint's address, are left out too. */
+BPF_TABLE("lru_hash", struct tracer_flow_key, u8, foreign_flows, FLOWS_MAX);
+
+static __always_inline void flow_key_of(const struct tracer_pkt *p, struct tracer_flow_key *k)
 {
 	k->saddr = p->saddr;
 	k->daddr = p->daddr;
@@ -236,18 +241,70 @@ static __always_inline void flow_key(const struct tracer_pkt *p, struct tracer_f
 	k->proto = p->proto;
 }
 
+static __always_inline void foreign_add(const struct tracer_pkt *p)
+{
+	struct tracer_flow_key k = {}, r = {};
+	u8 one = 1;
+	flow_key_of(p, &k);
+	r.saddr = p->daddr;
+	r.daddr = p->saddr;
+	r.sport = p->dport;
+	r.dport = p->sport;
+	r.proto = p->proto;
+	foreign_flows.update(&k, &one);
+	foreign_flows.update(&r, &one);
+}
+
+static __always_inline int foreign_known(const struct tracer_pkt *p)
+{
+	struct tracer_flow_key k = {};
+	flow_key_of(p, &k);
+	return foreign_flows.lookup(&k) != NULL;
+}
+
+/* Does the packet's connection belong to the service? Its conntrack entry's
+ * original destination (before DNAT) must be one of the service's addresses:
+ * a frontend (DNATed here) or an endpoint (reached directly, or DNATed on
+ * another node). 1 yes, 0 no, -1 no conntrack entry to ask (receive runs
+ * before conntrack; crossing into another namespace scrubs it). */
+static __always_inline int ct_belongs(u64 nfct, u8 proto)
+{
+	const void *ct = (const void *)(nfct & ~7ULL);
+	if (!ct)
+		return -1;
+	struct tracer_svc_key k = {};
+	k.addr = read_u32(ct, OFF_CT_ORIG_DST_IP);
+	k.port = read_u16(ct, OFF_CT_ORIG_DST_PORT);
+	k.proto = proto;
+	return svc_keys.lookup(&k) != NULL;
+}
+
+#ifdef TRACK_FLOWS
 static __always_inline int flow_known(const struct tracer_pkt *p)
 {
 	struct tracer_flow_key k = {};
-	flow_key(p, &k);
+	flow_key_of(p, &k);
 	return flows.lookup(&k) != NULL;
+}
+
+static __always_inline void flow_del(const struct tracer_pkt *p)
+{
+	struct tracer_flow_key k = {}, r = {};
+	flow_key_of(p, &k);
+	r.saddr = p->daddr;
+	r.daddr = p->saddr;
+	r.sport = p->dport;
+	r.dport = p->sport;
+	r.proto = p->proto;
+	flows.delete(&k);
+	flows.delete(&r);
 }
 
 static __always_inline void flow_add(const struct tracer_pkt *p)
 {
 	struct tracer_flow_key k = {}, r = {};
 	u8 one = 1;
-	flow_key(p, &k);
+	flow_key_of(p, &k);
 	r.saddr = p->daddr;
 	r.daddr = p->saddr;
 	r.sport = p->dport;
@@ -259,9 +316,12 @@ static __always_inline void flow_add(const struct tracer_pkt *p)
 #endif
 
 /* The whole filter for one tuple at a non-NAT probe. */
-static __always_inline int packet_wanted(const struct tracer_pkt *p)
+static __always_inline int packet_wanted(const struct tracer_pkt *p, u64 nfct)
 {
 	if (!svc_match(p))
+		return 0;
+	int belongs = ct_belongs(nfct, p->proto);
+	if (belongs == 0 || (belongs < 0 && foreign_known(p)))
 		return 0;
 #ifdef TRACK_FLOWS
 	return user_match(p) || flow_known(p);
@@ -382,7 +442,7 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 		stat_add(TRACER_STAT_PARSE_ERROR, 1);
 		return NULL;
 	}
-	if (!packet_wanted(&p))
+	if (!packet_wanted(&p, read_u64(skb, OFF_SKB_NFCT)))
 		return NULL;
 	struct tracer_event *e = event_reserve(probe);
 	if (e)

@@ -73,6 +73,13 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 	nat_pending.delete(&key);
 
 	u64 nfct = read_u64(skb, OFF_SKB_NFCT);
+	if (ct_belongs(nfct, np.pkt.proto) == 0) {
+		/* Another Service's connection to shared endpoints: not ours. */
+		struct tracer_pkt now = {};
+		if (parse_ipv4(skb_network(skb), &now) == 0)
+			foreign_add(&now);
+		return;
+	}
 	u64 done = (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT) ? IPS_DST_NAT_DONE
 									      : IPS_SRC_NAT_DONE;
 	/* The packet that finds the NAT binding not yet set up is the one that
@@ -83,8 +90,20 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 	struct tracer_pkt after = {};
 	int parsed = parse_ipv4(skb_network(skb), &after) == 0;
 #ifdef TRACK_FLOWS
-	int wanted = np.wanted ||
-		     (parsed && svc_match(&after) && (user_match(&after) || flow_known(&after)));
+	int wanted;
+	if (first) {
+		/* A new binding is judged on its own tuples: what the flow map
+		 * remembers of an earlier binding of the same client tuple (reset,
+		 * then chosen again, maybe to another endpoint) no longer holds. */
+		wanted = user_match(&np.pkt) || (parsed && svc_match(&after) && user_match(&after));
+		if (!wanted) {
+			flow_del(&np.pkt);
+			return;
+		}
+	} else {
+		wanted = np.wanted ||
+			 (parsed && svc_match(&after) && (user_match(&after) || flow_known(&after)));
+	}
 #else
 	int wanted = np.wanted || (parsed && user_match(&after));
 #endif

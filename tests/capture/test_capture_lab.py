@@ -393,3 +393,34 @@ def test_services_lists_what_the_node_rules_define(lab_state):
     assert proc.returncode == 0, proc.stderr
     names = {s["name"] for s in json.loads(proc.stdout)}
     assert {"nginx-demo-1", "nginx-demo-2"} <= names
+
+
+def test_unrelated_traffic_never_produces_an_event(lab_state, tmp_path):
+    """nginx-demo-2 selects the same pods as nginx-demo-1: its packets to the
+    pods look like nginx-demo-1's endpoint traffic. On the node that NATs
+    them, conntrack's original destination tells them apart."""
+    sh("lab-node-a", "conntrack", "-F")
+    before = sep_counters("lab-node-a")
+    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "u"):
+        other = run_traffic(requests=40, concurrency=4, target="node-port", node="a",
+                            service="nginx-demo-2")
+        ours = run_traffic(requests=20, concurrency=2, target="external-ip")
+        subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "1",
+                        f"http://{NODE_B}:22/"], capture_output=True)  # nothing listens
+        time.sleep(0.3)
+    assert other.ok == 40 and ours.ok == 20
+    cap = load(tmp_path / "u")
+    ev = cap.events
+    ports = set(ev.sport) | set(ev.dport) | set(ev.nat_sport) | set(ev.nat_dport)
+    assert 30089 not in ports and 22 not in ports
+    # The other service's connections, as conntrack saw them behind MASQUERADE.
+    foreign = conntrack_entries("lab-node-a", 30089)
+    assert len(foreign) >= 40
+    seen = set(zip(ev.saddr.astype(str), ev.sport, strict=True)) | set(
+        zip(ev.daddr.astype(str), ev.dport, strict=True))
+    assert not any((reply[2], reply[3]) in seen for _, reply in foreign)
+    # DNAT choices are exactly nginx-demo-1's rule counters.
+    chain_ip = _endpoint_of_chain(cap.meta)
+    sep = {c: n for c, n in _delta(sep_counters("lab-node-a"), before).items() if c in chain_ip}
+    dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
+    assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in sep.items()})
