@@ -89,6 +89,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
                     endpoint: str | None, port: int | None, proto: str | None, ringbuf_mb: int,
                     summary_json: Path | None) -> None:
     """Trace every packet of one Service as this node handles it."""
+    from tracer.capture.live import StatusLine
     from tracer.capture.session import Callbacks, CaptureOptions, run_capture
 
     opts = CaptureOptions(
@@ -97,16 +98,13 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         probes=tuple(p.strip() for p in probes.split(",") if p.strip()), client=client,
         endpoint=endpoint, port=port, proto=proto, ringbuf_mb=ringbuf_mb,
     )
-    tty = sys.stderr.isatty()
-    callbacks = Callbacks(
-        line=click.echo,
-        status=(lambda s: click.echo("\r" + s + "\033[K", err=True, nl=False)) if tty
-        else (lambda s: None),
-        ready=lambda s: click.echo(s, err=True),
-    )
-    result = run_capture(opts, callbacks)
-    if tty:
-        click.echo("", err=True)
+    status = StatusLine(lambda text, nl: click.echo(text, err=True, nl=nl), sys.stderr.isatty())
+    callbacks = Callbacks(line=click.echo, status=status.status, notice=status.notice,
+                          ready=lambda s: click.echo(s, err=True))
+    try:
+        result = run_capture(opts, callbacks)
+    finally:
+        status.end_line()
     click.echo(result.text)
     if summary_json is not None:
         doc = {"summary": result.summary.to_dict(), "stats": result.stats,

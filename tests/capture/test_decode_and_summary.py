@@ -81,3 +81,19 @@ def test_summary_counts_dnat_choices_not_packets():
     assert "rules promise 50.0%" in text
     lost = render_summary(s, title="t", stats={"lost": 7, "lost_by_probe": {"rx": 7}})
     assert "lost events: 7" in lost and "ring buffer was full" in lost
+
+
+def test_status_line_in_place_on_a_terminal_sparse_in_a_log():
+    from tracer.capture.live import StatusLine
+
+    out: list[tuple[str, bool]] = []
+    tty = StatusLine(lambda t, nl: out.append((t, nl)), is_tty=True)
+    tty.status("a")
+    tty.notice("changed")
+    assert out == [("\ra\033[K", False), ("", True), ("changed", True)]
+    out.clear()
+    log = StatusLine(lambda t, nl: out.append((t, nl)), is_tty=False, every=3)
+    for i in range(7):
+        log.status(str(i))
+    log.end_line()
+    assert out == [("2", True), ("5", True)]

@@ -76,3 +76,33 @@ class RateLimitedPrinter:
     def close(self) -> None:
         self._flush_skipped()
 
+
+
+class StatusLine:
+    """The capture's progress on stderr: rewritten in place every second on a
+    terminal; in a log (not a terminal), one line every `every` updates so a
+    long capture does not flood it. Notices always get their own line."""
+
+    def __init__(self, write, is_tty: bool, every: int = 10):
+        self.write = write  # write(text, newline: bool)
+        self.is_tty = is_tty
+        self.every = every
+        self.count = 0
+        self.dirty = False
+
+    def status(self, text: str) -> None:
+        self.count += 1
+        if self.is_tty:
+            self.write("\r" + text + "\033[K", False)
+            self.dirty = True
+        elif self.count % self.every == 0:
+            self.write(text, True)
+
+    def notice(self, text: str) -> None:
+        self.end_line()
+        self.write(text, True)
+
+    def end_line(self) -> None:
+        if self.dirty:
+            self.write("", True)
+            self.dirty = False

@@ -82,7 +82,8 @@ class CaptureResult:
 @dataclass
 class Callbacks:
     line: Callable[[str], None] = lambda s: None  # an event line (stdout)
-    status: Callable[[str], None] = lambda s: None  # progress (stderr)
+    status: Callable[[str], None] = lambda s: None  # progress, every second (stderr)
+    notice: Callable[[str], None] = lambda s: None  # something changed (stderr)
     ready: Callable[[str], None] = lambda s: None  # probes attached (stderr)
 
 
@@ -328,7 +329,7 @@ class CaptureSession:
             self.service_history.append({"ts_ns": time.monotonic_ns(), "service": fresh.to_dict()})
             self.meta["service"] = fresh.to_dict()
             eps = sum(len(p.endpoints) for p in fresh.ports)
-            self.cb.status(f"tracer: {fresh.full_name} changed: now {eps} endpoint(s)")
+            self.cb.notice(f"tracer: {fresh.full_name} changed: now {eps} endpoint(s)")
 
     def run(self, stopper: _Stopper) -> None:
         o = self.opts
