@@ -14,12 +14,13 @@ fi
 
 # Debian packages. python3-bpfcc is BCC; linux-headers-amd64 gives BCC the
 # headers it insists on (the tracer takes struct offsets from BTF, not from
-# these); the rest is the lab (bird2, nginx-light, iptables, wrk) and the
+# these); the rest is the lab (bird2, nginx-light, iptables, nftables for
+# kube-proxy's nftables mode, wrk) and the
 # independent witnesses the tests compare against (conntrack, tcpdump, tshark);
 # qemu-system-x86 and busybox-static (with kmod) let virtme-ng boot Debian's
 # distro kernel for the kprobe/fentry tests (make test-kernels).
 APT_PACKAGES="python3-bpfcc bpftool linux-headers-amd64 python3-venv python3-dev
-gcc make iproute2 iptables conntrack bird2 nginx-light wrk curl tcpdump tshark
+gcc make iproute2 iptables nftables conntrack bird2 nginx-light wrk curl tcpdump tshark
 procps psmisc kmod sudo iputils-ping qemu-system-x86 busybox-static"
 
 missing=""

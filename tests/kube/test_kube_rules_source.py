@@ -105,7 +105,7 @@ def test_services_table(text: str) -> None:
     ]
     assert len(lines) == 3
     assert format_services_table([]) == (
-        "no kube-proxy services in this network namespace's nat table"
+        "no kube-proxy services in this network namespace's rules (iptables nat or nftables)"
     )
 
 

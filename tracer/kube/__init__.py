@@ -6,7 +6,13 @@ Modules, one job each:
     model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
     manifest         YAML -> Manifest, with one-line errors that say where
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
+    resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
+                     resolving a node's rules yields, in either mode
     iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
     iptables_parse   `iptables-save -t nat` text -> ResolvedService list
-    rules_source     read a node's nat rules; find a service by name
+    nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction
+                     for table ip kube-proxy (nftables mode)
+    nftables_table   nft JSON / `nft list` text / transaction -> NftTable facts
+    nftables_parse   NftTable -> ResolvedService list
+    rules_source     read a node's kube-proxy rules (either mode); find a service by name
 """

@@ -153,7 +153,7 @@ def render_nat_table(
             raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
 
     plan = [
-        (service, port, _port_endpoints(service, port, endpoints.get(service.key, ())))
+        (service, port, port_endpoints(service, port, endpoints.get(service.key, ())))
         for service in services
         if service.cluster_ip
         for port in service.ports
@@ -188,8 +188,8 @@ def render_nat_table(
     )
     out.rule("-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark)
 
-    for service, port, port_endpoints in plan:
-        _render_service_port(out, service, port, port_endpoints, options)
+    for service, port, chosen in plan:
+        _render_service_port(out, service, port, chosen, options)
 
     # The tail call to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
     if nodeport_addresses == "all":
@@ -217,7 +217,7 @@ def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
         raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
 
 
-def _port_endpoints(
+def port_endpoints(
     service: Service, port: ServicePort, endpoints: Sequence[Endpoint]
 ) -> list[Endpoint]:
     """The endpoints of one service port, deduplicated and in kube-proxy's order.

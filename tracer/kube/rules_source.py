@@ -1,21 +1,34 @@
 """Where a node's kube-proxy rules come from, and finding one service in them.
 
-A node's rules live in whichever iptables backend kube-proxy used: the
-nf_tables one (`iptables-save`, Debian's default) or the legacy one
-(`iptables-legacy-save`); kube-proxy's image picks the backend that already
-holds rules. read_nat_rules asks both and keeps the one with KUBE-SERVICES.
+kube-proxy runs in one of two modes, and the node's rules are where that
+mode writes them:
+  - iptables mode: the nat table, in whichever iptables backend kube-proxy
+    used: the nf_tables one (`iptables-save`, Debian's default) or the legacy
+    one (`iptables-legacy-save`); kube-proxy's image picks the backend that
+    already holds rules;
+  - nftables mode (GA in v1.33): its own table `ip kube-proxy`, read with
+    `nft -j list table ip kube-proxy`.
+read_nat_rules asks all three and returns the text that holds kube-proxy's
+services; parse_kube_proxy_rules (and iptables_parse.parse_nat_rules, which
+the capture session calls) tells the two kinds of text apart, so a capture
+resolves --svc on a node of either mode without being told which.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 from tracer.errors import MissingPackageError, PrivilegeError, TracerError, UsageError
-from tracer.kube.iptables_parse import ResolvedService
+from tracer.kube.nftables_parse import NFT_CHAIN_PREFIXES, parse_kube_proxy_table
+from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, looks_like_nft
+from tracer.kube.resolved import ResolvedService
 from tracer.system import PACKAGE_OF, run
 
 SAVE_PROGRAMS = ("iptables-save", "iptables-legacy-save")
+NFT = "nft"
+NFT_LIST = (NFT, "-j", "list", "table", KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE)
 
 
 def _find(program: str) -> str | None:
@@ -23,15 +36,72 @@ def _find(program: str) -> str | None:
 
 
 def read_nat_rules() -> str:
-    """`iptables-save -t nat` of the caller's network namespace (the calling
-    thread's: enter another with tracer.netns.entered first).
+    """kube-proxy's rules in the caller's network namespace (the calling
+    thread's: enter another with tracer.netns.entered first): `iptables-save
+    -t nat` text in iptables mode, `nft -j list table ip kube-proxy` JSON in
+    nftables mode. parse_kube_proxy_rules takes either.
 
-    Returns the output of the backend that has kube-proxy's KUBE-SERVICES
-    chain (the one with more KUBE- lines if both do). If neither has, returns
-    the text anyway, so the caller can report "no services"."""
-    available = [p for p in SAVE_PROGRAMS if _find(p)]
-    if not available:
+    When both modes' rules are there (a node switching modes, before
+    kube-proxy has cleaned up after the other), the one that resolves to
+    more services wins, iptables on a tie."""
+    iptables_text, iptables_failures = _read_iptables()
+    nft_text, nft_failure = _read_nft()
+    candidates = [t for t in (iptables_text, nft_text) if t is not None]
+    with_services = [(len(parse_kube_proxy_rules(t)), -i, t) for i, t in enumerate(candidates)]
+    with_services = [c for c in with_services if c[0] > 0]
+    if with_services:
+        return max(with_services)[2]
+    if iptables_text is not None:
+        return iptables_text
+    if nft_text is not None:
+        return nft_text
+    failures = [*iptables_failures, *([nft_failure] if nft_failure else [])]
+    if not failures:
         raise MissingPackageError("iptables-save", PACKAGE_OF.get("iptables-save", "iptables"))
+    if os.geteuid() != 0:
+        raise PrivilegeError("reading kube-proxy's rules needs root (try: sudo tracer ...)")
+    raise TracerError("cannot read kube-proxy's rules: " + "; ".join(failures))
+
+
+def parse_kube_proxy_rules(text: str) -> list[ResolvedService]:
+    """Services from either mode's rules (what read_nat_rules returns)."""
+    if looks_like_nft(text):
+        return parse_kube_proxy_table(text)
+    from tracer.kube.iptables_parse import parse_iptables_nat_rules
+
+    return parse_iptables_nat_rules(text)
+
+
+def read_services() -> list[ResolvedService]:
+    """The Services kube-proxy programmed in the caller's namespace, either mode."""
+    return parse_kube_proxy_rules(read_nat_rules())
+
+
+def _read_nft() -> tuple[str | None, str | None]:
+    """(JSON of table ip kube-proxy or None, why not). No nft, or no such
+    table, is not a failure: the node is then not in nftables mode."""
+    if not _find(NFT):
+        return None, None
+    proc = run(list(NFT_LIST), check=False)
+    if proc.returncode == 0:
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError:
+            return None, "nft: output is not JSON"
+        has_table = any("table" in item for item in doc.get("nftables", []))
+        return (proc.stdout, None) if has_table else (None, None)
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    message = detail[-1] if detail else f"exit {proc.returncode}"
+    if "No such file or directory" in message or "does not exist" in message:
+        return None, None  # no table ip kube-proxy here
+    return None, f"nft: {message}"
+
+
+def _read_iptables() -> tuple[str | None, list[str]]:
+    """(`iptables-save -t nat` of the backend with kube-proxy's rules, or None;
+    failures). Prefers the backend with KUBE-SERVICES (more KUBE- lines if
+    both have it), else the first that answered."""
+    available = [p for p in SAVE_PROGRAMS if _find(p)]
     outputs: list[str] = []
     failures: list[str] = []
     for program in available:
@@ -42,30 +112,30 @@ def read_nat_rules() -> str:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         failures.append(f"{program}: {detail[-1] if detail else f'exit {proc.returncode}'}")
     if not outputs:
-        if os.geteuid() != 0:
-            raise PrivilegeError("reading the nat table needs root (try: sudo tracer ...)")
-        raise TracerError("cannot read the nat table: " + "; ".join(failures))
+        return None, failures
     with_kube = [text for text in outputs if ":KUBE-SERVICES" in text]
     if with_kube:
-        return max(with_kube, key=lambda text: text.count("KUBE-"))
-    return outputs[0]
+        return max(with_kube, key=lambda text: text.count("KUBE-")), failures
+    return outputs[0], failures
 
 
 def find_service(services: list[ResolvedService], query: str) -> ResolvedService:
     """The service a user means by NAME, NAMESPACE/NAME or a kube-proxy chain.
 
     NAME alone matches in any namespace but must be unique; a chain name
-    (KUBE-SVC-..., KUBE-EXT-..., KUBE-SVL-..., KUBE-FW-..., KUBE-SEP-...)
+    (KUBE-SVC-..., KUBE-EXT-..., KUBE-SVL-..., KUBE-FW-..., KUBE-SEP-...; in
+    nftables mode service-..., external-..., local-..., endpoint-...)
     matches the service that owns it. Anything else is a UsageError whose one
     line lists the services there are."""
     query = query.strip()
-    if query.startswith("KUBE-"):
-        found = [
-            s
-            for s in services
-            if query in s.chains()
-            or any(e.chain == query for p in s.ports for e in (*p.endpoints, *p.local_endpoints))
-        ]
+    by_chain = [
+        s
+        for s in services
+        if query in s.chains()
+        or any(e.chain == query for p in s.ports for e in (*p.endpoints, *p.local_endpoints))
+    ]
+    if query.startswith("KUBE-") or (by_chain and query.startswith(NFT_CHAIN_PREFIXES)):
+        found = by_chain
     elif "/" in query:
         found = [s for s in services if s.full_name == query]
     else:
@@ -128,7 +198,7 @@ def format_services_table(services: list[ResolvedService]) -> str:
     """services_table as aligned text columns (kubectl-style)."""
     rows = services_table(services)
     if not rows:
-        return "no kube-proxy services in this network namespace's nat table"
+        return "no kube-proxy services in this network namespace's rules (iptables nat or nftables)"
     columns = list(TABLE_HEADINGS)
     widths = {c: max(len(TABLE_HEADINGS[c]), *(len(r[c]) for r in rows)) for c in columns}
     lines = ["  ".join(TABLE_HEADINGS[c].ljust(widths[c]) for c in columns).rstrip()]

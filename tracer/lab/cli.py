@@ -11,7 +11,7 @@ import click
 @click.group("lab")
 def lab() -> None:
     """The built-in lab: the seed article's two Kubernetes nodes in network
-    namespaces (kube-proxy iptables rules, Calico-style BGP routing with BIRD,
+    namespaces (kube-proxy iptables or nftables rules, Calico-style BGP routing with BIRD,
     nginx pods). All commands need root."""
 
 
@@ -22,12 +22,17 @@ def lab() -> None:
               help="Override every Deployment's replica count.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds to wait for BGP to converge.")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
+              show_default=True,
+              help="kube-proxy mode whose rules the nodes get: the nat table (iptables) "
+                   "or table ip kube-proxy (nftables).")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab state as JSON.")
-def up_command(manifest: str | None, replicas: int | None, timeout: float, as_json: bool) -> None:
+def up_command(manifest: str | None, replicas: int | None, timeout: float, proxy_mode: str,
+               as_json: bool) -> None:
     """Build the lab, or bring it in line with the manifest (idempotent)."""
     from tracer.lab import controller
 
-    result = controller.up(manifest, replicas, timeout=timeout)
+    result = controller.up(manifest, replicas, timeout=timeout, proxy_mode=proxy_mode)
     if as_json:
         click.echo(json.dumps({"action": result.action, "seconds": round(result.seconds, 3),
                                "changes": list(result.changes),
@@ -36,7 +41,7 @@ def up_command(manifest: str | None, replicas: int | None, timeout: float, as_js
         return
     s = result.state
     click.echo(f"lab {result.action} in {result.seconds:.2f}s: {len(s.nodes)} nodes, "
-               f"{len(s.pods)} pods, {len(s.services)} services")
+               f"{len(s.pods)} pods, {len(s.services)} services, kube-proxy {s.proxy_mode} mode")
     for change in result.changes:
         click.echo(f"  {change}")
     for p in s.pods:

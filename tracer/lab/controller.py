@@ -127,8 +127,8 @@ def _check_environment(what: str) -> None:
     require_root(what)
     for program in PROGRAMS:
         require_program(program)
-    kubeproxy._require(kubeproxy.RESTORE)
-    kubeproxy._require(kubeproxy.SAVE)
+    for program in kubeproxy.REQUIRED_PROGRAMS:
+        kubeproxy._require(program)
 
 
 def _load(manifest: str | os.PathLike[str] | None) -> tuple[Path, Manifest, str]:
@@ -146,13 +146,20 @@ def up(
     replicas: int | None = None,
     *,
     timeout: float = 30.0,
+    proxy_mode: str = "iptables",
 ) -> UpResult:
-    """Bring the lab to the state the manifest (and replicas) describe."""
+    """Bring the lab to the state the manifest (and replicas, and kube-proxy
+    mode) describe. Changing only the proxy mode reloads the rules."""
     started = time.monotonic()
+    if proxy_mode not in plan.PROXY_MODES:
+        raise UsageError(
+            f"--proxy-mode must be one of {', '.join(plan.PROXY_MODES)}, not {proxy_mode!r}"
+        )
     _check_environment("tracer lab up")
     path, parsed, sha = _load(manifest)
     want = plan.make_plan(
-        parsed, replicas=replicas, run_dir=RUN_DIR, manifest_path=str(path), manifest_sha256=sha
+        parsed, replicas=replicas, run_dir=RUN_DIR, manifest_path=str(path), manifest_sha256=sha,
+        proxy_mode=proxy_mode,
     )
     # Render before touching anything: a manifest the renderer rejects fails
     # with nothing built.
@@ -406,19 +413,23 @@ def _reconcile(have: LabState, want: LabState, rules: dict[str, str]) -> tuple[L
         pods=pods,
         created=have.created,
     )
-    # Rules: reload a node whose rendered rules changed or whose loaded rules
-    # no longer are what was loaded. Otherwise leave them (and their counters).
+    # Rules: reload a node whose rendered rules changed, whose loaded rules no
+    # longer are what was loaded, or whose kube-proxy mode changed (the other
+    # mode's rules must go). Otherwise leave them (and their counters).
     stale = []
     for n in state.nodes:
         path = kubeproxy.rules_file(state, n)
         old = path.read_text() if path.exists() else None
-        if old != rules[n.name] or n.rules_digest != kubeproxy.digest(n.netns):
+        mode_changed = state.proxy_mode != have.proxy_mode
+        if mode_changed or old != rules[n.name] or n.rules_digest != kubeproxy.digest(n.netns):
             stale.append(n)
     if stale:
         state = _load_rules(state, rules, stale)
         changes += [f"reloaded kube-proxy rules on {n.name}" for n in stale]
     if state.replicas != have.replicas or state.manifest_sha256 != have.manifest_sha256:
         changes.append("manifest or replicas changed")
+    if state.proxy_mode != have.proxy_mode:
+        changes.append(f"kube-proxy mode {have.proxy_mode} -> {state.proxy_mode}")
     return state, changes
 
 

@@ -1,10 +1,17 @@
-"""kube-proxy's part: render each node's nat table for the lab's Services and
-load it into the node's namespace, then read it back (digest, counters).
+"""kube-proxy's part: render each node's rules for the lab's Services and
+load them into the node's namespace, then read them back (digest, counters).
 
-The rules come from tracer.kube.iptables_render (kube-proxy's iptables mode,
-rule for rule); endpoints are the lab's pods with the resolved targetPort.
-They are loaded with the nf_tables `iptables-restore`, as kube-proxy on a
-Debian 12 node would, inside the node's namespace only.
+Two proxy modes, as kube-proxy's --proxy-mode:
+  - iptables (the default): tracer.kube.iptables_render, rule for rule, loaded
+    with the nf_tables `iptables-restore`, as kube-proxy on a Debian 12 node;
+  - nftables: tracer.kube.nftables_render, kube-proxy's nftables transaction,
+    loaded with `nft -f`. The lab adds one thing kube-proxy does not write: a
+    `counter` in every endpoint chain's DNAT rule, the witness the tests
+    compare captures with (kube-proxy's nftables rules have no counters).
+Switching modes removes the other mode's rules, as kube-proxy does when it
+starts in a mode (it cleans up after the other one). Endpoints are the lab's
+pods with the resolved targetPort. Everything happens inside the node's
+namespace only.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from tracer.errors import LabError, MissingPackageError, TracerError
 from tracer.kube.iptables_render import render_nat_table
 from tracer.kube.model import Endpoint as KubeEndpoint
 from tracer.kube.model import Manifest
+from tracer.kube.nftables_render import render_kube_proxy_table
+from tracer.kube.nftables_table import read_nft_json
 from tracer.lab.state import LabState, Node
 from tracer.system import run
 
@@ -26,13 +35,27 @@ from tracer.system import run
 # Debian alternative, which could point at the legacy backend.
 RESTORE = "iptables-nft-restore"
 SAVE = "iptables-nft-save"
+NFT = "nft"
+NFT_TABLE = ("ip", "kube-proxy")
+
+PROXY_MODES = ("iptables", "nftables")
+_PACKAGE = {RESTORE: "iptables", SAVE: "iptables", NFT: "nftables"}
+# An empty nat table: restoring it (without --noflush) removes every KUBE-
+# chain and jump, which is what kube-proxy's iptables cleanup amounts to here
+# (the lab's nat table holds nothing else).
+_EMPTY_NAT = "*nat\nCOMMIT\n"
 
 
 def _require(program: str) -> str:
     path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if path is None:
-        raise MissingPackageError(program, "iptables")
+        raise MissingPackageError(program, _PACKAGE.get(program, program))
     return path
+
+
+# What loading and reading back the rules needs, in either mode: nft too in
+# iptables mode, to remove (or find no) table ip kube-proxy.
+REQUIRED_PROGRAMS = (RESTORE, SAVE, NFT)
 
 
 def endpoints(state: LabState) -> dict[tuple[str, str], list[KubeEndpoint]]:
@@ -50,7 +73,18 @@ def endpoints(state: LabState) -> dict[tuple[str, str], list[KubeEndpoint]]:
 
 
 def render(manifest: Manifest, state: LabState, node: Node) -> str:
-    """The `iptables-restore` input kube-proxy would write on this node."""
+    """What kube-proxy in the lab's proxy mode would load on this node: the
+    `iptables-restore` input, or the `nft -f` transaction."""
+    if state.proxy_mode == "nftables":
+        return render_kube_proxy_table(
+            manifest.services,
+            endpoints(state),
+            node_ips=[node.ip],
+            cluster_cidr=state.cluster_cidr,
+            node_name=node.name,
+            endpoint_counters=True,
+            replace_table=True,
+        )
     return render_nat_table(
         manifest.services,
         endpoints(state),
@@ -61,44 +95,77 @@ def render(manifest: Manifest, state: LabState, node: Node) -> str:
 
 
 def rules_file(state: LabState, node: Node) -> Path:
+    if state.proxy_mode == "nftables":
+        return Path(state.run_dir) / "nftables" / f"{node.name}.nft"
     return Path(state.run_dir) / "iptables" / f"{node.name}.rules"
 
 
 def load(state: LabState, node: Node, text: str) -> str:
-    """Replace the nat table of the node's namespace with text; returns the
-    digest of what the kernel then holds (see digest()).
+    """Make the node's kube-proxy rules text, in the lab's proxy mode, and
+    remove the other mode's; returns the digest of what the kernel then holds
+    (see digest()).
 
-    Without --noflush the whole nat table is replaced, so a reload after a
-    replica change leaves no stale KUBE-SEP chain behind. The filter and other
-    tables are not touched.
+    iptables: without --noflush the whole nat table is replaced, so a reload
+    after a replica change leaves no stale KUBE-SEP chain behind. nftables:
+    the transaction starts by deleting table ip kube-proxy. The filter table
+    and other nftables tables are not touched.
     """
-    _require(RESTORE)
+    for program in REQUIRED_PROGRAMS:
+        _require(program)
     path = rules_file(state, node)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     try:
-        run([RESTORE], netns=node.netns, input=text)
+        if state.proxy_mode == "nftables":
+            run([RESTORE], netns=node.netns, input=_EMPTY_NAT)
+            run([NFT, "-f", "-"], netns=node.netns, input=text)
+        else:
+            run([RESTORE], netns=node.netns, input=text)
+            if nft_table(node.netns) is not None:
+                run([NFT, "delete", "table", *NFT_TABLE], netns=node.netns)
     except TracerError as exc:
         raise LabError(f"loading kube-proxy rules into {node.netns}: {exc}") from exc
     return digest(node.netns)
 
 
+def nft_table(netns: str, *, json_output: bool = False, stateless: bool = False) -> str | None:
+    """`nft list table ip kube-proxy` of a lab namespace; None when there is
+    no such table."""
+    _require(NFT)
+    _lab_only(netns)
+    flags = [*(["-j"] if json_output else []), *(["-s"] if stateless else [])]
+    proc = run([NFT, *flags, "list", "table", *NFT_TABLE], netns=netns, check=False)
+    if proc.returncode != 0:
+        if "No such file or directory" in (proc.stderr or ""):
+            return None
+        raise LabError(f"nft list table in {netns}: {(proc.stderr or '').strip()}")
+    return proc.stdout
+
+
+def _lab_only(netns: str) -> None:
+    if not netns.startswith("lab-"):
+        raise LabError(f"refusing to read rules of non-lab namespace {netns!r}")
+
+
 def save(netns: str, *, counters: bool = False) -> str:
     """`iptables-save -t nat` of a lab namespace."""
     _require(SAVE)
-    if not netns.startswith("lab-"):
-        raise LabError(f"refusing to read rules of non-lab namespace {netns!r}")
+    _lab_only(netns)
     return run([SAVE, "-t", "nat", *(["-c"] if counters else [])], netns=netns).stdout
 
 
 def digest(netns: str) -> str:
-    """sha256 of the nat rules (not counters, not comments) as the kernel
-    gives them back: equal digests mean the same rules are loaded."""
+    """sha256 of the nat rules and of table ip kube-proxy (not counters, not
+    comments) as the kernel gives them back: equal digests mean the same
+    rules are loaded, in either mode."""
     lines = [
         re.sub(r"\[\d+:\d+\]", "", line)
         for line in save(netns).splitlines()
         if line and not line.startswith("#")
     ]
+    table = nft_table(netns, stateless=True)
+    if table is not None:
+        lines += ["# table ip kube-proxy", *table.splitlines()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -135,9 +202,14 @@ def counters(netns: str) -> list[RuleCounter]:
 
 
 def dnat_counters(netns: str, service: str | None = None) -> dict[str, int]:
-    """KUBE-SEP DNAT rules -> packets, keyed "ip:port", optionally only those
-    of one service ("default/nginx-demo-1" or "nginx-demo-1"). One packet per
-    new connection: the nat table sees only a connection's first packet."""
+    """Endpoint DNAT rules -> packets, keyed "ip:port", optionally only those
+    of one service ("default/nginx-demo-1" or "nginx-demo-1"): KUBE-SEP-*
+    rules in iptables mode, the lab's counters on endpoint-* chains in
+    nftables mode. One packet per new connection: NAT chains see only a
+    connection's first packet."""
+    table = nft_table(netns, json_output=True)
+    if table is not None:
+        return _nft_dnat_counters(table, service)
     out: dict[str, int] = {}
     for rc in counters(netns):
         if not rc.chain.startswith("KUBE-SEP-") or rc.dnat_to is None:
@@ -149,4 +221,36 @@ def dnat_counters(netns: str, service: str | None = None) -> dict[str, int]:
             if service not in (full, full.split("/", 1)[-1]):
                 continue
         out[rc.dnat_to] = out.get(rc.dnat_to, 0) + rc.packets
+    return out
+
+
+def _nft_dnat_counters(json_text: str, service: str | None) -> dict[str, int]:
+    """endpoint-HASH-ns/name/proto/port__ip/port chains: their DNAT rule's counter."""
+    out: dict[str, int] = {}
+    for chain, rules in read_nft_json(json_text).chains.items():
+        if not chain.startswith("endpoint-"):
+            continue
+        if service is not None:
+            # "endpoint-HASH8-ns/name/proto/port__ip/port" -> "ns/name"
+            full = "/".join(chain.split("-", 2)[-1].split("/")[:2])
+            if service not in (full, full.split("/", 1)[-1]):
+                continue
+        for rule in rules:
+            if rule.dnat_to is not None and rule.packets is not None:
+                ip, port = rule.dnat_to
+                key = f"{ip}:{port}"
+                out[key] = out.get(key, 0) + rule.packets
+    return out
+
+
+def nft_endpoint_counters(netns: str) -> dict[str, int]:
+    """endpoint-* chain -> packets its DNAT rule counted (nftables mode)."""
+    table = nft_table(netns, json_output=True)
+    if table is None:
+        return {}
+    out = {}
+    for chain, rules in read_nft_json(table).chains.items():
+        for rule in rules:
+            if chain.startswith("endpoint-") and rule.dnat_to and rule.packets is not None:
+                out[chain] = out.get(chain, 0) + rule.packets
     return out

@@ -45,6 +45,8 @@ ASN = 64512  # Calico's default AS number
 POD_GATEWAY = "169.254.1.1"  # what every Calico pod routes to
 CALICO_MAC = "ee:ee:ee:ee:ee:ee"  # Calico's host-side veth MAC
 BRIDGE = "br-lan"
+# kube-proxy's --proxy-mode values the lab renders (tracer/lab/kubeproxy.py).
+PROXY_MODES = ("iptables", "nftables")
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def make_plan(
     run_dir: str | Path = RUN_DIR,
     manifest_path: str = "",
     manifest_sha256: str = "",
+    proxy_mode: str = "iptables",
 ) -> LabState:
     """Everything to build, with no process ids yet.
 
@@ -177,6 +180,8 @@ def make_plan(
     """
     if replicas is not None and replicas < 0:
         raise UsageError(f"--replicas must be >= 0, got {replicas}")
+    if proxy_mode not in PROXY_MODES:
+        raise UsageError(f"--proxy-mode must be one of {', '.join(PROXY_MODES)}, not {proxy_mode!r}")
     run_dir = Path(run_dir)
 
     nodes = tuple(
@@ -254,6 +259,7 @@ def make_plan(
         pods=tuple(pods),
         services=services,
         created=time.time(),
+        proxy_mode=proxy_mode,
     )
 
 

@@ -155,6 +155,9 @@ class LabState:
     services: tuple[Service, ...]
     created: float = 0.0
     schema: int = SCHEMA
+    # kube-proxy's mode on every node: "iptables" (nat table) or "nftables"
+    # (table ip kube-proxy). Older state files have no field: iptables.
+    proxy_mode: str = "iptables"
 
     # --- lookups -------------------------------------------------------------
 

@@ -1,0 +1,245 @@
+"""kube-proxy's nftables table (`ip kube-proxy`) -> the Services it programs,
+as the same ResolvedService model the iptables parser gives.
+
+The walk follows what kube-proxy's nftables proxier writes
+(kubernetes/kubernetes pkg/proxy/nftables/proxier.go, v1.31 and later; read at
+commit b0f823e6, with the v1.29 layout of commit 01d7de54 also accepted):
+
+    chain services:  ip daddr . meta l4proto . th dport vmap @service-ips
+                     fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
+    map service-ips:       IP . proto . port : goto service-<B>   (cluster IP)
+                           IP . proto . port : goto external-<B>  (external / LB IP)
+    map service-nodeports: proto . nodePort  : goto external-<B>
+    chain external-<B>:  jump mark-for-masquerade; goto service-<B>   (Cluster policy)
+                         fib saddr type local ...; goto local-<B>     (Local policy)
+    chain service-<B> / local-<B>:
+                         numgen random mod N vmap { 0 : goto endpoint-<E0>, ... }
+    chain endpoint-<E>:  ip saddr IP jump mark-for-masquerade; meta l4proto P dnat to IP:PORT
+
+B is "HASH-ns/name/proto/portname" (naming.nft_service_chain_base), so every
+chain spells out the Service it belongs to. An endpoint's share of new
+connections is the fraction of the numgen vmap's N slots that point at its
+chain (kube-proxy gives each endpoint one slot: 1/N).
+
+Like the iptables parser, only service ports the dispatch maps reach are
+services: kube-proxy keeps a removed service's chains for a second (flushed)
+before deleting them, and a Service without endpoints is only in the
+no-endpoint-* maps of the filter chains (no NAT), as in iptables mode where it
+has no nat rules at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tracer.kube.naming import (
+    NFT_ENDPOINT_CHAIN_PREFIX,
+    NFT_EXTERNAL_CHAIN_PREFIX,
+    NFT_FIREWALL_CHAIN_PREFIX,
+    NFT_LOCAL_CHAIN_PREFIX,
+    NFT_SERVICE_CHAIN_PREFIX,
+)
+from tracer.kube.nftables_table import NftTable, read_nft
+from tracer.kube.resolved import ResolvedEndpoint, ResolvedService, ResolvedServicePort
+
+SERVICE_IPS_MAP = "service-ips"
+SERVICE_NODEPORTS_MAP = "service-nodeports"
+FIREWALL_IPS_MAP = "firewall-ips"
+MARK_MASQ_CHAIN = "mark-for-masquerade"
+
+_PORT_CHAIN_PREFIXES = (
+    NFT_SERVICE_CHAIN_PREFIX,
+    NFT_LOCAL_CHAIN_PREFIX,
+    NFT_EXTERNAL_CHAIN_PREFIX,
+    NFT_FIREWALL_CHAIN_PREFIX,
+)
+NFT_CHAIN_PREFIXES = (*_PORT_CHAIN_PREFIXES, NFT_ENDPOINT_CHAIN_PREFIX)
+
+# servicePortChainNameBase: 8 base32 characters, "-", then ns/name/proto/port.
+_CHAIN_BASE = re.compile(
+    r"^[A-Z2-7]{8}-([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*)/(tcp|udp|sctp)/([-a-z0-9]*)$"
+)
+
+
+def split_port_chain(chain: str | None) -> tuple[str, str] | None:
+    """"service-ABCD1234-ns/name/tcp/http" -> ("service-", "ABCD1234-ns/name/tcp/http")."""
+    if not chain:
+        return None
+    for prefix in _PORT_CHAIN_PREFIXES:
+        if chain.startswith(prefix):
+            return prefix, chain[len(prefix) :]
+    return None
+
+
+def parse_chain_base(base: str) -> tuple[str, str, str, str] | None:
+    """"ABCD1234-ns/name/tcp/http" -> (ns, name, protocol, port name); None
+    for a name kube-proxy had to truncate ("...") or that is not its."""
+    match = _CHAIN_BASE.match(base)
+    return match.groups() if match else None  # type: ignore[return-value]
+
+
+@dataclass
+class _PortDraft:
+    base: str
+    first_seen: int
+    protocol: str | None = None
+    port: int | None = None
+    cluster_ips: list[str] = field(default_factory=list)
+    external_ips: list[str] = field(default_factory=list)
+    load_balancer_ips: list[str] = field(default_factory=list)
+    node_port: int | None = None
+
+
+def parse_kube_proxy_table(text: str) -> list[ResolvedService]:
+    """nft JSON or text of table ip kube-proxy -> its Services (sorted by
+    namespace and name; services named only by a chain last)."""
+    return resolve_services(read_nft(text))
+
+
+def resolve_services(table: NftTable) -> list[ResolvedService]:
+    drafts: dict[str, _PortDraft] = {}
+
+    def draft_for(chain: str | None) -> tuple[str, _PortDraft] | None:
+        parts = split_port_chain(chain)
+        if parts is None:
+            return None
+        prefix, base = parts
+        if base not in drafts:
+            drafts[base] = _PortDraft(base=base, first_seen=len(drafts))
+        return prefix, drafts[base]
+
+    firewalled = {e.key for e in table.elements.get(FIREWALL_IPS_MAP, [])}
+    for element in table.elements.get(SERVICE_IPS_MAP, []):
+        found = draft_for(element.target)
+        if found is None or len(element.key) != 3:
+            continue
+        prefix, draft = found
+        ip, protocol, port = element.key
+        draft.protocol = draft.protocol or protocol
+        if port.isdigit() and draft.port is None:
+            draft.port = int(port)
+        if prefix in (NFT_SERVICE_CHAIN_PREFIX, NFT_LOCAL_CHAIN_PREFIX):
+            bucket = draft.cluster_ips
+        elif element.key in firewalled:
+            # Only load-balancer IPs with loadBalancerSourceRanges are in
+            # firewall-ips; other LB IPs cannot be told from external IPs.
+            bucket = draft.load_balancer_ips
+        else:
+            bucket = draft.external_ips
+        if ip not in bucket:
+            bucket.append(ip)
+    for element in table.elements.get(SERVICE_NODEPORTS_MAP, []):
+        found = draft_for(element.target)
+        if found is None or len(element.key) != 2 or not element.key[1].isdigit():
+            continue
+        _, draft = found
+        draft.protocol = draft.protocol or element.key[0]
+        draft.node_port = int(element.key[1])
+
+    ports = [_resolve_port(table, d) for d in sorted(drafts.values(), key=lambda d: d.first_seen)]
+    return _group(ports)
+
+
+def _existing(table: NftTable, chain: str) -> str | None:
+    return chain if table.has_chain(chain) else None
+
+
+def _resolve_port(table: NftTable, draft: _PortDraft) -> tuple[_PortDraft, ResolvedServicePort]:
+    svc_chain = _existing(table, NFT_SERVICE_CHAIN_PREFIX + draft.base)
+    ext_chain = _existing(table, NFT_EXTERNAL_CHAIN_PREFIX + draft.base)
+    local_chain = _existing(table, NFT_LOCAL_CHAIN_PREFIX + draft.base)
+    fw_chain = _existing(table, NFT_FIREWALL_CHAIN_PREFIX + draft.base)
+    parsed = parse_chain_base(draft.base)
+    protocol = draft.protocol or (parsed[2] if parsed else "tcp")
+    port = ResolvedServicePort(
+        port_name=parsed[3] if parsed else None,
+        protocol=protocol,
+        port=draft.port,
+        cluster_ips=tuple(draft.cluster_ips),
+        external_ips=tuple(draft.external_ips),
+        load_balancer_ips=tuple(draft.load_balancer_ips),
+        node_port=draft.node_port,
+        service_chain=svc_chain,
+        external_chain=ext_chain,
+        local_chain=local_chain,
+        firewall_chain=fw_chain,
+        external_policy=_external_policy(table, ext_chain),
+        endpoints=_load_balancing(table, svc_chain, protocol),
+        local_endpoints=_load_balancing(table, local_chain, protocol),
+    )
+    return draft, port
+
+
+def _external_policy(table: NftTable, ext_chain: str | None) -> str | None:
+    """Cluster when external-* masquerades everything (an unconditional jump
+    to mark-for-masquerade); Local when it masquerades only node-originated
+    traffic (`fib saddr type local`)."""
+    rules = table.rules(ext_chain)
+    if not rules:
+        return None
+    for rule in rules:
+        unconditional = not rule.fib_saddr_local and rule.saddr is None
+        if rule.verdict == "jump" and rule.target == MARK_MASQ_CHAIN and unconditional:
+            return "Cluster"
+    return "Local"
+
+
+def _load_balancing(
+    table: NftTable, chain: str | None, protocol: str
+) -> tuple[ResolvedEndpoint, ...]:
+    """The endpoint choice of a service-*/local-* chain: the numgen vmap.
+
+    Session-affinity rules (`ip saddr @affinity-... goto endpoint-...`) only
+    send returning clients back and are not part of the split."""
+    for rule in table.rules(chain):
+        if rule.numgen_mod is None or rule.numgen_mod <= 0:
+            continue
+        slots: dict[str, int] = {}
+        for _, target in sorted(rule.numgen_targets):
+            slots[target] = slots.get(target, 0) + 1
+        out = []
+        for endpoint_chain, count in slots.items():
+            destination = _dnat_destination(table, endpoint_chain)
+            if destination is None:
+                continue
+            ip, port, ep_protocol = destination
+            share = count / rule.numgen_mod
+            out.append(
+                ResolvedEndpoint(
+                    ip=ip,
+                    port=port,
+                    protocol=ep_protocol or protocol,
+                    probability=share,
+                    share=share,
+                    chain=endpoint_chain,
+                )
+            )
+        return tuple(out)
+    return ()
+
+
+def _dnat_destination(table: NftTable, endpoint_chain: str) -> tuple[str, int, str | None] | None:
+    for rule in table.rules(endpoint_chain):
+        if rule.dnat_to is not None and rule.dnat_to[1] is not None:
+            return rule.dnat_to[0], rule.dnat_to[1], rule.l4proto
+    return None
+
+
+def _group(ports: list[tuple[_PortDraft, ResolvedServicePort]]) -> list[ResolvedService]:
+    named: dict[tuple[str, str], list[ResolvedServicePort]] = {}
+    by_chain: list[ResolvedService] = []
+    for draft, port in ports:
+        parsed = parse_chain_base(draft.base)
+        if parsed is None:
+            name = next(iter(port.chains()), NFT_SERVICE_CHAIN_PREFIX + draft.base)
+            by_chain.append(
+                ResolvedService(namespace=None, name=name, ports=(port,), name_source="chain")
+            )
+            continue
+        named.setdefault((parsed[0], parsed[1]), []).append(port)
+    services = [
+        ResolvedService(namespace=ns, name=name, ports=tuple(ports), name_source="chain-name")
+        for (ns, name), ports in sorted(named.items())
+    ]
+    return services + sorted(by_chain, key=lambda s: s.name)

@@ -1,0 +1,372 @@
+"""Services + Endpoints -> the nftables transaction kube-proxy's nftables mode
+hands to `nft -f -` on its first full sync, for table `ip kube-proxy`.
+
+Follows kubernetes/kubernetes pkg/proxy/nftables/proxier.go at commit b0f823e6
+(v1.31+ layout: setupNFTables(), syncProxyRules(),
+writeServiceToEndpointRules()), and the text knftables (sigs.k8s.io/knftables,
+objects.go writeOperation) produces for each object, operation by operation:
+
+    add table ip kube-proxy { comment "rules for kube-proxy" ; }
+    add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
+    add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+    add element ip kube-proxy service-ips { 10.96.88.88 . tcp . 8088 : goto service-... }
+    add rule ip kube-proxy service-... numgen random mod 2 vmap { 0 : goto endpoint-..., ... }
+    add rule ip kube-proxy endpoint-... meta l4proto tcp dnat to 10.217.120.72:80
+
+Per service port (sorted by ServicePortName; kube-proxy walks a Go map, so
+its order differs from run to run, the resulting table does not):
+cluster-ips set, service-ips / service-nodeports elements (or the
+no-endpoint-* elements when the service has no endpoints), the service-,
+external- and endpoint- chains. Not modelled, as in iptables_render: session
+affinity, loadBalancerSourceRanges (firewall-* chains), internalTrafficPolicy
+Local, topology, masqueradeAll, terminating endpoints, IPv6.
+
+One deliberate, opt-in difference: endpoint_counters=True puts a `counter` in
+each endpoint chain's DNAT rule. kube-proxy writes no counters at all; the lab
+adds them so tests can compare the tracer's DNAT choices with the kernel's
+own count (see tracer.lab.kubeproxy).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+
+from tracer.errors import UsageError
+from tracer.kube import naming
+from tracer.kube.iptables_render import port_endpoints
+from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE
+
+# fmt.Sprintf("%#08x", 1 << 14): kube-proxy's default --masquerade-bit.
+MASQUERADE_MARK = "0x004000"
+# kubeadm's default service CIDR, for the "unallocated ClusterIPs" drop rule
+# kube-proxy writes once it has read the cluster's ServiceCIDR objects.
+SERVICE_CIDRS = ("10.96.0.0/12",)
+
+# knftables.ParsePriority for the ip family: dstnat = -100, srcnat = 100.
+_BASE_CHAINS = (
+    ("filter-prerouting", "filter", "prerouting", -110),
+    ("filter-input", "filter", "input", -110),
+    ("filter-forward", "filter", "forward", -110),
+    ("filter-output", "filter", "output", -110),
+    ("filter-output-post-dnat", "filter", "output", -90),
+    ("nat-prerouting", "nat", "prerouting", -100),
+    ("nat-output", "nat", "output", -100),
+    ("nat-postrouting", "nat", "postrouting", 100),
+)
+# nftablesJumpChains: (destination, source, extra match), in kube-proxy's order.
+_JUMP_CHAINS = (
+    ("nodeport-endpoints-check", "filter-input", "ct state new"),
+    ("service-endpoints-check", "filter-input", "ct state new"),
+    ("service-endpoints-check", "filter-forward", "ct state new"),
+    ("service-endpoints-check", "filter-output", "ct state new"),
+    ("firewall-check", "filter-prerouting", "ct state new"),
+    ("firewall-check", "filter-output", "ct state new"),
+    ("services", "nat-output", ""),
+    ("services", "nat-prerouting", ""),
+    ("masquerading", "nat-postrouting", ""),
+    ("cluster-ips-check", "filter-forward", "ct state new"),
+    ("cluster-ips-check", "filter-output-post-dnat", "ct state new"),
+)
+MARK_MASQ = "mark-for-masquerade"
+REJECT_CHAIN = "reject-chain"
+
+
+class _Transaction:
+    """knftables.Transaction for one table: each call is one line of `nft -f`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.created: set[str] = set()
+        self.where = f"{KUBE_PROXY_FAMILY} {KUBE_PROXY_TABLE}"
+
+    def op(self, verb: str, kind: str, rest: str) -> None:
+        self.lines.append(f"{verb} {kind} {self.where} {rest}".rstrip())
+
+    def ensure_chain(self, chain: str) -> None:
+        """ensureChain: add and flush a regular chain once per transaction."""
+        if chain in self.created:
+            return
+        self.created.add(chain)
+        self.op("add", "chain", chain)
+        self.op("flush", "chain", chain)
+
+    def rule(self, chain: str, *words: str | int, comment: str | None = None) -> None:
+        text = " ".join(str(w) for w in words if w != "")
+        self.op("add", "rule", f"{chain} {text}" + (f' comment "{comment}"' if comment else ""))
+
+    def element(self, name: str, key: Sequence[str | int], value: str | None = None,
+                comment: str | None = None) -> None:
+        body = " . ".join(str(k) for k in key)
+        if comment:
+            body += f' comment "{comment}"'
+        if value is not None:
+            body += f" : {value}"
+        self.op("add", "element", f"{name} {{ {body} }}")
+
+
+def render_kube_proxy_table(
+    services: Iterable[Service],
+    endpoints: Mapping[tuple[str, str], Sequence[Endpoint]],
+    *,
+    node_ips: Sequence[str],
+    cluster_cidr: str | None = "10.217.0.0/16",
+    node_name: str | None = None,
+    nodeport_addresses: str = "all",
+    masquerade_mark: str = MASQUERADE_MARK,
+    service_cidrs: Sequence[str] = SERVICE_CIDRS,
+    endpoint_counters: bool = False,
+    replace_table: bool = False,
+) -> str:
+    """The `nft -f` input of kube-proxy's first full sync on this node.
+
+    Arguments as render_nat_table (tracer.kube.iptables_render), plus:
+    service_cidrs: kube-proxy's drop rule for unallocated cluster IPs
+        (empty: no such rule, as before kube-proxy has seen ServiceCIDRs).
+    endpoint_counters: add `counter` to each endpoint's DNAT rule (not
+        kube-proxy's output; see the module docstring).
+    replace_table: start with "add table; delete table" so loading the text
+        replaces whatever table ip kube-proxy held (kube-proxy instead flushes
+        stale chains and deletes them a second later; the lab reloads whole).
+    """
+    if nodeport_addresses not in ("all", "node-ips"):
+        raise UsageError(
+            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
+        )
+    node_addresses = [_ipv4(ip, "node IP") for ip in node_ips]
+    if nodeport_addresses == "node-ips" and not node_addresses:
+        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
+    if cluster_cidr is not None:
+        try:
+            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
+        except ValueError as exc:
+            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+    cidrs = []
+    for cidr in service_cidrs:
+        try:
+            cidrs.append(str(ipaddress.IPv4Network(cidr)))
+        except ValueError as exc:
+            raise UsageError(f"service CIDR {cidr!r}: {exc}") from None
+
+    tx = _Transaction()
+    if replace_table:
+        tx.lines += [f"add table {tx.where}", f"delete table {tx.where}"]
+    _setup(tx, node_addresses if nodeport_addresses == "node-ips" else None,
+           masquerade_mark, cidrs)
+
+    plan = sorted(
+        (
+            (naming.service_port_name(s.namespace, s.name, p.name), s, p)
+            for s in services
+            if s.cluster_ip
+            for p in s.ports
+        ),
+        key=lambda item: item[0],
+    )
+    for _, service, port in plan:
+        chosen = port_endpoints(service, port, endpoints.get(service.key, ()))
+        _render_service_port(tx, service, port, chosen, cluster_cidr, node_name,
+                             endpoint_counters)
+    return "\n".join(tx.lines) + "\n"
+
+
+def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def _setup(
+    tx: _Transaction,
+    nodeport_ips: list[ipaddress.IPv4Address] | None,
+    mark: str,
+    service_cidrs: list[str],
+) -> None:
+    """setupNFTables: the table, base chains, jump chains and fixed rules."""
+    no_localhost = "ip daddr != 127.0.0.0/8"
+    tx.lines.append(f'add table {tx.where} {{ comment "rules for kube-proxy" ; }}')
+    # First sync only (proxier.flushed false): add+delete every base chain so
+    # that changed properties (priority) can be set.
+    for name, _, _, _ in _BASE_CHAINS:
+        tx.op("add", "chain", name)
+        tx.op("delete", "chain", name)
+    for name, kind, hook, priority in _BASE_CHAINS:
+        tx.op("add", "chain", f"{name} {{ type {kind} hook {hook} priority {priority} ; }}")
+        tx.op("flush", "chain", name)
+    for destination, source, extra in _JUMP_CHAINS:
+        tx.ensure_chain(destination)
+        tx.rule(source, extra, "jump", destination)
+    for chain in ("services", "cluster-ips-check", "masquerading", MARK_MASQ):
+        tx.ensure_chain(chain)
+
+    tx.rule(MARK_MASQ, "mark set mark or", mark)
+    tx.rule("masquerading", "mark and", mark, "==", 0, "return")
+    tx.rule("masquerading", "mark set mark xor", mark)
+    tx.rule("masquerading", "masquerade fully-random")
+
+    tx.op("add", "set", 'cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }')
+    tx.rule("cluster-ips-check", "ip daddr @cluster-ips reject",
+            comment="Reject traffic to invalid ports of ClusterIPs")
+    if service_cidrs:
+        tx.rule("cluster-ips-check", "ip daddr {", ", ".join(service_cidrs), "} drop",
+                comment="Drop traffic to unallocated ClusterIPs")
+
+    tx.op("add", "set", 'nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }')
+    if nodeport_ips is None:
+        tx.op("delete", "set", "nodeport-ips")
+    else:
+        tx.op("flush", "set", "nodeport-ips")
+        for ip in nodeport_ips:
+            if not ip.is_loopback:  # kube-proxy: localhost NodePorts are not supported
+                tx.element("nodeport-ips", [str(ip)])
+
+    tx.op("add", "map", "no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; "
+          'comment "vmap to drop or reject packets to services with no endpoints" ; }')
+    tx.op("add", "map", "no-endpoint-nodeports { type inet_proto . inet_service : verdict ; "
+          'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }')
+    tx.op("add", "chain", f'{REJECT_CHAIN} {{ comment "helper for @no-endpoint-services / '
+          '@no-endpoint-nodeports" ; }')
+    tx.op("flush", "chain", REJECT_CHAIN)
+    tx.rule(REJECT_CHAIN, "reject")
+    tx.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
+    nodeport_match = no_localhost if nodeport_ips is None else "ip daddr @nodeport-ips"
+    tx.rule("nodeport-endpoints-check", nodeport_match,
+            "meta l4proto . th dport vmap @no-endpoint-nodeports")
+
+    tx.op("add", "map", "firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; "
+          'comment "destinations that are subject to LoadBalancerSourceRanges" ; }')
+    tx.ensure_chain("firewall-check")
+    tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
+
+    tx.op("add", "map", "service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; "
+          'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }')
+    tx.op("add", "map", 'service-nodeports { type inet_proto . inet_service : verdict ; '
+          'comment "NodePort traffic" ; }')
+    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
+    if nodeport_ips is None:
+        tx.rule("services", "fib daddr type local", no_localhost,
+                "meta l4proto . th dport vmap @service-nodeports")
+    else:
+        tx.rule("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
+
+    # nftElementStorage.reset: every sync starts these from empty.
+    tx.op("flush", "set", "cluster-ips")
+    for name in ("service-ips", "firewall-ips", "no-endpoint-services",
+                 "no-endpoint-nodeports", "service-nodeports"):
+        tx.op("flush", "map", name)
+
+
+def _render_service_port(
+    tx: _Transaction,
+    service: Service,
+    port: ServicePort,
+    endpoints: list[Endpoint],
+    cluster_cidr: str | None,
+    node_name: str | None,
+    endpoint_counters: bool,
+) -> None:
+    if port.protocol not in PROTOCOLS:
+        raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
+    assert service.cluster_ip is not None
+    cluster_ip = str(_ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    external_ips = [str(_ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips]
+    lb_ips = [str(_ipv4(ip, f"{service.full_name}: load-balancer IP")) for ip in service.load_balancer_ips]
+    proto = port.protocol.lower()
+    spn = naming.service_port_name(service.namespace, service.name, port.name)
+    ns, name, pname = service.namespace, service.name, port.name
+    cluster_chain = naming.nft_service_chain(ns, name, proto, pname)
+    local_chain = naming.nft_local_chain(ns, name, proto, pname)
+    external_chain = naming.nft_external_chain(ns, name, proto, pname)
+
+    # CategorizeEndpoints without topology or terminating endpoints.
+    cluster_endpoints = [e for e in endpoints if e.ready]
+    has_endpoints = bool(cluster_endpoints)
+    local_endpoints = [e for e in cluster_endpoints if node_name is not None and e.node == node_name]
+    externally_accessible = bool(port.node_port or external_ips or lb_ips)
+    external_policy_local = (
+        service.external_traffic_policy == "Local" and service.type in ("NodePort", "LoadBalancer")
+    )
+    uses_cluster_chain = has_endpoints  # UsesClusterEndpoints: always, without ITP Local
+    uses_local_chain = bool(local_endpoints) and external_policy_local and externally_accessible
+    external_policy_chain = local_chain if external_policy_local else cluster_chain
+    has_external_endpoints = has_endpoints and (bool(local_endpoints) or not external_policy_local)
+    uses_external_chain = has_endpoints and externally_accessible
+    # allLocallyReachableEndpoints: the cluster endpoints (plus local ones, a subset).
+    reachable = cluster_endpoints
+
+    def endpoint_chain(e: Endpoint) -> str:
+        return naming.nft_endpoint_chain(ns, name, proto, pname, e.ip, e.port)
+
+    for endpoint in reachable:
+        tx.ensure_chain(endpoint_chain(endpoint))
+    if uses_cluster_chain:
+        tx.ensure_chain(cluster_chain)
+    if uses_local_chain:
+        tx.ensure_chain(local_chain)
+    if uses_external_chain:
+        tx.ensure_chain(external_chain)
+
+    reject = f"goto {REJECT_CHAIN}"
+    external_filter = reject if not has_endpoints else "drop"
+    tx.element("cluster-ips", [cluster_ip])
+    if has_endpoints:
+        tx.element("service-ips", [cluster_ip, proto, port.port], f"goto {cluster_chain}")
+    else:
+        tx.element("no-endpoint-services", [cluster_ip, proto, port.port], reject, comment=spn)
+    for ip in external_ips:
+        if has_endpoints:
+            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
+        if not has_external_endpoints:
+            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
+    for ip in lb_ips:
+        if has_endpoints:
+            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
+    if not has_external_endpoints:
+        for ip in lb_ips:
+            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
+    if port.node_port:
+        if has_endpoints:
+            tx.element("service-nodeports", [proto, port.node_port], f"goto {external_chain}")
+        if not has_external_endpoints:
+            tx.element("no-endpoint-nodeports", [proto, port.node_port], external_filter,
+                       comment=spn)
+
+    # Internal traffic: masquerade what does not come from the pod network.
+    if has_endpoints and cluster_cidr is not None:
+        tx.rule(cluster_chain, "ip daddr", cluster_ip, proto, "dport", port.port,
+                "ip saddr !=", cluster_cidr, "jump", MARK_MASQ)
+
+    if uses_external_chain:
+        if not external_policy_local:
+            tx.rule(external_chain, "jump", MARK_MASQ)
+        else:
+            if cluster_cidr is not None:
+                tx.rule(external_chain, "ip saddr", cluster_cidr, "goto", cluster_chain,
+                        comment="short-circuit pod traffic")
+            tx.rule(external_chain, "fib saddr type local jump", MARK_MASQ,
+                    comment="masquerade local traffic")
+            tx.rule(external_chain, "fib saddr type local goto", cluster_chain,
+                    comment="short-circuit local traffic")
+        if has_external_endpoints:
+            tx.rule(external_chain, "goto", external_policy_chain)
+
+    if uses_cluster_chain:
+        _write_load_balancing(tx, cluster_chain, [endpoint_chain(e) for e in cluster_endpoints])
+    if uses_local_chain:
+        _write_load_balancing(tx, local_chain, [endpoint_chain(e) for e in local_endpoints])
+
+    for endpoint in reachable:
+        chain = endpoint_chain(endpoint)
+        # Hairpin: a pod reaching itself through the service is masqueraded.
+        tx.rule(chain, "ip saddr", endpoint.ip, "jump", MARK_MASQ)
+        counter = "counter" if endpoint_counters else ""
+        tx.rule(chain, "meta l4proto", proto, counter, "dnat to",
+                naming.endpoint_string(endpoint.ip, endpoint.port))
+
+
+def _write_load_balancing(tx: _Transaction, chain: str, endpoint_chains: list[str]) -> None:
+    """writeServiceToEndpointRules: one `numgen random mod N` vmap, slot i -> endpoint i."""
+    elements = ", ".join(f"{i} : goto {c}" for i, c in enumerate(endpoint_chains))
+    tx.rule(chain, "numgen random mod", len(endpoint_chains), "vmap {", elements, "}")

@@ -1,0 +1,188 @@
+"""What resolving a node's kube-proxy rules yields, whichever mode wrote them:
+Services with their addresses and the endpoints behind each port, with the
+share of new connections kube-proxy's load balancing gives each.
+
+Both parsers produce these: tracer.kube.iptables_parse (iptables mode, the
+nat table) and tracer.kube.nftables_parse (nftables mode, table ip
+kube-proxy). Chain names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or
+service-.../endpoint-....
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    ip: str
+    port: int
+    protocol: str  # lower case, as in the rules: "tcp", "udp", "sctp"
+    # iptables: the rule's --probability (1.0 for the final unconditional rule).
+    # nftables: the endpoint's fraction of the `numgen random mod N` vmap,
+    # which picks among all endpoints at once (equal to share).
+    probability: float
+    share: float  # the fraction of new connections it gets: p_i * prod_{j<i}(1 - p_j)
+    chain: str  # KUBE-SEP-... (iptables) or endpoint-... (nftables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ip": self.ip,
+            "port": self.port,
+            "protocol": self.protocol,
+            "probability": self.probability,
+            "share": self.share,
+            "chain": self.chain,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedEndpoint:
+        return cls(
+            ip=str(data["ip"]),
+            port=int(data["port"]),
+            protocol=str(data["protocol"]),
+            probability=float(data["probability"]),
+            share=float(data["share"]),
+            chain=str(data["chain"]),
+        )
+
+
+Address = tuple[str | None, int, str]  # (ip or None for "any node address", port, protocol)
+
+
+@dataclass(frozen=True)
+class ResolvedServicePort:
+    port_name: str | None  # "" for an unnamed port, None when no comment tells
+    protocol: str
+    port: int | None  # the service port (the VIP rules' --dport)
+    cluster_ips: tuple[str, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    node_port: int | None = None
+    service_chain: str | None = None  # KUBE-SVC-<hash> / service-<base>
+    external_chain: str | None = None  # KUBE-EXT-<hash> / external-<base>
+    local_chain: str | None = None  # KUBE-SVL-<hash> (KUBE-XLB- on old releases) / local-<base>
+    firewall_chain: str | None = None  # KUBE-FW-<hash> / firewall-<base>
+    # "Cluster" or "Local" as seen in KUBE-EXT / external-* (None without
+    # external destinations).
+    external_policy: str | None = None
+    endpoints: tuple[ResolvedEndpoint, ...] = ()  # cluster-policy choice (KUBE-SVC / service-)
+    local_endpoints: tuple[ResolvedEndpoint, ...] = ()  # local-policy choice (KUBE-SVL / local-)
+
+    def service_addresses(self) -> list[Address]:
+        """Every (ip, port, protocol) this port is reached at; node ports as (None, ...)."""
+        out: list[Address] = []
+        if self.port is not None:
+            for ip in (*self.cluster_ips, *self.external_ips, *self.load_balancer_ips):
+                out.append((ip, self.port, self.protocol))
+        if self.node_port is not None:
+            out.append((None, self.node_port, self.protocol))
+        return out
+
+    def endpoint_addresses(self) -> list[Address]:
+        out: list[Address] = []
+        for endpoint in (*self.endpoints, *self.local_endpoints):
+            address = (endpoint.ip, endpoint.port, endpoint.protocol)
+            if address not in out:
+                out.append(address)
+        return out
+
+    def chains(self) -> tuple[str, ...]:
+        named = (self.service_chain, self.external_chain, self.local_chain, self.firewall_chain)
+        return tuple(c for c in named if c)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "port_name": self.port_name,
+            "protocol": self.protocol,
+            "port": self.port,
+            "cluster_ips": list(self.cluster_ips),
+            "external_ips": list(self.external_ips),
+            "load_balancer_ips": list(self.load_balancer_ips),
+            "node_port": self.node_port,
+            "service_chain": self.service_chain,
+            "external_chain": self.external_chain,
+            "local_chain": self.local_chain,
+            "firewall_chain": self.firewall_chain,
+            "external_policy": self.external_policy,
+            "endpoints": [e.to_dict() for e in self.endpoints],
+            "local_endpoints": [e.to_dict() for e in self.local_endpoints],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedServicePort:
+        return cls(
+            port_name=data.get("port_name"),
+            protocol=str(data["protocol"]),
+            port=data.get("port"),
+            cluster_ips=tuple(data.get("cluster_ips", ())),
+            external_ips=tuple(data.get("external_ips", ())),
+            load_balancer_ips=tuple(data.get("load_balancer_ips", ())),
+            node_port=data.get("node_port"),
+            service_chain=data.get("service_chain"),
+            external_chain=data.get("external_chain"),
+            local_chain=data.get("local_chain"),
+            firewall_chain=data.get("firewall_chain"),
+            external_policy=data.get("external_policy"),
+            endpoints=tuple(ResolvedEndpoint.from_dict(e) for e in data.get("endpoints", ())),
+            local_endpoints=tuple(
+                ResolvedEndpoint.from_dict(e) for e in data.get("local_endpoints", ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedService:
+    namespace: str | None  # None when the service is only known by its chain
+    name: str  # the Service name, or the KUBE-SVC/KUBE-EXT chain name
+    ports: tuple[ResolvedServicePort, ...]
+    # Where the name came from: "comment" (iptables rule comments), "chain-name"
+    # (nftables chain names, which spell out ns/name/proto/port) or "chain"
+    # (nothing names it: `name` is a chain).
+    name_source: str = "comment"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace is not None else self.name
+
+    def service_addresses(self) -> list[Address]:
+        """(ip, port, protocol) of every VIP, external and LB IP; node ports as (None, ...)."""
+        return _unique(a for p in self.ports for a in p.service_addresses())
+
+    def endpoint_addresses(self) -> list[Address]:
+        return _unique(a for p in self.ports for a in p.endpoint_addresses())
+
+    def all_addresses(self) -> list[Address]:
+        """Service addresses, then endpoint addresses: everything a packet of
+        this service can carry as its destination, before or after DNAT."""
+        return _unique([*self.service_addresses(), *self.endpoint_addresses()])
+
+    def chains(self) -> tuple[str, ...]:
+        return tuple(c for p in self.ports for c in p.chains())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "name_source": self.name_source,
+            "ports": [p.to_dict() for p in self.ports],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedService:
+        return cls(
+            namespace=data.get("namespace"),
+            name=str(data["name"]),
+            ports=tuple(ResolvedServicePort.from_dict(p) for p in data.get("ports", ())),
+            name_source=str(data.get("name_source", "comment")),
+        )
+
+
+def _unique(addresses: Iterable[Address]) -> list[Address]:
+    out: list[Address] = []
+    for address in addresses:
+        if address not in out:
+            out.append(address)
+    return out
