@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from tracer import __version__
+from tracer.cluster.cli import cluster as _cluster_commands
 from tracer.errors import TracerError
 from tracer.lab.cli import lab as _lab_commands
 
@@ -55,6 +56,8 @@ def services_command(as_json: bool, netns: str | None) -> None:
 
 # `tracer lab ...`: the network-namespace lab (tracer/lab/cli.py).
 cli.add_command(_lab_commands)
+# `tracer cluster ...`: many nodes of a real cluster through kubectl (tracer/cluster/cli.py).
+cli.add_command(_cluster_commands)
 
 
 @cli.command("capture")
