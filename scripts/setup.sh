@@ -18,10 +18,13 @@ fi
 # kube-proxy's nftables mode, wrk) and the
 # independent witnesses the tests compare against (conntrack, tcpdump, tshark);
 # qemu-system-x86 and busybox-static (with kmod) let virtme-ng boot Debian's
-# distro kernel for the kprobe/fentry tests (make test-kernels).
+# distro kernel for the kprobe/fentry tests (make test-kernels); vagrant with
+# vagrant-libvirt (its provider, so `vagrant validate` checks the libvirt
+# settings offline) and shellcheck check the Vagrant cluster's files.
 APT_PACKAGES="python3-bpfcc bpftool linux-headers-amd64 python3-venv python3-dev
 gcc make iproute2 iptables nftables conntrack bird2 nginx-light wrk curl tcpdump tshark
-procps psmisc kmod sudo iputils-ping qemu-system-x86 busybox-static"
+procps psmisc kmod sudo iputils-ping qemu-system-x86 busybox-static
+vagrant vagrant-libvirt shellcheck"
 
 missing=""
 for p in $APT_PACKAGES; do
@@ -48,7 +51,7 @@ fi
 stamp="$ROOT/.setup-stamp"
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! [ -x "$VENV/bin/tracer" ]; then
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "${ROOT}[dev]"
     echo "$want" > "$stamp"
 fi
 
