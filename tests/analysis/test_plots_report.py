@@ -49,3 +49,14 @@ def test_lost_events_are_prominent(tmp_path):
     assert "4321" in warning and warning.startswith("> **WARNING:**")
     # before any section
     assert text.index("LOST") < text.index("## Captures")
+
+
+def test_timeline_labels_stay_inside_the_axes():
+    import numpy as np
+
+    # Hops at both ends of a 100 us journey, labels 30 us wide, axes -7..109 us:
+    # centred labels would run past both edges and be cut off in the PNG.
+    x = np.array([0.0, 50.0, 100.0])
+    lefts, rights, align = plots._label_extents(x, np.full(3, 30.0), -7.0, 109.0)
+    assert align == ["left", "center", "right"]
+    assert lefts.min() >= -7.0 and rights.max() <= 109.0

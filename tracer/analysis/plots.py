@@ -39,7 +39,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _hop_label(h: dict[str, Any]) -> str:
     where = (
-        h["ifname"] if h["netns"] == h["node"] or not h["netns"] else f"{h['netns']}:{h['ifname']}"
+        h["ifname"]
+        if h["netns"] == h["node"] or not h["netns"]
+        else ":".join(p for p in (h["netns"], h["ifname"]) if p)  # drops may have no device
     )
     if h["nat"]:
         n = h["nat"]
@@ -57,13 +59,13 @@ def _hop_label(h: dict[str, Any]) -> str:
     return f"{h['probe']} {where}"
 
 
-def _label_levels(x: np.ndarray, lanes: np.ndarray, widths: np.ndarray) -> np.ndarray:
+def _label_levels(lefts: np.ndarray, rights: np.ndarray, lanes: np.ndarray) -> np.ndarray:
     """Greedy layout: each hop's label goes to the first level (above 1, below
     -1, then 2, -2, ...) where it does not overlap an earlier label of its lane."""
-    levels = np.zeros(len(x), dtype=int)
+    levels = np.zeros(len(lefts), dtype=int)
     placed: list[tuple[float, float, float, int]] = []  # (lane, left, right, level)
-    for i in np.argsort(x, kind="stable"):
-        left, right = x[i] - widths[i] / 2, x[i] + widths[i] / 2
+    for i in np.argsort((lefts + rights) / 2, kind="stable"):
+        left, right = lefts[i], rights[i]
         for level in (1, -1, 2, -2, 3, -3, 4, -4):
             if all(
                 not (lane == lanes[i] and lv == level and left < r and right > lf)
@@ -73,6 +75,21 @@ def _label_levels(x: np.ndarray, lanes: np.ndarray, widths: np.ndarray) -> np.nd
         levels[i] = level
         placed.append((lanes[i], left, right, level))
     return levels
+
+
+def _label_extents(
+    x: np.ndarray, widths: np.ndarray, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Where each label sits: centred on its mark, unless that would run past
+    the axes (a label cut off at the figure's edge loses its end, often the
+    interface name); then aligned to the mark from inside."""
+    lefts, rights, align = x - widths / 2, x + widths / 2, ["center"] * len(x)
+    for i in range(len(x)):
+        if rights[i] > hi:
+            lefts[i], rights[i], align[i] = x[i] - widths[i], x[i], "right"
+        elif lefts[i] < lo:
+            lefts[i], rights[i], align[i] = x[i], x[i] + widths[i], "left"
+    return lefts, rights, align
 
 
 def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -95,7 +112,9 @@ def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
         # Label width in data units: ~0.55 em per character at 7.5 pt.
         widths = np.array([max(len(s) for s in lab.split("\n")) * 7.5 * 0.55 + 6 for lab in labels])
         widths = widths / axis_width_pt * span * 1.14
-        levels = _label_levels(x, y, widths)
+        lo, hi = -0.07 * span, span * 1.09
+        lefts, rights, align = _label_extents(x, widths, lo, hi)
+        levels = _label_levels(lefts, rights, y)
         ax.plot(x, y, color="0.6", lw=1, zorder=1)
         for i, h in enumerate(j["hops"]):
             marker, color = PROBE_MARKERS.get(h["probe"], ("o", "black"))
@@ -115,7 +134,7 @@ def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
                 (x[i], y[i]),
                 xytext=(0, 24 * level),
                 textcoords="offset points",
-                ha="center",
+                ha=align[i],
                 va="bottom" if level > 0 else "top",
                 fontsize=7.5,
                 color="darkred" if h["nat"] or h["probe"] == "drop" else "black",
@@ -137,7 +156,7 @@ def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
                 )
         ax.set_yticks(range(len(nodes)), nodes)
         ax.set_ylim(-0.9, len(nodes) - 0.1)
-        ax.set_xlim(-0.07 * span, span * 1.09)
+        ax.set_xlim(lo, hi)
         ax.set_xlabel("time since the packet's first hop (µs)")
         ax.set_ylabel("node")
         ax.grid(axis="x", color="0.92")
@@ -172,12 +191,28 @@ def _dist_panel(ax, dists: Sequence[Distribution], title: str) -> None:
     if not dists:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     lo, hi = None, None
-    for d in dists:
+    # NAT groups come in pairs (a connection's first packet, established
+    # ones): one colour per node/hook/kind, solid for first, dashed for
+    # established, so the pair reads as one.
+    paired = bool(dists) and all("first" in d.labels for d in dists)
+    group_keys = list(
+        dict.fromkeys(tuple(v for k, v in d.labels.items() if k != "first") for d in dists)
+    )
+    for i, d in enumerate(dists):
         nz = np.flatnonzero(d.fine)
         if not len(nz):
             continue
         lo = nz[0] if lo is None else min(lo, nz[0])
         hi = nz[-1] if hi is None else max(hi, nz[-1])
+        style: dict[str, Any] = {}
+        if paired:
+            key = tuple(v for k, v in d.labels.items() if k != "first")
+            style = {
+                "color": f"C{group_keys.index(key) % 10}",
+                "ls": "-" if d.labels["first"] == "first" else "--",
+            }
+        else:
+            style = {"color": f"C{i % 10}"}
         line = ax.step(
             centers,
             d.fine,
@@ -185,6 +220,7 @@ def _dist_panel(ax, dists: Sequence[Distribution], title: str) -> None:
             lw=1.4,
             label=f"{d.name}\n  n={d.count}, "
             f"p50 {fmt_duration(d.percentiles['50'])}, p99 {fmt_duration(d.percentiles['99'])}",
+            **style,
         )
         ax.axvline(d.percentiles["99"], color=line[0].get_color(), ls=":", lw=1)
     ax.set_xscale("log")
@@ -202,7 +238,11 @@ def _dist_panel(ax, dists: Sequence[Distribution], title: str) -> None:
 
 def plot_latency(report: LatencyReport, path: str | Path) -> Path:
     panels = [
-        (report.nat, "NAT hook time (nat_ns) per node, hook, kind: first packet vs established"),
+        (
+            report.nat,
+            "NAT hook time (nat_ns) per node, hook, kind: "
+            "a connection's first packet (solid) vs established (dashed)",
+        ),
         (report.traversal, "Node traversal: first rx → last tx of a packet on one node"),
         (report.hops, "Cross-node hop: tx on one node → rx on the next (clocks corrected)"),
     ]
@@ -266,11 +306,16 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
     ax1.set_ylabel("share of new connections (%)")
     ax1.set_xlabel("endpoint (pod IP:port, node)")
     p = o.chi2.p_value
-    ax1.set_title(
-        f"{report.service}: {o.connections} connections; chi² p = {p:.3g}; Jain {o.jain:.3f}",
-        fontsize=9.5,
-        loc="left",
+    # The verdict goes in the figure's title: a long axes title would run into
+    # the second panel's.
+    fig.suptitle(
+        f"{report.service}: {o.connections} new connections (DNAT choices); "
+        f"chi-square p = {p:.3g}; Jain's index {o.jain:.4f} (1 = as promised)",
+        fontsize=10.5,
+        x=0.01,
+        ha="left",
     )
+    ax1.set_title("Share per endpoint", fontsize=9.5, loc="left")
     ax1.legend(fontsize=8, loc="lower right")
     ax1.set_ylim(0, max(100.0, float(np.nanmax(obs + err[1])) if len(keys) else 100.0) * 1.05)
     if report.windows:
@@ -284,13 +329,29 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
             ax2.axhline(
                 o.endpoints[k_i].promised_share * 100, color=line[0].get_color(), ls="--", lw=1
             )
+        # A window's share says little when it holds few connections: say how many.
+        for start, g in zip(starts, report.windows, strict=True):
+            ax2.annotate(
+                f"n={g.connections}",
+                (start, 100),
+                xytext=(0, -3),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=7.5,
+                color="0.35",
+            )
         ax2.set_xlabel(
             f"window start, s since the first connection (windows of {report.window_ns / 1e9:g} s)"
         )
         ax2.set_ylabel("share of the window's new connections (%)")
-        ax2.set_title("Over time (dashed: promised; band: CI)", fontsize=9.5, loc="left")
-        ax2.set_ylim(0, 100)
-        ax2.legend(fontsize=8)
+        ax2.set_title(
+            "Over time (dashed: promised; band: CI; n: connections in the window)",
+            fontsize=9.5,
+            loc="left",
+        )
+        ax2.set_ylim(0, 108)
+        ax2.legend(fontsize=8, loc="lower left")
         ax2.grid(True, color="0.92")
     fig.tight_layout()
     return _save(fig, path)
