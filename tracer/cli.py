@@ -218,6 +218,25 @@ def report(captures, out) -> None:
     _echo_all(commands.report(captures, out))
 
 
+@cli.command()
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out/demo"), show_default=True,
+              help="Directory for the captures, the merged capture, the report and summary.json.")
+@click.option("--requests", type=click.IntRange(min=1), default=400, show_default=True,
+              help="Requests sent on new connections (one each).")
+@click.option("--keepalive-requests", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Requests sent over 4 keep-alive connections.")
+def demo(out, requests, keepalive_requests) -> None:
+    """The main job on the lab: capture both nodes under real traffic, correlate, report."""
+    from tracer.demo import DemoOptions, format_result, run_demo
+
+    result = run_demo(
+        DemoOptions(out=out, requests=requests, keepalive_requests=keepalive_requests),
+        progress=lambda s: click.echo(s, err=True),
+    )
+    click.echo(format_result(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="tracer", standalone_mode=False)
