@@ -74,7 +74,8 @@ class StreamingHistogram:
         if values.size == 0:
             return
         idx = np.floor(np.log2(np.maximum(values, 1)) * self.BINS_PER_OCTAVE).astype(np.int64)
-        np.add.at(self.counts, np.minimum(idx, len(self.counts) - 1), 1)
+        # bincount, not np.add.at: ~20x faster for the large batches of a capture.
+        self.counts += np.bincount(np.minimum(idx, len(self.counts) - 1), minlength=len(self.counts))
         self.count += int(values.size)
         self.total += int(values.sum())
         self.max = max(self.max, int(values.max()))

@@ -19,6 +19,7 @@ from tracer.capture_schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, SCHEMA
 from tracer.errors import CaptureFileError
 
 _STOP = object()
+_END_PART = object()
 
 
 def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
@@ -52,13 +53,32 @@ def write_meta(path: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, path / META_FILE)
 
 
-class CaptureWriter:
-    """Accepts Arrow tables (schema tracer.capture_schema.SCHEMA) and writes one
-    Parquet part per submitted table from a worker thread."""
+# Parquet settings, chosen by measurement on this project's 2-core machines
+# (bench/, docs/benchmarks.md). Dictionary encoding only for the columns
+# that are dictionaries already (Arrow hands their indices over as they
+# are); for the numeric columns Parquet would hash every value to build a
+# dictionary it then abandons (skb, seq, timestamps: too many values).
+# Statistics only for the timestamps (what readers filter on). lz4: about
+# 3x cheaper to encode than zstd for ~1.6x the size.
+STRING_COLUMNS = [f.name for f in SCHEMA if pa.types.is_dictionary(f.type)]
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "lz4",
+    "use_dictionary": STRING_COLUMNS,
+    "write_statistics": ["ts_ns", "time_ns"],
+}
 
-    def __init__(self, path: Path, *, compression: str = "zstd", max_pending: int = 8):
+
+class CaptureWriter:
+    """Accepts Arrow tables (schema tracer.capture_schema.SCHEMA) and writes
+    Parquet parts from a worker thread: append() adds a table to the part
+    being written (one row group each), end_part() completes it (renamed
+    into place, visible to readers), submit() is both at once."""
+
+    def __init__(self, path: Path, *, compression: str | None = None, max_pending: int = 8):
         self.path = path
-        self.compression = compression
+        self.options = dict(PARQUET_OPTIONS)
+        if compression is not None:
+            self.options["compression"] = compression
         self.parts = 0
         self.rows = 0
         self.error: CaptureFileError | None = None
@@ -66,14 +86,26 @@ class CaptureWriter:
         # than buffering without limit; the ring buffer then reports loss.
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._lock = threading.Lock()
+        self._open: tuple[pq.ParquetWriter, Path, int] | None = None  # writer thread only
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, table: pa.Table) -> None:
+    def append(self, table: pa.Table) -> None:
         if self.error is not None:
             raise self.error
         if table.num_rows:
             self._queue.put(table)
+
+    def end_part(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(_END_PART)
+
+    def submit(self, table: pa.Table) -> None:
+        """One complete part."""
+        if table.num_rows:
+            self.append(table)
+            self.end_part()
 
     def _run(self) -> None:
         while True:
@@ -83,25 +115,39 @@ class CaptureWriter:
             if self.error is not None:
                 continue
             try:
-                self._write_part(item)
+                if item is _END_PART:
+                    self._finish_part()
+                else:
+                    self._write(item)
             except OSError as exc:
                 self.error = CaptureFileError(
                     f"writing {self.path}: {exc.strerror or exc}; "
                     f"{self.parts} parts ({self.rows} events) already written are intact"
                 )
 
-    def _write_part(self, table: pa.Table) -> None:
-        name = f"part-{self.parts:06d}.parquet"
-        tmp = self.path / f".{name}.tmp"
+    def _write(self, table: pa.Table) -> None:
         table = table.cast(SCHEMA) if table.schema != SCHEMA else table
-        pq.write_table(table, tmp, compression=self.compression)
-        os.replace(tmp, self.path / name)
+        if self._open is None:
+            tmp = self.path / f".part-{self.parts:06d}.parquet.tmp"
+            self._open = (pq.ParquetWriter(tmp, SCHEMA, **self.options), tmp, 0)
+        writer, tmp, rows = self._open
+        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._open = (writer, tmp, rows + table.num_rows)
+
+    def _finish_part(self) -> None:
+        if self._open is None:
+            return
+        writer, tmp, rows = self._open
+        self._open = None
+        writer.close()
+        os.replace(tmp, self.path / f"part-{self.parts:06d}.parquet")
         with self._lock:
             self.parts += 1
-            self.rows += table.num_rows
+            self.rows += rows
 
     def close(self) -> None:
         """Write everything submitted so far; raise if any part failed."""
+        self._queue.put(_END_PART)
         self._queue.put(_STOP)
         self._thread.join()
         if self.error is not None:
