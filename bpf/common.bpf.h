@@ -53,6 +53,8 @@ struct tracer_pkt {
 	u16 sport, dport;
 	u16 ip_id, len;
 	u8 proto, ttl, tcp_flags, ip_hlen, tcp_hlen;
+	u8 encap;                      /* TRACER_ENCAP_*: encap.bpf.h */
+	u32 outer_saddr, outer_daddr;  /* the tunnel's addresses, if encap */
 };
 
 struct tracer_flow_key {
@@ -183,6 +185,8 @@ static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
 	}
 	return 0;
 }
+
+#include "encap.bpf.h"
 
 /* Is this tuple the service's? Returns TRACER_ROLE_* bits (0: no). */
 static __always_inline u8 svc_match(const struct tracer_pkt *p)
@@ -359,7 +363,9 @@ static __always_inline void fill_event(struct tracer_event *e, u8 probe, const v
 {
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skb = (u64)skb;
-	e->ct = read_u64(skb, OFF_SKB_NFCT) & ~7ULL; /* NFCT_PTRMASK */
+	/* An encapsulated packet's conntrack entry, if any, is the tunnel flow's
+	 * (iptunnel_xmit() and vxlan_rcv() scrub the inner one): not its own. */
+	e->ct = p->encap ? 0 : read_u64(skb, OFF_SKB_NFCT) & ~7ULL; /* NFCT_PTRMASK */
 	e->netns_ino = netns;
 	if (dev) {
 		e->ifindex = read_u32(dev, OFF_DEV_IFINDEX);
@@ -392,7 +398,9 @@ static __always_inline void fill_event(struct tracer_event *e, u8 probe, const v
 	e->drop_reason = 0;
 	e->ip_hlen = p->ip_hlen;
 	e->tcp_hlen = p->tcp_hlen;
-	e->pad = 0;
+	e->encap = p->encap;
+	e->outer_saddr = p->outer_saddr;
+	e->outer_daddr = p->outer_daddr;
 }
 
 #ifndef MODE_HIST
@@ -438,11 +446,13 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 		return NULL;
 	}
 	struct tracer_pkt p = {};
-	if (parse_ipv4(l3, &p)) {
+	if (parse_packet(l3, &p)) {
 		stat_add(TRACER_STAT_PARSE_ERROR, 1);
 		return NULL;
 	}
-	if (!packet_wanted(&p, read_u64(skb, OFF_SKB_NFCT)))
+	/* A tunnel packet's conntrack entry is the tunnel's (see fill_event):
+	 * judged like a packet with none. */
+	if (!packet_wanted(&p, p.encap ? 0 : read_u64(skb, OFF_SKB_NFCT)))
 		return NULL;
 	struct tracer_event *e = event_reserve(probe);
 	if (e)

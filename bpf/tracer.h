@@ -29,6 +29,13 @@
 #define TRACER_NAT_REV_DNAT 3
 #define TRACER_NAT_REV_SNAT 4
 
+/* Tunnels whose inner IPv4 packet is parsed (tracer.capture_schema.ENCAPS,
+ * 1-based): the event's tuple and header fields are the inner packet's, the
+ * outer addresses go to outer_saddr/outer_daddr. */
+#define TRACER_ENCAP_NONE 0
+#define TRACER_ENCAP_VXLAN 1 /* UDP to VXLAN_PORT, VXLAN header, inner Ethernet */
+#define TRACER_ENCAP_IPIP 2  /* IPv4 protocol 4 (RFC 2003) */
+
 /* Netfilter hooks are NF_INET_* (0..4); events of other probes carry this. */
 #define TRACER_HOOK_NONE 255
 
@@ -63,7 +70,9 @@ struct tracer_event {
 	__u8 nat_first;     /* this packet ran the NAT rules (new binding) */
 	__u8 ip_hlen;       /* IPv4 header length, bytes */
 	__u8 tcp_hlen;      /* TCP header length (data offset), bytes; 0 if not TCP */
-	__u8 pad;
+	__u8 encap;         /* TRACER_ENCAP_*: the fields above are the inner packet's */
+	__u32 outer_saddr;  /* outer IPv4 header of an encapsulated packet, else 0 */
+	__u32 outer_daddr;
 };
 
 /* Counters in the per-CPU array "stats", summed by Python. */

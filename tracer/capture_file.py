@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracer.capture_schema import FORMAT_NAME, META_FILE, PART_GLOB, SCHEMA
+from tracer.capture_schema import ADDED_COLUMNS, FORMAT_NAME, META_FILE, PART_GLOB, SCHEMA
 from tracer.errors import CaptureFileError
 
 
@@ -57,7 +57,7 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     tables = []
     for part in part_files(path):
         try:
-            tables.append(pq.read_table(part, columns=columns))
+            tables.append(_with_added_columns(_read_part(part, columns), columns))
         except (OSError, pa.ArrowInvalid) as exc:
             raise CaptureFileError(
                 f"{part}: damaged or truncated capture part ({exc}); the other parts are intact"
@@ -66,6 +66,29 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         return schema.empty_table()
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
+    if columns is not None and any(c in ADDED_COLUMNS for c in columns):
+        present = set(pq.read_schema(part).names)
+        columns = [c for c in columns if c in present or c not in ADDED_COLUMNS]
+    return pq.read_table(part, columns=columns)
+
+
+def _with_added_columns(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """A part of an older capture with the columns later versions added, at
+    their value for "not recorded" (tracer.capture_schema.ADDED_COLUMNS)."""
+    wanted = [c for c in ADDED_COLUMNS if columns is None or c in columns]
+    missing = [c for c in wanted if c not in table.schema.names]
+    if not missing:
+        return table
+    for name in missing:
+        typ = SCHEMA.field(name).type
+        value = pa.array([ADDED_COLUMNS[name][1]], pa.string()).cast(typ)
+        table = table.append_column(pa.field(name, typ), pa.repeat(value[0], len(table)).cast(typ))
+    order = [n for n in (columns or SCHEMA.names) if n in table.schema.names]
+    extra = [n for n in table.schema.names if n not in order]
+    return table.select(order + extra)
 
 
 def load(path: str | Path, columns: list[str] | None = None) -> Capture:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 FORMAT_NAME = "tracer-capture"
-FORMAT_VERSION = 1
+# 2 added the tunnel columns (encap, outer_saddr, outer_daddr); readers fill
+# them in for version 1 captures (ADDED_COLUMNS).
+FORMAT_VERSION = 2
 META_FILE = "_tracer_meta.json"
 PART_GLOB = "part-*.parquet"
 
@@ -31,6 +33,9 @@ HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 # (destination restored to the client); "rev_dnat" is a reply whose source is
 # restored from the pod to the Service VIP in POSTROUTING/INPUT.
 NAT_KINDS = ("dnat", "snat", "rev_dnat", "rev_snat")
+# Tunnels whose inner packet an event describes (bpf/encap.bpf.h): Calico's
+# VXLAN mode (vxlan.calico, UDP 4789) and IPIP mode (tunl0, IPv4 protocol 4).
+ENCAPS = ("vxlan", "ipip")
 
 _str = pa.dictionary(pa.int32(), pa.string())
 
@@ -71,7 +76,19 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("nat_dport", pa.uint16(), "nat events: destination port after"),
     ("nat_ns", pa.uint32(), "nat events: time the NAT hook took for this packet, ns"),
     ("drop_reason", _str, "drop events: the kernel's skb_drop_reason name, else ''"),
+    ("encap", _str,
+     "tunnel the packet was in at this point (vxlan, ipip), else ''. The columns above are then "
+     "the inner packet's: its tuple, IP ID, TTL, length, TCP fields; ct is 0 (the kernel's entry "
+     "is the tunnel flow's)"),
+    ("outer_saddr", _str, "encapsulated packets: outer IPv4 source (the sending node), else ''"),
+    ("outer_daddr", _str, "encapsulated packets: outer IPv4 destination (the receiving node), else ''"),
 )
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+# Columns later versions added -> (version, value they have in older captures).
+ADDED_COLUMNS: dict[str, tuple[int, str]] = {
+    "encap": (2, ""),
+    "outer_saddr": (2, ""),
+    "outer_daddr": (2, ""),
+}

@@ -608,6 +608,10 @@ def simulate(sc: Scenario) -> Simulation:
             "nat_dport": ndport.astype(np.uint16),
             "nat_ns": np.round(nat_ns).astype(np.uint32),
             "drop_reason": cat(drop_code, ["", sc.drop_reason]),
+            # No tunnel between the nodes (Calico BGP mode, as in the seed).
+            "encap": cat(np.zeros(n_ev, np.int64), [""]),
+            "outer_saddr": cat(np.zeros(n_ev, np.int64), [""]),
+            "outer_daddr": cat(np.zeros(n_ev, np.int64), [""]),
             "_t_true": t_true,
             "_packet": ev_pkt,
             "_conn": conn[ev_pkt],
@@ -766,6 +770,9 @@ EVENT_DEFAULTS: dict[str, Any] = {
     "nat_dport": 0,
     "nat_ns": 0,
     "drop_reason": "",
+    "encap": "",
+    "outer_saddr": "",
+    "outer_daddr": "",
 }
 
 

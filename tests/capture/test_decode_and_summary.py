@@ -57,6 +57,21 @@ def test_decode_columns():
     assert df.loc[0, "time_ns"] == 1_100
 
 
+def test_decode_tunnel_columns():
+    """A VXLAN packet on node A's uplink: the tuple is the inner packet's,
+    encap and the outer (node) addresses come in their own columns; events
+    in no tunnel have '' there, whatever the kernel left in the fields."""
+    ev = make_events()
+    ev["encap"] = [0, 0, 0, 1, 2]
+    ev["outer_saddr"] = [_be32("1.2.3.4"), 0, 0, _be32("192.168.64.57"), _be32("192.168.64.57")]
+    ev["outer_daddr"] = [0, 0, 0, _be32("192.168.64.58"), _be32("192.168.64.58")]
+    df = EventDecoder("lab-node-a", 0, {11: "lab-node-a", 12: "lab-pod"}).to_table(ev).to_pandas()
+    assert list(df["encap"]) == ["", "", "", "vxlan", "ipip"]
+    assert list(df["outer_saddr"]) == ["", "", "", "192.168.64.57", "192.168.64.57"]
+    assert list(df["outer_daddr"]) == ["", "", "", "192.168.64.58", "192.168.64.58"]
+    assert df.loc[3, "daddr"] == "10.217.121.8" and df.loc[3, "dport"] == 80
+
+
 def test_record_dtype_views_ring_memory():
     rec = np.zeros(2, RECORD_DTYPE)
     rec["hdr_len"] = 104

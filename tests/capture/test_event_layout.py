@@ -13,7 +13,7 @@ import pytest
 
 from tracer.capture import session
 from tracer.capture.event_layout import EVENT_DTYPE, EVENT_FIELDS, EVENT_SIZE, RECORD_SIZE
-from tracer.capture_schema import NAT_KINDS, PROBES
+from tracer.capture_schema import ENCAPS, NAT_KINDS, PROBES
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
@@ -24,6 +24,7 @@ CONSTANTS = [
     "TRACER_STAT_IPV6_SKIPPED", "TRACER_STAT_NON_IP", "TRACER_STAT_NAT_UNPAIRED",
     "TRACER_STAT_PARSE_ERROR", "TRACER_STAT_LOST_BASE", "TRACER_STAT_NR", "TRACER_HIST_HOOKS",
     "TRACER_HIST_SLOTS", "TRACER_ROLE_FRONTEND", "TRACER_ROLE_ENDPOINT",
+    "TRACER_ENCAP_NONE", "TRACER_ENCAP_VXLAN", "TRACER_ENCAP_IPIP",
 ]
 
 
@@ -68,6 +69,8 @@ def test_enumerations_match_the_schema(c_layout):
     c = c_layout["constants"]
     assert [c[f"TRACER_PROBE_{p.upper()}"] for p in PROBES] == [1, 2, 3, 4]
     assert [c[f"TRACER_NAT_{k.upper()}"] for k in NAT_KINDS] == [1, 2, 3, 4]
+    assert c["TRACER_ENCAP_NONE"] == 0
+    assert [c[f"TRACER_ENCAP_{k.upper()}"] for k in ENCAPS] == [1, 2]
     assert session.POINTS_BY_ID == PROBES
     assert c["TRACER_STAT_EVENTS"] == session.STAT_EVENTS
     assert c["TRACER_STAT_LOST"] == session.STAT_LOST

@@ -1,7 +1,8 @@
 """Loads one or more captures into one normalized event table.
 
 Every analysis works on the same frame: the capture's columns, plus addresses
-as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``), the tuple *after* each
+as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``, and a tunnel's
+``outer_src``, ``outer_dst``), the tuple *after* each
 event (``out_*``: the NAT rewrite for nat events, unchanged otherwise), a
 probe code, and ``t``: the event's UTC time in ns, later corrected by the
 clock offsets that correlation estimates. Rows keep their capture order in
@@ -26,7 +27,7 @@ from tracer.errors import CaptureFileError, UsageError
 
 PROBE_RX, PROBE_TX, PROBE_NAT, PROBE_DROP = (PROBES.index(p) for p in ("rx", "tx", "nat", "drop"))
 
-STRING_COLUMNS = ("node", "probe", "hook", "netns", "ifname", "nat_kind", "drop_reason")
+STRING_COLUMNS = ("node", "probe", "hook", "netns", "ifname", "nat_kind", "drop_reason", "encap")
 
 
 @dataclass
@@ -163,6 +164,10 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     ev["dst"] = column_to_int(raw["daddr"])
     ev["nat_src"] = column_to_int(raw["nat_saddr"])
     ev["nat_dst"] = column_to_int(raw["nat_daddr"])
+    # Encapsulated events: src/dst above are the inner packet's (the tunnel's
+    # addresses are these), so everything that follows is tunnel-blind.
+    ev["outer_src"] = column_to_int(raw["outer_saddr"])
+    ev["outer_dst"] = column_to_int(raw["outer_daddr"])
     is_nat = ev["probe_code"].to_numpy() == PROBE_NAT
     # A nat event whose "after" address is missing rewrote nothing on that side.
     for out, before, after in (("out_src", "src", "nat_src"), ("out_dst", "dst", "nat_dst")):
@@ -179,6 +184,17 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     return ev
 
 
+# Capture address columns (strings) -> the normalized frame's uint32 columns.
+_ADDRESS_SOURCES = {
+    "saddr": "src",
+    "daddr": "dst",
+    "nat_saddr": "nat_src",
+    "nat_daddr": "nat_dst",
+    "outer_saddr": "outer_src",
+    "outer_daddr": "outer_dst",
+}
+
+
 def to_capture_table(ev: pd.DataFrame) -> pa.Table:
     """The capture-file table (tracer.capture_schema.SCHEMA) of a normalized
     frame, with time_ns taken from ``t`` (corrected, if it was)."""
@@ -186,13 +202,8 @@ def to_capture_table(ev: pd.DataFrame) -> pa.Table:
     for name in COLUMN_NAMES:
         if name == "time_ns":
             values = ev["t"].to_numpy()
-        elif name in ("saddr", "daddr", "nat_saddr", "nat_daddr"):
-            source = {
-                "saddr": "src",
-                "daddr": "dst",
-                "nat_saddr": "nat_src",
-                "nat_daddr": "nat_dst",
-            }[name]
+        elif name in _ADDRESS_SOURCES:
+            source = _ADDRESS_SOURCES[name]
             values = ints_to_strings(ev[source].to_numpy())
         else:
             values = ev[name]

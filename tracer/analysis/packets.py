@@ -28,6 +28,15 @@ join, then:
 
 Linked segments form one packet; hops are ordered causally (a segment after
 the segment it was linked from, then by time within the node).
+
+Tunnels change nothing here: where a node's uplink carries the packet inside
+Calico's VXLAN or IPIP tunnel, the capture engine reports the *inner* headers
+(tracer.capture_schema, ``encap``), so the sender's last tx (encapsulated) and
+the receiver's first rx (still encapsulated) carry the same tuple and
+fingerprint as without a tunnel, and the decapsulated hops that follow on the
+tunnel device continue the receiver's segment (same skb, same fingerprint).
+The outer header (node to node) is neither fingerprinted nor compared: the
+underlay may rewrite it (another tunnel, NAT between sites).
 """
 
 from __future__ import annotations

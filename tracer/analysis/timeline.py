@@ -15,6 +15,7 @@ import pandas as pd
 
 from tracer.analysis.addresses import (
     endpoint,
+    int_to_ip,
     ints_to_strings,
     proto_name,
     tcp_flags_text,
@@ -57,7 +58,7 @@ _ROW_FIELDS = (
     "since_prev_ns", "since_first_ns", "proto", "src", "sport", "dst", "dport", "out_src",
     "out_sport", "out_dst", "out_dport", "ttl", "len", "ip_id", "skb", "tcp_flags", "seq", "ack",
     "nat_kind", "nat_first", "nat_ns", "drop_reason", "link_from_row", "link_ambiguous",
-    "link_candidates", "ambiguous", "candidates",
+    "link_candidates", "ambiguous", "candidates", "encap", "outer_src", "outer_dst",
 )
 # fmt: on
 _Row = namedtuple("_Row", _ROW_FIELDS)
@@ -158,6 +159,13 @@ def journey(packets: Packets, packet_id: int) -> dict[str, Any]:
             )
         hop["nat"] = _nat(r)
         hop["drop_reason"] = r.drop_reason or None
+        # In a tunnel (Calico VXLAN/IPIP), the hop's fields above are the
+        # inner packet's; the outer header goes between the tunnel's ends.
+        hop["encap"] = (
+            {"kind": r.encap, "outer_src": int_to_ip(r.outer_src), "outer_dst": int_to_ip(r.outer_dst)}
+            if r.encap
+            else None
+        )
         if r.link_from_row >= 0:
             hop["from_node"] = row_node.get(r.link_from_row)
             hop["crossed"] = {
@@ -220,6 +228,9 @@ def _detail(h: dict[str, Any]) -> str:
         took = fmt_duration(n["ns"])
         return f"{n['kind'].upper()}{first} in {took}: {n['before']}  =>  {n['after']}"
     text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
+    if h.get("encap"):
+        e = h["encap"]
+        text += f"  in {e['kind']} {e['outer_src']} -> {e['outer_dst']}"
     if h["drop_reason"]:
         text = f"DROP {h['drop_reason']}: {text}"
     if "from_node" in h:

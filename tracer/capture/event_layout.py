@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tracer.capture_schema import HOOKS, NAT_KINDS, PROBES, SCHEMA
+from tracer.capture_schema import ENCAPS, HOOKS, NAT_KINDS, PROBES, SCHEMA
 
 # (name, numpy type, offset) in struct tracer_event. Fields in network byte
 # order are declared big-endian ('>') so numpy does the byte swapping.
@@ -50,8 +50,11 @@ EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("nat_first", "u1", 100),
     ("ip_hlen", "u1", 101),
     ("tcp_hlen", "u1", 102),
+    ("encap", "u1", 103),
+    ("outer_saddr", ">u4", 104),
+    ("outer_daddr", ">u4", 108),
 )
-EVENT_SIZE = 104
+EVENT_SIZE = 112
 
 EVENT_DTYPE = np.dtype(
     {
@@ -167,6 +170,7 @@ def _ipv4(v: int) -> str:
 _PROBE_DICT = string_array(["", *PROBES])
 _HOOK_DICT = string_array([*HOOKS, ""])
 _NAT_KIND_DICT = string_array(["", *NAT_KINDS])
+_ENCAP_DICT = string_array(["", *ENCAPS])
 
 
 class EventDecoder:
@@ -188,6 +192,18 @@ class EventDecoder:
 
     def _drop_name(self, code: int) -> str:
         return "" if code < 0 else self.drop_reasons.get(code, f"reason_{code}")
+
+    @staticmethod
+    def _tunnel_columns(c: EventColumns) -> dict[str, pa.Array]:
+        """encap and the outer addresses ('' for packets in no tunnel)."""
+        encap = c["encap"]
+        tunnelled = encap != 0
+        outer = {
+            name: _encoded(_numeric(np.where(tunnelled, c[name].astype(np.int64), -1)), _ipv4)
+            for name in ("outer_saddr", "outer_daddr")
+        }
+        return {"encap": _dict_column(np.where(encap <= len(ENCAPS), encap, 0), _ENCAP_DICT),
+                **outer}
 
     def to_table(self, ev: np.ndarray | EventColumns) -> pa.Table:
         """One vectorized operation per column: numeric fields become Arrow
@@ -224,6 +240,7 @@ class EventDecoder:
             "nat_saddr": _encoded(_numeric(nat_saddr), _ipv4),
             "nat_daddr": _encoded(_numeric(nat_daddr), _ipv4),
             "drop_reason": _encoded(_numeric(drop_codes), self._drop_name),
+            **self._tunnel_columns(c),
         }
         for name in _PLAIN:
             columns[name] = _numeric(c[name])

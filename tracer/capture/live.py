@@ -39,6 +39,8 @@ def format_events(table: pa.Table, limit: int | None = None) -> list[str]:
             continue
         detail = f"{proto} [{tcp_flags(r['tcp_flags'])}]" if r["proto"] == 6 else proto
         line = f"{head} {where:<20} {tup} {detail} id {r['ip_id']} ttl {r['ttl']} len {r['len']}"
+        if r.get("encap"):
+            line += f" in {r['encap']} {r['outer_saddr']} > {r['outer_daddr']}"
         if r["probe"] == "drop":
             line += f" reason {r['drop_reason']}"
         out.append(line)
