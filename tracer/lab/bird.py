@@ -34,7 +34,28 @@ _TIMERS = """\
   error forget time 10;"""
 
 
-def render_node_config(node: Node, *, tor_ip: str, asn: int, cluster_cidr: str) -> str:
+def _kernel_programming(encap: str) -> str:
+    """Calico's calico_kernel_programming filter for the pool. With
+    encapsulation the pool's routes are Felix's (tracer/lab/encap.py), as in
+    Calico's bird_ipam.cfg template for a VXLAN pool."""
+    if encap == "none":
+        return """\
+filter calico_kernel_programming {
+  if ( net ~ POOL ) then accept;
+  reject;
+}"""
+    return f"""\
+# {encap} mode: don't program the pool's routes into the kernel; Felix does
+# (each other node's block through the tunnel, a blackhole for this node's).
+filter calico_kernel_programming {{
+  if ( net ~ POOL ) then reject;
+  reject;
+}}"""
+
+
+def render_node_config(
+    node: Node, *, tor_ip: str, asn: int, cluster_cidr: str, encap: str = "none"
+) -> str:
     """bird.cfg for one node (Calico's template, trimmed to one ToR peer)."""
     return f"""\
 # BIRD config of lab {node.name}, rendered by `tracer lab up` (Calico-style).
@@ -46,14 +67,14 @@ router id {node.ip};
 define POOL = {cluster_cidr};
 
 filter calico_export_to_bgp_peers {{
+  # Calico's reject_tunnel_routes: a tunnel device's own routes (the
+  # vxlan.calico address) stay on the node; Felix programs the tunnels.
+  if ( (ifname ~ "*.cali") || (ifname ~ "*.calico") ) then reject;
   if ( net ~ POOL ) then accept;
   reject;
 }}
 
-filter calico_kernel_programming {{
-  if ( net ~ POOL ) then accept;
-  reject;
-}}
+{_kernel_programming(encap)}
 
 # This node's IPAM block: a blackhole for the whole block; each pod's /32
 # route via its cali* interface is more specific and wins.
@@ -165,6 +186,21 @@ def start(netns: str, files: Bird, config: str) -> int:
     raise LabError(f"bird in {netns} wrote no pid file {files.pid_file}")
 
 
+def reconfigure(files: Bird, config: str) -> bool:
+    """Give a running bird a new config (`birdc configure`: sessions stay up,
+    channels whose filters changed are re-fed). False when it has it already."""
+    path = Path(files.config)
+    if path.exists() and path.read_text() == config:
+        return False
+    require_program("birdc")
+    path.write_text(config)
+    proc = run(["birdc", "-s", files.socket, "configure"], check=False, timeout=10)
+    if proc.returncode != 0 or "Reconfigur" not in proc.stdout:
+        detail = (proc.stdout + proc.stderr).strip().splitlines()
+        raise LabError(f"bird did not take {files.config}: {detail[-1] if detail else 'failed'}")
+    return True
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One line of `birdc show protocols`."""
@@ -215,14 +251,15 @@ def learned_routes(netns: str) -> list[dict]:
     return netdev.routes(netns, "proto", "bird")
 
 
-def expected_routes(nodes: Iterable[Node]) -> dict[str, set[tuple[str, str]]]:
+def expected_routes(nodes: Iterable[Node], encap: str = "none") -> dict[str, set[tuple[str, str]]]:
     """netns -> {(block, next hop)} that BGP must have put into its kernel table:
     every other node's block via that node; on the ToR (netns "tor" key filled
-    by the caller) every block."""
+    by the caller) every block. With encapsulation none on the nodes: Felix
+    routes the blocks there (tracer/lab/encap.py)."""
     nodes = tuple(nodes)
     out: dict[str, set[tuple[str, str]]] = {}
     for n in nodes:
-        out[n.netns] = {(o.pod_cidr, o.ip) for o in nodes if o is not n}
+        out[n.netns] = {(o.pod_cidr, o.ip) for o in nodes if o is not n} if encap == "none" else set()
     return out
 
 
@@ -234,17 +271,21 @@ def installed(netns: str) -> set[tuple[str, str]]:
     }
 
 
-def wait_converged(tor: Router, nodes: Iterable[Node], timeout: float = 30.0) -> float:
+def wait_converged(
+    tor: Router, nodes: Iterable[Node], timeout: float = 30.0, encap: str = "none"
+) -> float:
     """Wait until every BGP session is Established and every pod block is in
-    the kernel tables of the other nodes and the ToR. Returns seconds waited."""
+    the kernel tables of the other nodes and the ToR (with encapsulation: the
+    nodes' tables hold no route of BIRD's). Returns seconds waited."""
     nodes = tuple(nodes)
-    want = expected_routes(nodes)
+    want = expected_routes(nodes, encap)
+    bare = frozenset(n.netns for n in nodes) if encap != "none" else frozenset()
     want[tor.netns] = {(n.pod_cidr, n.ip) for n in nodes}
     start_t = time.monotonic()
     deadline = start_t + timeout
     problem = "no answer yet"
     while True:
-        problem = _not_converged(tor, nodes, want)
+        problem = _not_converged(tor, nodes, want, bare)
         if problem is None:
             return time.monotonic() - start_t
         if time.monotonic() >= deadline:
@@ -256,7 +297,8 @@ def wait_converged(tor: Router, nodes: Iterable[Node], timeout: float = 30.0) ->
 
 
 def _not_converged(
-    tor: Router, nodes: tuple[Node, ...], want: dict[str, set[tuple[str, str]]]
+    tor: Router, nodes: tuple[Node, ...], want: dict[str, set[tuple[str, str]]],
+    bare: frozenset[str] = frozenset(),
 ) -> str | None:
     for who, files in [(tor.name, tor.bird), *((n.name, n.bird) for n in nodes)]:
         try:
@@ -271,4 +313,8 @@ def _not_converged(
         if missing:
             block, via = sorted(missing)[0]
             return f"{netns} has no route {block} via {via} proto bird yet"
+        if netns in bare:
+            left = learned_routes(netns)
+            if left:
+                return f"{netns} still has BIRD's route {left[0].get('dst')} (encapsulation on)"
     return None

@@ -12,7 +12,8 @@ import click
 def lab() -> None:
     """The built-in lab: the seed article's two Kubernetes nodes in network
     namespaces (kube-proxy iptables or nftables rules, Calico-style BGP routing with BIRD,
-    nginx pods). All commands need root."""
+    optionally Calico's VXLAN or IPIP tunnels between the nodes, nginx pods). All commands
+    need root."""
 
 
 @lab.command("up")
@@ -26,13 +27,18 @@ def lab() -> None:
               show_default=True,
               help="kube-proxy mode whose rules the nodes get: the nat table (iptables) "
                    "or table ip kube-proxy (nftables).")
+@click.option("--encap", type=click.Choice(["none", "vxlan", "ipip"]), default="none",
+              show_default=True,
+              help="Calico's encapsulation between the nodes: none (BGP routes only), vxlan "
+                   "(vxlan.calico, VNI 4096, UDP 4789) or ipip (tunl0; needs CONFIG_NET_IPIP).")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab state as JSON.")
 def up_command(manifest: str | None, replicas: int | None, timeout: float, proxy_mode: str,
-               as_json: bool) -> None:
+               encap: str, as_json: bool) -> None:
     """Build the lab, or bring it in line with the manifest (idempotent)."""
     from tracer.lab import controller
 
-    result = controller.up(manifest, replicas, timeout=timeout, proxy_mode=proxy_mode)
+    result = controller.up(manifest, replicas, timeout=timeout, proxy_mode=proxy_mode,
+                           encap=encap)
     if as_json:
         click.echo(json.dumps({"action": result.action, "seconds": round(result.seconds, 3),
                                "changes": list(result.changes),
@@ -41,7 +47,8 @@ def up_command(manifest: str | None, replicas: int | None, timeout: float, proxy
         return
     s = result.state
     click.echo(f"lab {result.action} in {result.seconds:.2f}s: {len(s.nodes)} nodes, "
-               f"{len(s.pods)} pods, {len(s.services)} services, kube-proxy {s.proxy_mode} mode")
+               f"{len(s.pods)} pods, {len(s.services)} services, kube-proxy {s.proxy_mode} mode, "
+               f"encapsulation {s.encap}")
     for change in result.changes:
         click.echo(f"  {change}")
     for p in s.pods:

@@ -30,6 +30,7 @@ from tracer.errors import LabError, UsageError
 from tracer.kube.manifest import load_manifest
 from tracer.kube.model import Manifest
 from tracer.lab import bird, kubeproxy, netdev, nginx, plan, procs
+from tracer.lab import encap as lab_encap
 from tracer.lab.state import (
     POD_NETNS_PREFIX,
     RUN_DIR,
@@ -123,10 +124,12 @@ def _locked() -> Iterator[None]:
         os.close(fd)
 
 
-def _check_environment(what: str) -> None:
+def _check_environment(what: str, encap_mode: str = "none") -> None:
     require_root(what)
     for program in PROGRAMS:
         require_program(program)
+    if encap_mode == "vxlan":
+        require_program("bridge")  # FDB entries (iproute2)
     for program in kubeproxy.REQUIRED_PROGRAMS:
         kubeproxy._require(program)
 
@@ -147,19 +150,25 @@ def up(
     *,
     timeout: float = 30.0,
     proxy_mode: str = "iptables",
+    encap: str = "none",
 ) -> UpResult:
-    """Bring the lab to the state the manifest (and replicas, and kube-proxy
-    mode) describe. Changing only the proxy mode reloads the rules."""
+    """Bring the lab to the state the manifest (and replicas, kube-proxy mode
+    and Calico encapsulation) describe. Changing only the proxy mode reloads
+    the rules; changing only the encapsulation reprograms the tunnels, BIRD's
+    kernel filter and the pods' MTU (tracer/lab/encap.py)."""
     started = time.monotonic()
     if proxy_mode not in plan.PROXY_MODES:
         raise UsageError(
             f"--proxy-mode must be one of {', '.join(plan.PROXY_MODES)}, not {proxy_mode!r}"
         )
-    _check_environment("tracer lab up")
+    if encap not in plan.ENCAP_MODES:
+        raise UsageError(f"--encap must be one of {', '.join(plan.ENCAP_MODES)}, not {encap!r}")
+    _check_environment("tracer lab up", encap)
+    lab_encap.require_kernel_support(encap)
     path, parsed, sha = _load(manifest)
     want = plan.make_plan(
         parsed, replicas=replicas, run_dir=RUN_DIR, manifest_path=str(path), manifest_sha256=sha,
-        proxy_mode=proxy_mode,
+        proxy_mode=proxy_mode, encap=encap,
     )
     # Render before touching anything: a manifest the renderer rejects fails
     # with nothing built.
@@ -170,7 +179,7 @@ def up(
         problem = "no lab state" if have is None else _infra_problem(have, want)
         if problem is None:
             assert have is not None
-            state, changes = _reconcile(have, want, rules)
+            state, changes = _reconcile(have, want, rules, timeout=timeout)
             if not changes:
                 return UpResult(state, "unchanged", time.monotonic() - started)
             save_state(state)
@@ -212,11 +221,7 @@ def _build(want: LabState, rules: dict[str, str], *, timeout: float) -> tuple[La
     )
     nodes = []
     for n in want.nodes:
-        pid = bird.start(
-            n.netns, n.bird,
-            bird.render_node_config(n, tor_ip=want.tor.ip, asn=want.asn,
-                                    cluster_cidr=want.cluster_cidr),
-        )
+        pid = bird.start(n.netns, n.bird, _node_bird_config(want, n))
         nodes.append(replace(n, bird=replace(n.bird, pid=pid)))
     state = replace(
         want, tor=replace(want.tor, bird=replace(want.tor.bird, pid=tor_pid)), nodes=tuple(nodes)
@@ -226,8 +231,15 @@ def _build(want: LabState, rules: dict[str, str], *, timeout: float) -> tuple[La
     pids = nginx.start_many(state.pods)
     state = replace(state, pods=tuple(_with_pid(p, pids[p.name]) for p in state.pods))
     state = _load_rules(state, rules, state.nodes)
-    bgp_seconds = bird.wait_converged(state.tor, state.nodes, timeout=timeout)
+    if state.encap != "none":
+        lab_encap.apply(state)
+    bgp_seconds = bird.wait_converged(state.tor, state.nodes, timeout=timeout, encap=state.encap)
     return state, bgp_seconds
+
+
+def _node_bird_config(s: LabState, n: Node) -> str:
+    return bird.render_node_config(n, tor_ip=s.tor.ip, asn=s.asn, cluster_cidr=s.cluster_cidr,
+                                   encap=s.encap)
 
 
 def _wire_lan(s: LabState) -> None:
@@ -261,9 +273,12 @@ def _wire_lan(s: LabState) -> None:
 
 
 def _add_pods(s: LabState, pods: Sequence[Pod]) -> None:
-    """Pod namespaces, their Calico-style veths, addresses and routes."""
+    """Pod namespaces, their Calico-style veths, addresses and routes, and
+    the MTU Calico's CNI plugin gives them (the tunnel's, with encapsulation)."""
     if not pods:
         return
+    mtu = lab_encap.mtu(s.encap)
+    set_mtu = mtu != lab_encap.HOST_MTU
     netdev.add_netns([p.netns for p in pods])
     for p in pods:
         netdev.set_sysctls(p.netns, _QUIET)
@@ -276,6 +291,7 @@ def _add_pods(s: LabState, pods: Sequence[Pod]) -> None:
             lines += [
                 f"link add {p.veth} address {plan.CALICO_MAC} type veth "
                 f"peer name eth0 netns {p.netns}",
+                *([f"link set {p.veth} mtu {mtu}"] if set_mtu else []),
                 f"link set {p.veth} up",
                 f"route add {p.ip}/32 dev {p.veth} scope link",
             ]
@@ -288,6 +304,7 @@ def _add_pods(s: LabState, pods: Sequence[Pod]) -> None:
         netdev.ip_batch(p.netns, [
             "link set lo up",
             f"addr add {p.ip}/32 dev eth0",
+            *([f"link set eth0 mtu {mtu}"] if set_mtu else []),
             "link set eth0 up",
             f"route add {s.pod_gateway} dev eth0 scope link",
             f"route add default via {s.pod_gateway} dev eth0",
@@ -373,7 +390,9 @@ def _pod_problem(
 # --- reconcile ------------------------------------------------------------------
 
 
-def _reconcile(have: LabState, want: LabState, rules: dict[str, str]) -> tuple[LabState, list[str]]:
+def _reconcile(
+    have: LabState, want: LabState, rules: dict[str, str], *, timeout: float = 30.0
+) -> tuple[LabState, list[str]]:
     """Infrastructure is fine: make the pods and rules match. Returns the new
     state and what changed (empty: nothing)."""
     changes: list[str] = []
@@ -430,7 +449,39 @@ def _reconcile(have: LabState, want: LabState, rules: dict[str, str]) -> tuple[L
         changes.append("manifest or replicas changed")
     if state.proxy_mode != have.proxy_mode:
         changes.append(f"kube-proxy mode {have.proxy_mode} -> {state.proxy_mode}")
+    changes += _sync_encap(have, state, timeout=timeout)
     return state, changes
+
+
+def _sync_encap(have: LabState, state: LabState, *, timeout: float) -> list[str]:
+    """Calico's encapsulation as state.encap wants it: BIRD's kernel filter,
+    the tunnels Felix programs and the pods' MTU. A no-op when the nodes
+    already match (checked live, so a tunnel deleted by hand is put back)."""
+    problem = lab_encap.problem(state)
+    configs = {n.name: _node_bird_config(state, n) for n in state.nodes}
+
+    def reconfigure_birds() -> list[str]:
+        return [f"reconfigured BIRD on {n.name} for {state.encap} mode" for n in state.nodes
+                if bird.reconfigure(n.bird, configs[n.name])]
+
+    changes: list[str] = []
+    if problem is None:
+        changes += reconfigure_birds()
+    elif state.encap == "none":
+        # Tunnels off first, then BIRD routes the blocks again.
+        lab_encap.clear(state)
+        changes += reconfigure_birds()
+    else:
+        # BIRD lets go of the pool's routes, then the tunnels take them.
+        changes += reconfigure_birds()
+        lab_encap.apply(state)
+    if problem is not None:
+        lab_encap.set_pod_mtu(state, state.pods)
+        changes.append(f"encapsulation {have.encap} -> {state.encap}" if have.encap != state.encap
+                       else f"encapsulation {state.encap} reprogrammed ({problem})")
+    if changes:
+        bird.wait_converged(state.tor, state.nodes, timeout=timeout, encap=state.encap)
+    return changes
 
 
 def _remove_pods(have: LabState, pods: Sequence[Pod], stray_netns: Sequence[str] = ()) -> None:

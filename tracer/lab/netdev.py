@@ -64,6 +64,17 @@ def ip_batch(netns: str, lines: Sequence[str]) -> None:
         raise LabError(f"in {netns}: `ip {failed}`: {reason}")
 
 
+def bridge_batch(netns: str, lines: Sequence[str]) -> None:
+    """Run `bridge -n netns` commands (FDB entries), one per line, in one process."""
+    if not lines:
+        return
+    proc = run(["bridge", "-n", _lab_only(netns), "-batch", "-"],
+               input="\n".join(lines) + "\n", timeout=60, check=False)
+    if proc.returncode != 0:
+        reason = next((x for x in proc.stderr.strip().splitlines() if x.strip()), "failed")
+        raise LabError(f"in {netns}: bridge -batch: {reason}")
+
+
 def add_netns(names: Iterable[str]) -> None:
     # One process per namespace on purpose: `netns add` inside `ip -batch`
     # unshares the batch process itself, so later lines would run in the new
@@ -139,6 +150,32 @@ def links(netns: str) -> dict[str, dict]:
     """ifname -> `ip -j link` record, inside netns."""
     proc = run(["ip", "-n", _lab_only(netns), "-j", "link", "show"])
     return {rec["ifname"]: rec for rec in json.loads(proc.stdout or "[]")}
+
+
+def link_details(netns: str, name: str) -> dict | None:
+    """`ip -d -j link show dev name` inside netns (None: no such link)."""
+    proc = run(["ip", "-n", _lab_only(netns), "-d", "-j", "link", "show", "dev", name], check=False)
+    found = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    return found[0] if found else None
+
+
+def addresses(netns: str, name: str) -> list[str]:
+    """IPv4 addresses of a link inside netns, as "a.b.c.d/len"."""
+    proc = run(["ip", "-n", _lab_only(netns), "-4", "-j", "addr", "show", "dev", name], check=False)
+    recs = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    return [f"{a['local']}/{a['prefixlen']}" for r in recs for a in r.get("addr_info", [])]
+
+
+def neighbours(netns: str, name: str) -> list[dict]:
+    """`ip -j neigh show dev name` inside netns."""
+    proc = run(["ip", "-n", _lab_only(netns), "-j", "neigh", "show", "dev", name], check=False)
+    return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+
+
+def fdb(netns: str, name: str) -> list[dict]:
+    """`bridge -j fdb show dev name` inside netns."""
+    proc = run(["bridge", "-n", _lab_only(netns), "-j", "fdb", "show", "dev", name], check=False)
+    return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
 
 
 def routes(netns: str, *selector: str) -> list[dict]:

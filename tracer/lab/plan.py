@@ -47,6 +47,9 @@ CALICO_MAC = "ee:ee:ee:ee:ee:ee"  # Calico's host-side veth MAC
 BRIDGE = "br-lan"
 # kube-proxy's --proxy-mode values the lab renders (tracer/lab/kubeproxy.py).
 PROXY_MODES = ("iptables", "nftables")
+# Calico's encapsulation between nodes (tracer/lab/encap.py): none (BGP only,
+# the seed), vxlan (IPPool vxlanMode: Always), ipip (ipipMode: Always).
+ENCAP_MODES = ("none", "vxlan", "ipip")
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def make_plan(
     manifest_path: str = "",
     manifest_sha256: str = "",
     proxy_mode: str = "iptables",
+    encap: str = "none",
 ) -> LabState:
     """Everything to build, with no process ids yet.
 
@@ -182,6 +186,8 @@ def make_plan(
         raise UsageError(f"--replicas must be >= 0, got {replicas}")
     if proxy_mode not in PROXY_MODES:
         raise UsageError(f"--proxy-mode must be one of {', '.join(PROXY_MODES)}, not {proxy_mode!r}")
+    if encap not in ENCAP_MODES:
+        raise UsageError(f"--encap must be one of {', '.join(ENCAP_MODES)}, not {encap!r}")
     run_dir = Path(run_dir)
 
     nodes = tuple(
@@ -260,6 +266,7 @@ def make_plan(
         services=services,
         created=time.time(),
         proxy_mode=proxy_mode,
+        encap=encap,
     )
 
 

@@ -158,6 +158,9 @@ class LabState:
     # kube-proxy's mode on every node: "iptables" (nat table) or "nftables"
     # (table ip kube-proxy). Older state files have no field: iptables.
     proxy_mode: str = "iptables"
+    # Calico's encapsulation between the nodes: "none" (BGP routes only),
+    # "vxlan" or "ipip" (tracer/lab/encap.py). Older state files: none.
+    encap: str = "none"
 
     # --- lookups -------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tracer.errors import LabError
-from tracer.lab import bird, netdev, procs
+from tracer.lab import bird, encap, netdev, procs
 from tracer.lab.state import Bird, LabState, try_load_state
 from tracer.system import require_root
 
@@ -43,6 +43,8 @@ class RouterStatus:
     bird_running: bool
     sessions: tuple[Session, ...]
     bgp_routes: tuple[Route, ...]  # what BIRD installed into the kernel
+    # What Felix programs with encapsulation (proto 80): blocks via the tunnel.
+    tunnel_routes: tuple[Route, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class LabStatus:
     pods: tuple[PodStatus, ...]
     services: tuple[ServiceStatus, ...]
     problems: tuple[str, ...]
+    encap: str = "none"  # Calico's encapsulation between the nodes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,13 +112,25 @@ def _routes(netns: str, present: bool) -> tuple[Route, ...]:
     )
 
 
-def _router(name, netns, ip, pod_cidr, files: Bird, present: set[str]) -> RouterStatus:
+def _tunnel_routes(netns: str, present: bool) -> tuple[Route, ...]:
+    if not present:
+        return ()
+    return tuple(
+        Route(r["dst"], r.get("type", "unicast"), r.get("gateway"), r.get("dev"),
+              str(encap.FELIX_ROUTE_PROTO))
+        for r in netdev.routes(netns, "proto", str(encap.FELIX_ROUTE_PROTO))
+    )
+
+
+def _router(name, netns, ip, pod_cidr, files: Bird, present: set[str],
+            node: bool = False) -> RouterStatus:
     here = netns in present
     running = here and procs.runs_in(files.pid, netdev.inode_of(netns))
     return RouterStatus(
         name=name, netns=netns, ip=ip, pod_cidr=pod_cidr, netns_present=here,
         bird_pid=files.pid, bird_running=running,
         sessions=_sessions(files, running), bgp_routes=_routes(netns, here),
+        tunnel_routes=_tunnel_routes(netns, here) if node else (),
     )
 
 
@@ -134,7 +149,8 @@ def _collect(state: LabState) -> LabStatus:
     present = netdev.existing_netns()
     tor = _router(state.tor.name, state.tor.netns, state.tor.ip, None, state.tor.bird, present)
     nodes = tuple(
-        _router(n.name, n.netns, n.ip, n.pod_cidr, n.bird, present) for n in state.nodes
+        _router(n.name, n.netns, n.ip, n.pod_cidr, n.bird, present, node=True)
+        for n in state.nodes
     )
     pods = tuple(
         PodStatus(
@@ -166,13 +182,26 @@ def _collect(state: LabState) -> LabStatus:
     for p in pods:
         if not p.nginx_running:
             problems.append(f"nginx of pod {p.name} is not running")
+    if all(n.netns_present for n in nodes):
+        tunnels = encap.problem(state)
+        if tunnels:
+            problems.append(f"{state.encap} encapsulation: {tunnels}")
     client = {"name": state.client.name, "netns": state.client.netns, "ip": state.client.ip,
               "netns_present": state.client.netns in present}
     return LabStatus(
         up=True, healthy=not problems, run_dir=state.run_dir, manifest=state.manifest,
         replicas=state.replicas, client=client, tor=tor, nodes=nodes, pods=pods,
-        services=services, problems=tuple(problems),
+        services=services, problems=tuple(problems), encap=state.encap,
     )
+
+
+def _encap_text(mode: str) -> str:
+    if mode == "vxlan":
+        return (f"vxlan ({encap.VXLAN_DEVICE}, VNI {encap.VXLAN_VNI}, UDP {encap.VXLAN_PORT}, "
+                f"MTU {encap.mtu(mode)})")
+    if mode == "ipip":
+        return f"ipip ({encap.IPIP_DEVICE}, MTU {encap.mtu(mode)})"
+    return "none (BGP routes between the nodes)"
 
 
 def format_status(st: LabStatus) -> str:
@@ -186,7 +215,10 @@ def format_status(st: LabStatus) -> str:
         f"manifest {st.manifest}"
         + (f", replicas {st.replicas}" if st.replicas is not None else "") + ")",
         "",
-        "routers (BGP sessions; routes BIRD installed in the kernel):",
+        f"encapsulation: {_encap_text(st.encap)}",
+        "",
+        "routers (BGP sessions; routes BIRD installed in the kernel, and Felix's with "
+        "encapsulation):",
     ]
     for r in (st.tor, *st.nodes):
         if r is None:
@@ -196,7 +228,7 @@ def format_status(st: LabStatus) -> str:
         lines.append(f"  {r.netns:<11} {r.ip:<14}{block}  {bird_s}")
         for s in r.sessions:
             lines.append(f"      bgp {s.name:<8} {s.info or s.state} since {s.since}")
-        for rt in r.bgp_routes:
+        for rt in (*r.bgp_routes, *r.tunnel_routes):
             where = f"via {rt.via} dev {rt.dev}" if rt.via else rt.type
             lines.append(f"      route {rt.dst} {where} proto {rt.proto}")
     if st.client:
