@@ -39,7 +39,8 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
     # nf_conn.tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst (an array, element 0).
     base = btf.offsetof("nf_conn", "tuplehash")
     for macro, path, size in (("OFF_CT_ORIG_DST_IP", "tuple.dst.u3.ip", 4),
-                              ("OFF_CT_ORIG_DST_PORT", "tuple.dst.u.all", 2)):
+                              ("OFF_CT_ORIG_DST_PORT", "tuple.dst.u.all", 2),
+                              ("OFF_CT_ORIG_DST_PROTO", "tuple.dst.protonum", 1)):
         offset, actual = btf.field("nf_conntrack_tuple_hash", path)
         if actual != size:
             raise BtfError(f"nf_conntrack_tuple_hash.{path} is {actual} bytes, the tracer reads {size}")
