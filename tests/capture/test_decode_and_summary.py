@@ -112,3 +112,11 @@ def test_status_line_in_place_on_a_terminal_sparse_in_a_log():
         log.status(str(i))
     log.end_line()
     assert out == [("2", True), ("5", True)]
+
+
+def test_values_sharing_a_name_share_one_dictionary_entry():
+    ev = make_events()
+    ev["netns_ino"] = [11, 12, 13, 11, 14]  # none named: all ''
+    df = EventDecoder("n", 0).to_table(ev).to_pandas()
+    assert list(df["netns"].astype(str)) == [""] * 5
+    assert list(df["netns_ino"]) == [11, 12, 13, 11, 14]

@@ -159,7 +159,14 @@ def _encoded(values: pa.Array, name: Callable[[Any], str]) -> pa.DictionaryArray
     np.unique) and name only the few distinct ones in Python."""
     enc = values.dictionary_encode()
     names = [name(v) for v in enc.dictionary.to_pylist()]
-    return pa.DictionaryArray.from_arrays(enc.indices, string_array(names))
+    if len(set(names)) == len(names):
+        return pa.DictionaryArray.from_arrays(enc.indices, string_array(names))
+    # Distinct values with one name (two unnamed namespaces are both ''):
+    # a dictionary must not repeat itself (pandas refuses the categories).
+    first: dict[str, int] = {}
+    remap = np.array([first.setdefault(n, len(first)) for n in names], np.int32)
+    indices = remap[np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64)]
+    return pa.DictionaryArray.from_arrays(_numeric(indices, np.int32), string_array(list(first)))
 
 
 def _ipv4(v: int) -> str:
