@@ -15,23 +15,27 @@ struct tracer_nat_call {
 	u64 skb;
 	u32 netns;
 	u8 hook;
+	u8 in_scope;
 };
 
 BPF_HASH(nat_calls, u64, struct tracer_nat_call, PENDING_MAX);
 
+/* Every call is recorded, in scope or not: the kretprobe cannot tell which
+ * namespace it returns in, and a return without its entry must mean a lost
+ * entry (TRACER_STAT_NAT_UNPAIRED), not another node's NAT. */
 int trc_nat_kprobe(struct pt_regs *ctx)
 {
 	const void *skb = (const void *)PT_REGS_PARM2(ctx);
 	const void *state = (const void *)PT_REGS_PARM3(ctx);
 	struct tracer_nat_call call = {};
 	call.netns = netns_of_net((const void *)read_u64(state, OFF_HOOK_STATE_NET));
-	if (!netns_in_scope(call.netns))
-		return 0;
+	call.in_scope = netns_in_scope(call.netns);
 	bpf_probe_read_kernel(&call.hook, 1, (const char *)state + OFF_HOOK_STATE_HOOK);
 	call.skb = (u64)skb;
 	u64 tid = bpf_get_current_pid_tgid();
 	nat_calls.update(&tid, &call);
-	nat_enter(skb);
+	if (call.in_scope)
+		nat_enter(skb);
 	return 0;
 }
 
@@ -45,6 +49,7 @@ int trc_nat_kretprobe(struct pt_regs *ctx)
 	}
 	struct tracer_nat_call call = *found;
 	nat_calls.delete(&tid);
-	nat_exit((const void *)call.skb, call.hook, call.netns);
+	if (call.in_scope)
+		nat_exit((const void *)call.skb, call.hook, call.netns);
 	return 0;
 }
