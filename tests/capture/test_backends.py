@@ -8,6 +8,7 @@ import pytest
 
 from tracer.capture import backends as bk
 from tracer.capture.features import Feature
+from tracer.capture.kfuncs import KernelFunction
 from tracer.errors import KernelFeatureError, UsageError
 
 
@@ -18,6 +19,7 @@ class FakeKernel:
     netfilter: bool = False
     fentry_funcs: tuple[str, ...] = ()
     kprobe_funcs: tuple[str, ...] = ()
+    modules: dict = field(default_factory=dict)  # function -> module holding it
     raw_tps: tuple[str, ...] = ("netif_receive_skb", "net_dev_queue", "kfree_skb")
     release: str = "fake"
     btf: object = None
@@ -32,6 +34,9 @@ class FakeKernel:
             if c in self.fentry_funcs:
                 return Feature(True, c)
         return Feature(False, "no fentry")
+
+    def kernel_function(self, name):
+        return KernelFunction(name, 1000 + self.fentry_funcs.index(name), self.modules.get(name))
 
     def kprobe_function(self, candidates):
         for c in candidates:
@@ -59,24 +64,64 @@ def test_host_kernel_6_18_uses_netfilter_links_and_raw_tracepoints(monkeypatch):
         "rx": "raw_tracepoint", "nat": "netfilter", "tx": "raw_tracepoint", "drop": "raw_tracepoint"}
 
 
+# What Debian's 6.1 kernel has (measured in the VM, tests/kernel_vm): the
+# receive core only as a GCC clone (not in BTF, no kprobe by its name), its two
+# callers as functions, and nf_nat_inet_fn in nf_nat.ko.
+DEBIAN_6_1 = ("nf_nat_inet_fn", "__netif_receive_skb_one_core", "__netif_receive_skb",
+              "__netif_receive_skb_list_core")
+
+
 def test_distro_6_1_prefers_fentry_then_kprobe(monkeypatch):
     monkeypatch.setattr(bk, "_tracepoint_backend", _raw_only)
-    funcs = ("nf_nat_inet_fn", "__netif_receive_skb_core")
-    kf = FakeKernel(fentry_funcs=funcs, kprobe_funcs=funcs)
+    kf = FakeKernel(fentry_funcs=DEBIAN_6_1, kprobe_funcs=DEBIAN_6_1, modules={"nf_nat_inet_fn": "nf_nat"})
     chosen = bk.select_backends(kf)
-    assert chosen["nat"].name == "fentry" and chosen["nat"].macros["NAT_FENTRY_FUNC"] == "nf_nat_inet_fn"
-    assert chosen["rx"].name == "fentry"
+    nat, rx = chosen["nat"], chosen["rx"]
+    assert nat.name == "fentry" and nat.target == "nf_nat_inet_fn [nf_nat]"
+    assert [(p.kind, p.function, p.program, p.btf_module) for p in nat.probes] == [
+        ("fentry", "nf_nat_inet_fn", "trc_nat_fentry", "nf_nat"),
+        ("fexit", "nf_nat_inet_fn", "trc_nat_fexit", "nf_nat")]
+    assert rx.name == "fentry"
+    assert [(p.kind, p.function, p.btf_module) for p in rx.probes] == [
+        ("fentry", "__netif_receive_skb_one_core", None), ("fentry", "__netif_receive_skb_list_core", None)]
+    assert rx.macros == {"RX_FENTRY": None, "RX_PSKB": 0, "RX_LIST": None}
     forced = bk.select_backends(kf, forced=bk.parse_backend_option("kprobe"))
     assert forced["nat"].name == "kprobe" and forced["rx"].name == "kprobe"
-    assert forced["rx"].macros["RX_KPROBE_PSKB"] == 1
+    assert forced["rx"].target == "__netif_receive_skb_one_core + __netif_receive_skb_list_core"
+    assert [p.program for p in forced["rx"].probes] == ["trc_rx_kprobe", "trc_rx_list_kp"]
+    assert forced["rx"].macros["RX_PSKB"] == 0
+    assert [p.kind for p in forced["nat"].probes] == ["kprobe", "kretprobe"]
 
 
-def test_old_kernel_falls_back_to_nf_nat_ipv4_fn_and_plain_receive(monkeypatch):
+def test_receive_core_by_name_is_one_kprobe_on_its_pskb():
+    kf = FakeKernel(kprobe_funcs=("__netif_receive_skb_core", *DEBIAN_6_1))
+    rx = bk.select_backends(kf, points=("rx",), forced={"rx": "kprobe"})["rx"]
+    assert rx.target == "__netif_receive_skb_core" and rx.macros["RX_PSKB"] == 1
+    assert [p.program for p in rx.probes] == ["trc_rx_kprobe"]
+
+
+def test_one_skb_path_falls_back_to_netif_receive_skb_when_one_core_is_inlined():
+    funcs = ("__netif_receive_skb", "__netif_receive_skb_list_core")
+    kf = FakeKernel(fentry_funcs=funcs, kprobe_funcs=funcs)
+    for name in ("fentry", "kprobe"):
+        rx = bk.select_backends(kf, points=("rx",), forced={"rx": name})["rx"]
+        assert [p.function for p in rx.probes] == list(funcs)
+
+
+def test_rx_by_function_needs_the_list_path_too(monkeypatch):
+    """Without __netif_receive_skb_list_core, packets received in lists (GRO,
+    veth with NAPI) would be missed: not a backend then."""
     monkeypatch.setattr(bk, "_tracepoint_backend", _raw_only)
-    kf = FakeKernel(kprobe_funcs=("nf_nat_ipv4_fn", "netif_receive_skb"))
-    chosen = bk.select_backends(kf, forced={"rx": "kprobe"})
+    kf = FakeKernel(fentry_funcs=("__netif_receive_skb",), kprobe_funcs=("__netif_receive_skb",))
+    assert bk.select_backends(kf, points=("rx",))["rx"].name == "raw_tracepoint"
+    with pytest.raises(KernelFeatureError, match="received in lists"):
+        bk.select_backends(kf, points=("rx",), forced={"rx": "kprobe"})
+
+
+def test_old_kernel_falls_back_to_nf_nat_ipv4_fn(monkeypatch):
+    monkeypatch.setattr(bk, "_tracepoint_backend", _raw_only)
+    kf = FakeKernel(kprobe_funcs=("nf_nat_ipv4_fn",))
+    chosen = bk.select_backends(kf, points=("nat",))
     assert chosen["nat"].target == "nf_nat_ipv4_fn"
-    assert chosen["rx"].macros["RX_KPROBE_PSKB"] == 0
 
 
 def test_forcing_a_missing_backend_says_why(monkeypatch):

@@ -27,12 +27,26 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "drop": ("raw_tracepoint", "tracepoint"),
 }
 
-# Kernel functions, in order of preference.
-RX_FUNCTIONS = ("__netif_receive_skb_core", "__netif_receive_skb", "netif_receive_skb")
-RX_FENTRY_FUNCTIONS = ("__netif_receive_skb_core",)  # bpf/rx.bpf.c names it
+# rx by function: the packets the net:netif_receive_skb tracepoint sees, i.e.
+# every call of __netif_receive_skb_core() (net/core/dev.c, where the
+# tracepoint is). Its callers are __netif_receive_skb_one_core() (one skb:
+# netif_receive_skb(), process_backlog() after netif_rx(), i.e. veth without
+# NAPI, bridge pass-up) and __netif_receive_skb_list_core() (lists: GRO and
+# drivers' netif_receive_skb_list(), and veth with NAPI when GRO or XDP is on).
+# __netif_receive_skb_core itself is the exact place when the kernel has it
+# under its name; on Debian's 6.1 it is only a GCC clone
+# (__netif_receive_skb_core.constprop.0) and not in BTF, so the two callers
+# are hooked instead, the list one walking its list. Measured in the 6.1 VM
+# (tests/kernel_vm): the same packets as the tracepoint, on both paths.
+RX_CORE = "__netif_receive_skb_core"
+# __netif_receive_skb_one_core is static and could be inlined; then its only
+# other caller chain, __netif_receive_skb, takes the skb too.
+RX_ONE = ("__netif_receive_skb_one_core", "__netif_receive_skb")
+RX_LIST = "__netif_receive_skb_list_core"
 # nf_nat_inet_fn runs the NAT table for every family since 5.1 (commit
 # 30766f4c2d7a "netfilter: nat: move nat hook registration to nat core");
-# older kernels did it in nf_nat_ipv4_fn, with the same arguments.
+# older kernels did it in nf_nat_ipv4_fn, with the same arguments. It is in
+# nf_nat.ko when NAT is a module (Debian): fentry then uses the module's BTF.
 NAT_FUNCTIONS = ("nf_nat_inet_fn", "nf_nat_ipv4_fn")
 
 TRACEPOINTS = {"rx": ("net", "netif_receive_skb"), "tx": ("net", "net_dev_queue"),
@@ -40,40 +54,99 @@ TRACEPOINTS = {"rx": ("net", "netif_receive_skb"), "tx": ("net", "net_dev_queue"
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One BPF program of a backend and the kernel function it attaches to."""
+
+    kind: str  # "kprobe", "kretprobe", "fentry" or "fexit"
+    function: str
+    program: str  # its C function in bpf/<family>.bpf.c
+    btf_id: int = 0  # fentry/fexit: the function's id in ...
+    btf_module: str | None = None  # ... this module's BTF (None: vmlinux's)
+
+@dataclass(frozen=True)
 class Backend:
     point: str
     name: str
-    target: str  # function or tracepoint it attaches to
+    target: str  # function(s) or tracepoint it attaches to
     family: str  # bpf/<family>.bpf.c
     macros: dict[str, int | str | None] = field(default_factory=dict, hash=False, compare=False)
+    probes: tuple[Probe, ...] = ()  # kprobe and fentry backends: what to attach
 
     def describe(self) -> str:
         return f"{self.name} ({self.target})"
 
 
+def _where(probe: Probe) -> str:
+    return f"{probe.function} [{probe.btf_module}]" if probe.btf_module else probe.function
+
+
+def _fentry_probe(kf: KernelFeatures, kind: str, function: str, program: str) -> Probe:
+    where = kf.kernel_function(function)
+    assert not isinstance(where, str), where  # fentry_function() found it
+    return Probe(kind, function, program, where.btf_id, where.module)
+
+
+def _nat_backend(name: str, kf: KernelFeatures) -> Backend | str:
+    if name == "netfilter":
+        f = kf.netfilter_link
+        return Backend("nat", name, "netfilter hooks NAT -100/+100", "nat_netfilter",
+                       {"NAT_NETFILTER": None}) if f else f.detail
+    if name == "fentry":
+        f = kf.fentry_function(NAT_FUNCTIONS)
+        if not f:
+            return f.detail
+        probes = (_fentry_probe(kf, "fentry", f.detail, "trc_nat_fentry"),
+                  _fentry_probe(kf, "fexit", f.detail, "trc_nat_fexit"))
+        return Backend("nat", name, _where(probes[0]), "nat_fentry", {"NAT_FENTRY": None}, probes)
+    if name == "kprobe":
+        f = kf.kprobe_function(NAT_FUNCTIONS)
+        if not f:
+            return f.detail
+        probes = (Probe("kprobe", f.detail, "trc_nat_kprobe"),
+                  Probe("kretprobe", f.detail, "trc_nat_kretprobe"))
+        return Backend("nat", name, f.detail, "nat_kprobe", {"NAT_KPROBE": None}, probes)
+    return f"nat has no backend {name!r}"
+
+
+def _rx_function_backend(name: str, kf: KernelFeatures) -> Backend | str:
+    """rx by kprobe or fentry: see RX_CORE above."""
+    if name == "kprobe":
+        core = kf.kprobe_function((RX_CORE,))
+        if core:
+            # It takes struct sk_buff **pskb since 5.7 (commit 88eb1944e18c);
+            # the ring buffer the tracer needs is 5.8+.
+            return Backend("rx", name, RX_CORE, "rx", {"RX_KPROBE": None, "RX_PSKB": 1},
+                           (Probe("kprobe", RX_CORE, "trc_rx_kprobe"),))
+        one, many = kf.kprobe_function(RX_ONE), kf.kprobe_function((RX_LIST,))
+        kinds = ("kprobe", "kprobe")
+        programs = ("trc_rx_kprobe", "trc_rx_list_kp")
+        macros: dict[str, int | str | None] = {"RX_KPROBE": None, "RX_PSKB": 0, "RX_LIST": None}
+    else:
+        # Not RX_CORE even where BTF has it: its struct sk_buff **pskb is no
+        # struct pointer, which fentry's typed arguments do not allow.
+        one, many = kf.fentry_function(RX_ONE), kf.fentry_function((RX_LIST,))
+        kinds = ("fentry", "fentry")
+        programs = ("trc_rx_fentry", "trc_rx_list_fe")
+        macros = {"RX_FENTRY": None, "RX_PSKB": 0, "RX_LIST": None}
+    if not one:
+        return one.detail
+    if not many:
+        # Without the list path, GRO-batched packets would go unseen.
+        return f"{many.detail} (needed for packets received in lists, e.g. after GRO)"
+    functions = (one.detail, many.detail)
+    if name == "fentry":
+        probes = tuple(_fentry_probe(kf, k, f, p) for k, f, p in zip(kinds, functions, programs, strict=True))
+    else:
+        probes = tuple(Probe(k, f, p) for k, f, p in zip(kinds, functions, programs, strict=True))
+    return Backend("rx", name, " + ".join(_where(p) for p in probes), "rx", macros, probes)
+
+
 def _try(point: str, name: str, kf: KernelFeatures) -> Backend | str:
     """The backend if the kernel supports it, else the reason it does not."""
     if point == "nat":
-        if name == "netfilter":
-            f = kf.netfilter_link
-            return Backend(point, name, "netfilter hooks NAT -100/+100", "nat_netfilter",
-                           {"NAT_NETFILTER": None}) if f else f.detail
-        if name == "fentry":
-            f = kf.fentry_function(NAT_FUNCTIONS)
-            return Backend(point, name, f.detail, "nat_fentry",
-                           {"NAT_FENTRY": None, "NAT_FENTRY_FUNC": f.detail}) if f else f.detail
-        if name == "kprobe":
-            f = kf.kprobe_function(NAT_FUNCTIONS)
-            return Backend(point, name, f.detail, "nat_kprobe", {"NAT_KPROBE": None}) if f else f.detail
-    if point == "rx" and name == "fentry":
-        f = kf.fentry_function(RX_FENTRY_FUNCTIONS)
-        return Backend(point, name, f.detail, "rx", {"RX_FENTRY": None}) if f else f.detail
-    if point == "rx" and name == "kprobe":
-        f = kf.kprobe_function(RX_FUNCTIONS)
-        if not f:
-            return f.detail
-        pskb = 1 if f.detail == "__netif_receive_skb_core" else 0
-        return Backend(point, name, f.detail, "rx", {"RX_KPROBE": None, "RX_KPROBE_PSKB": pskb})
+        return _nat_backend(name, kf)
+    if point == "rx" and name in ("kprobe", "fentry"):
+        return _rx_function_backend(name, kf)
     if point in TRACEPOINTS and name in ("raw_tracepoint", "tracepoint"):
         return _tracepoint_backend(point, name, kf)
     return f"{point} has no backend {name!r}"

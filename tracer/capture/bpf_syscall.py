@@ -1,9 +1,12 @@
 """The few bpf(2) commands BCC 0.26 has no Python API for, called directly:
-BPF_LINK_CREATE for netfilter links, and tiny program/map loads that probe
-what the kernel supports. Layouts follow include/uapi/linux/bpf.h."""
+BPF_LINK_CREATE for netfilter links; loading fentry/fexit programs against a
+function in a kernel module's BTF and attaching them (BCC 0.26 looks fentry
+targets up in vmlinux BTF only); and tiny program/map loads that probe what
+the kernel supports. Layouts follow include/uapi/linux/bpf.h."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import struct
@@ -15,6 +18,10 @@ SYS_BPF = 321  # x86_64
 
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_BTF_GET_FD_BY_ID = 19
+BPF_BTF_GET_NEXT_ID = 23
 BPF_LINK_CREATE = 28
 
 BPF_MAP_TYPE_RINGBUF = 27
@@ -22,6 +29,7 @@ BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_TRACE_FENTRY = 24
+BPF_TRACE_FEXIT = 25
 BPF_NETFILTER = 45
 
 NFPROTO_IPV4 = 2
@@ -46,24 +54,107 @@ def _bpf(cmd: int, attr: bytes) -> int:
     return int(ret)
 
 
+def _bpf_out(cmd: int, attr: bytes, fmt: str, offset: int) -> int:
+    """A command whose answer the kernel writes back into the attr (e.g. the
+    next_id of BPF_*_GET_NEXT_ID)."""
+    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    if _libc.syscall(SYS_BPF, cmd, buf, _ATTR_SIZE) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(struct.unpack_from(fmt, buf.raw, offset)[0])
+
+
 def prog_load(
     prog_type: int,
     insns: bytes,
     *,
     expected_attach_type: int = 0,
     attach_btf_id: int = 0,
+    attach_btf_obj_fd: int = 0,
     name: bytes = b"trc_probe",
+    log: ctypes.Array[ctypes.c_char] | None = None,
 ) -> int:
-    """Load a program; returns its fd (caller closes). Raises OSError."""
+    """Load a program; returns its fd (caller closes). Raises OSError. With
+    `log`, the verifier writes its log there (log_level 1)."""
     insn_buf = ctypes.create_string_buffer(insns, len(insns))
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = bytearray(_ATTR_SIZE)
     struct.pack_into("<II", attr, 0, prog_type, len(insns) // 8)
     struct.pack_into("<QQ", attr, 8, ctypes.addressof(insn_buf), ctypes.addressof(license_))
+    if log is not None:
+        struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
     attr[48:64] = name[:15].ljust(16, b"\0")
     struct.pack_into("<I", attr, 68, expected_attach_type)
     struct.pack_into("<I", attr, 108, attach_btf_id)
+    # attach_btf_obj_fd (5.11+, commit 290248a5b7d8): the BTF object the id
+    # belongs to, for functions in modules; 0 means vmlinux.
+    struct.pack_into("<I", attr, 112, attach_btf_obj_fd)
     return _bpf(BPF_PROG_LOAD, bytes(attr))
+
+
+def prog_load_explained(prog_type: int, insns: bytes, **kw: int | bytes) -> int:
+    """prog_load; when the kernel refuses, load again with the verifier log
+    only to say why (the OSError then carries the log's last lines)."""
+    try:
+        return prog_load(prog_type, insns, **kw)  # type: ignore[arg-type]
+    except OSError as exc:
+        log = ctypes.create_string_buffer(1 << 20)
+        with contextlib.suppress(OSError):
+            os.close(prog_load(prog_type, insns, log=log, **kw))  # type: ignore[arg-type]
+        tail = [ln for ln in log.value.decode(errors="replace").splitlines() if ln.strip()][-6:]
+        why = exc.strerror + (f"; verifier: {' | '.join(tail)}" if tail else "")
+        raise OSError(exc.errno, why) from None
+
+
+def kernel_btf_fd(name: str) -> int:
+    """fd of the kernel's BTF object `name` ("vmlinux" or a module's name), for
+    attach_btf_obj_fd; caller closes it. Raises LookupError if there is none."""
+    btf_id = 0
+    while True:
+        try:
+            btf_id = _bpf_out(BPF_BTF_GET_NEXT_ID, struct.pack("<I", btf_id), "<I", 4)
+        except FileNotFoundError:  # ENOENT: past the last id
+            raise LookupError(f"no kernel BTF object named {name}") from None
+        try:
+            fd = _bpf(BPF_BTF_GET_FD_BY_ID, struct.pack("<I", btf_id))
+        except FileNotFoundError:  # gone since (module unloaded): go on
+            continue
+        name_buf = ctypes.create_string_buffer(64)
+        # struct bpf_btf_info: btf, btf_size, id, name, name_len, kernel_btf (5.11+)
+        info = ctypes.create_string_buffer(
+            struct.pack("<QIIQII", 0, 0, 0, ctypes.addressof(name_buf), 64, 0), 32)
+        try:
+            _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, 32, ctypes.addressof(info)))
+        except OSError:
+            os.close(fd)
+            raise
+        if struct.unpack_from("<I", info.raw, 28)[0] and name_buf.value.decode() == name:
+            return fd
+        os.close(fd)
+
+
+def tracing_load(
+    insns: bytes, btf_id: int, *, fexit: bool, btf_module: str | None = None, name: bytes = b"trc_fentry"
+) -> int:
+    """Load bytecode as an fentry (or fexit) program on the function with BTF
+    id `btf_id` of vmlinux or of `btf_module`; returns the program fd."""
+    obj_fd = kernel_btf_fd(btf_module) if btf_module else 0
+    try:
+        return prog_load_explained(
+            BPF_PROG_TYPE_TRACING, insns,
+            expected_attach_type=BPF_TRACE_FEXIT if fexit else BPF_TRACE_FENTRY,
+            attach_btf_id=btf_id, attach_btf_obj_fd=obj_fd, name=name,
+        )
+    finally:
+        if obj_fd:
+            os.close(obj_fd)
+
+
+def tracing_attach(prog_fd: int) -> int:
+    """Attach a loaded fentry/fexit program at the function it was loaded for
+    (BPF_RAW_TRACEPOINT_OPEN with no name, 5.5+). Returns the link fd; closing
+    it (or the process dying) detaches."""
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd))
 
 
 def ringbuf_create(size: int = 4096) -> int:
@@ -98,15 +189,14 @@ def probe_netfilter_link() -> str | None:
         os.close(prog)
 
 
-def probe_fentry(btf_func_id: int) -> str | None:
-    """None if an fentry program attached to BTF function id loads, else why not."""
+def probe_fentry(btf_func_id: int, btf_module: str | None = None) -> str | None:
+    """None if an fentry program on that BTF function (of vmlinux, or of a
+    module) loads, else why not. Load only: nothing is attached."""
     try:
-        fd = prog_load(
-            BPF_PROG_TYPE_TRACING,
-            _ret_insns(0),
-            expected_attach_type=BPF_TRACE_FENTRY,
-            attach_btf_id=btf_func_id,
-        )
+        fd = tracing_load(_ret_insns(0), btf_func_id, fexit=False, btf_module=btf_module,
+                          name=b"trc_probe")
+    except LookupError as exc:
+        return str(exc)
     except OSError as exc:
         return f"fentry program load: {exc.strerror}"
     os.close(fd)

@@ -14,9 +14,14 @@ from pathlib import Path
 
 from tracer.btf import KIND_FUNC, VMLINUX_BTF, Btf, BtfError
 from tracer.capture import bpf_syscall
+from tracer.capture.kfuncs import FunctionLocator, KernelFunction, read_kallsyms
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+# Whether the kernel loads fentry programs at all is tried on one of these
+# (built into vmlinux and exported, so in its BTF wherever there is BTF);
+# which functions can be traced is then tried per function (kernel_function).
+FENTRY_PROBE_FUNCTIONS = ("netif_receive_skb", "nf_hook_slow")
 
 
 def ensure_tracefs() -> Path | None:
@@ -46,6 +51,8 @@ class KernelFeatures:
     """Lazily measured features of the running kernel (root needed for most)."""
 
     release: str = field(default_factory=platform.release)
+    # function -> where fentry loads on it, or why not (kernel_function)
+    _fentry_tried: dict[str, KernelFunction | str] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def btf(self) -> Btf | None:
@@ -80,18 +87,14 @@ class KernelFeatures:
         return Feature(False, "no kprobe PMU and no kprobe_events (CONFIG_KPROBES is off)")
 
     @cached_property
+    def symbols(self) -> dict[str, str | None]:
+        """Text symbols of the kernel -> their module (None: vmlinux); empty if unreadable."""
+        return read_kallsyms()
+
+    @cached_property
     def kallsyms(self) -> frozenset[str]:
         """Text symbols of the kernel (empty if unreadable)."""
-        names = set()
-        try:
-            with open("/proc/kallsyms") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 3 and parts[1] in "tT":
-                        names.add(parts[2])
-        except OSError:
-            pass
-        return frozenset(names)
+        return frozenset(self.symbols)
 
     def btf_function_id(self, name: str) -> int | None:
         return None if self.btf is None else self.btf.find(name, (KIND_FUNC,))
@@ -100,11 +103,28 @@ class KernelFeatures:
     def fentry(self) -> Feature:
         if self.btf is None:
             return Feature(False, "needs BTF")
-        func = self.btf_function_id("nf_nat_inet_fn") or self.btf_function_id("__netif_receive_skb_core")
+        func = next((f for f in FENTRY_PROBE_FUNCTIONS if self.btf_function_id(f) is not None), None)
         if func is None:
             return Feature(False, "no probe-able function in BTF")
-        why = bpf_syscall.probe_fentry(func)
+        why = bpf_syscall.probe_fentry(self.btf_function_id(func))  # type: ignore[arg-type]
         return Feature(why is None, why or "fentry program loads")
+
+    @cached_property
+    def _locator(self) -> FunctionLocator | None:
+        return None if self.btf is None else FunctionLocator(self.btf, self.symbols)
+
+    def kernel_function(self, name: str) -> KernelFunction | str:
+        """Where fentry would attach to `name` (vmlinux or module BTF), tried
+        with a load of an empty program there; or why it cannot."""
+        tried = self._fentry_tried
+        if name not in tried:
+            found = self._locator.locate(name) if self._locator else "needs BTF"
+            if isinstance(found, KernelFunction):
+                why = bpf_syscall.probe_fentry(found.btf_id, found.module)
+                if why is not None:
+                    found = f"{found.describe()}: {why}"
+            tried[name] = found
+        return tried[name]
 
     @cached_property
     def netfilter_link(self) -> Feature:
@@ -146,12 +166,17 @@ class KernelFeatures:
         return Feature(False, f"none of {', '.join(candidates)} in /proc/kallsyms")
 
     def fentry_function(self, candidates: tuple[str, ...]) -> Feature:
+        """First candidate an fentry program loads on (in vmlinux's BTF or its
+        module's); the detail is its name (kernel_function() has the rest)."""
         if not self.fentry:
             return Feature(False, self.fentry.detail)
+        reasons = []
         for fn in candidates:
-            if self.btf_function_id(fn) is not None:
+            found = self.kernel_function(fn)
+            if isinstance(found, KernelFunction):
                 return Feature(True, fn)
-        return Feature(False, f"none of {', '.join(candidates)} in BTF")
+            reasons.append(found)
+        return Feature(False, "; ".join(reasons))
 
 
 def parse_tracepoint_format(path: Path) -> dict[str, tuple[int, int]]:

@@ -14,6 +14,8 @@ FIELDS: dict[str, tuple[str, str, int | None]] = {
     "OFF_SKB_NFCT": ("sk_buff", "_nfct", 8),
     "OFF_SKB_PROTOCOL": ("sk_buff", "protocol", 2),
     "OFF_SKB_SK": ("sk_buff", "sk", 8),
+    # skbs of a received list are linked through skb->list (4.19+)
+    "OFF_SKB_LIST": ("sk_buff", "list", 16),
     "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
     "OFF_DEV_NAME": ("net_device", "name", 16),
     "OFF_DEV_ND_NET": ("net_device", "nd_net.net", 8),

@@ -8,6 +8,13 @@ BCC treats only functions and map accesses in its main source text as BPF
 programs (it does not rewrite included files), so the source is the shared
 headers followed by each selected family, with #line markers so compiler
 messages name the real files.
+
+fentry/fexit programs are not BCC's KFUNC_PROBEs: BCC 0.26 resolves those in
+vmlinux BTF only, while the NAT function is in nf_nat.ko on distro kernels.
+They are plain functions to BCC (BPF_PROG, no kfunc__ prefix, so BCC does
+not load them); their bytecode, whose map references BCC has already turned
+into map fds, is loaded here against the function's BTF id in vmlinux's or
+the module's BTF and attached with raw bpf() calls (bpf_syscall.py).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 
 from tracer.btf import Btf
 from tracer.capture import bpf_syscall
-from tracer.capture.backends import Backend
+from tracer.capture.backends import Backend, Probe
 from tracer.capture.kheaders import find_kernel_headers
 from tracer.capture.offsets import kernel_offsets
 from tracer.errors import EnvironmentProblem, KernelFeatureError, PrivilegeError, TracerError
@@ -59,6 +66,44 @@ def _link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[
         f"no free netfilter priority next to the NAT hook ({HOOK_NAMES[hook]}): "
         "too many BPF programs already bracket it"
     )
+
+
+def load_tracing(bpf: object, probe: Probe) -> int:
+    """Load one fentry/fexit program from BCC's compiled bytecode against its
+    function's BTF id (vmlinux's or its module's). Returns the program fd;
+    the kernel's refusal is a KernelFeatureError with the verifier's words."""
+    insns = bpf.dump_func(probe.program.encode())  # type: ignore[attr-defined]
+    try:
+        return bpf_syscall.tracing_load(
+            insns, probe.btf_id, fexit=probe.kind == "fexit", btf_module=probe.btf_module,
+            name=probe.program.encode(),
+        )
+    except (OSError, LookupError) as exc:
+        where = f"{probe.function} [{probe.btf_module or 'vmlinux'}]"
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise KernelFeatureError(f"{probe.kind} program {probe.program} on {where} "
+                                 f"not loaded: {why}") from exc
+
+
+def _attach_probe(prog: LoadedProgram, probe: Probe) -> None:
+    bpf = prog.bpf
+    function, program = probe.function.encode(), probe.program.encode()
+    if probe.kind == "kprobe":
+        bpf.attach_kprobe(event=function, fn_name=program)  # type: ignore[attr-defined]
+        prog.attachments.append(("kprobe", function, program))
+    elif probe.kind == "kretprobe":
+        bpf.attach_kretprobe(event=function, fn_name=program)  # type: ignore[attr-defined]
+        prog.attachments.append(("kretprobe", function, program))
+    elif probe.kind in ("fentry", "fexit"):
+        fd = load_tracing(bpf, probe)
+        prog.prog_fds.append(fd)
+        try:
+            prog.links.append(bpf_syscall.tracing_attach(fd))
+        except OSError as exc:
+            raise KernelFeatureError(
+                f"{probe.kind} on {probe.function} did not attach: {exc.strerror}") from exc
+    else:
+        raise TracerError(f"no attach rule for probe kind {probe.kind}")
 
 
 @dataclass
@@ -142,7 +187,10 @@ class LoadedProgram:
     compile_s: float = 0.0
     first_attach_s: float | None = None
     all_attached_s: float | None = None
+    # fds of links (netfilter, fentry/fexit) and of programs loaded outside
+    # BCC (fentry/fexit): closing them detaches and frees
     links: list[int] = field(default_factory=list)
+    prog_fds: list[int] = field(default_factory=list)
     # (kind, target, fn_name) of every BCC attachment, for detach()
     attachments: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     # netfilter hook -> (enter, exit) priorities actually used
@@ -153,10 +201,11 @@ class LoadedProgram:
 
     def detach(self) -> None:
         """Stop the probes but keep the maps, so what is queued can still be read."""
-        for fd in self.links:
+        for fd in self.links + self.prog_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.links.clear()
+        self.prog_fds.clear()
         bpf = self.bpf
         for kind, target, fn in reversed(self.attachments):
             with contextlib.suppress(Exception):
@@ -169,12 +218,6 @@ class LoadedProgram:
                 elif kind == "kretprobe":
                     bpf.detach_kretprobe(event=target, fn_name=fn)  # type: ignore[attr-defined]
         self.attachments.clear()
-        for fn in list(getattr(bpf, "kfunc_entry_fds", {})):
-            with contextlib.suppress(Exception):
-                bpf.detach_kfunc(fn)  # type: ignore[attr-defined]
-        for fn in list(getattr(bpf, "kfunc_exit_fds", {})):
-            with contextlib.suppress(Exception):
-                bpf.detach_kretfunc(fn)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.detach()
@@ -196,7 +239,7 @@ def _bcc():
 def compile_program(
     backends: list[Backend], settings: ProgramSettings, btf: Btf | None = None
 ) -> tuple[object, float]:
-    """Compile (and, for fentry, load+attach: BCC does that on construction)."""
+    """Compile; BCC loads nothing yet (programs load when attached)."""
     if os.geteuid() != 0:
         raise PrivilegeError("capturing needs root (BPF programs and netfilter hooks)")
     headers = find_kernel_headers()
@@ -209,11 +252,8 @@ def compile_program(
     t0 = time.monotonic()
     try:
         bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-    except Exception as exc:  # BCC raises bare Exception for compile/load errors
-        msg = str(exc)
-        if any(b.name == "fentry" for b in backends):
-            raise KernelFeatureError(f"fentry programs cannot be loaded here: {msg}") from exc
-        raise TracerError(f"BPF compile/load failed: {msg} (see the compiler output above)") from exc
+    except Exception as exc:  # BCC raises bare Exception for compile errors
+        raise TracerError(f"BPF compile failed: {exc} (see the compiler output above)") from exc
     return bpf, time.monotonic() - t0
 
 
@@ -236,9 +276,6 @@ def load_and_attach(
         prog.all_attached_s = now
 
     try:
-        # fentry programs were attached by BCC while constructing.
-        if any(b.name == "fentry" for b in backends.values()):
-            attached()
         for point, b in backends.items():
             target = b.target.encode()
             if b.name == "raw_tracepoint":
@@ -249,14 +286,9 @@ def load_and_attach(
                 fn = f"trc_{point}_tp".encode()
                 bpf.attach_tracepoint(tp=target, fn_name=fn)
                 prog.attachments.append(("tracepoint", target, fn))
-            elif b.name == "kprobe" and point == "rx":
-                bpf.attach_kprobe(event=target, fn_name=b"trc_rx_kprobe")
-                prog.attachments.append(("kprobe", target, b"trc_rx_kprobe"))
-            elif b.name == "kprobe" and point == "nat":
-                bpf.attach_kprobe(event=target, fn_name=b"trc_nat_kprobe")
-                prog.attachments.append(("kprobe", target, b"trc_nat_kprobe"))
-                bpf.attach_kretprobe(event=target, fn_name=b"trc_nat_kretprobe")
-                prog.attachments.append(("kretprobe", target, b"trc_nat_kretprobe"))
+            elif b.name in ("kprobe", "fentry"):
+                for probe in b.probes:
+                    _attach_probe(prog, probe)
             elif b.name == "netfilter":
                 enter = bpf.load_func(b"trc_nat_nf_enter", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
                                       attach_type=bpf_syscall.BPF_NETFILTER)
@@ -268,8 +300,6 @@ def load_and_attach(
                     fd_out, p_out = _link_at_free_priority(leave.fd, hook, after)
                     prog.links.append(fd_out)
                     prog.nat_priorities[HOOK_NAMES[hook]] = (p_in, p_out)
-            elif b.name == "fentry":
-                continue
             else:
                 raise TracerError(f"no attach rule for backend {b.name} of {point}")
             attached()
