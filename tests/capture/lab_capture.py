@@ -30,8 +30,9 @@ class CaptureRun:
     returncode: int | None = None
     summary: dict | None = None
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> None:
-        if self.proc.poll() is None:
+    def stop(self, sig: int | None = signal.SIGINT, timeout: float = 60) -> None:
+        """Signal the capture (unless sig is None: already signalled) and wait."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             out, _ = self.proc.communicate(timeout=timeout)
@@ -50,11 +51,8 @@ def _pump(stream, lines: list[str], ready: threading.Event) -> None:
     ready.set()
 
 
-@contextlib.contextmanager
-def capture(args: list[str], output: Path | None = None, *, ready_timeout: float = 60,
-            stop_signal: int = signal.SIGINT, summary_json: Path | None = None) -> Iterator[CaptureRun]:
-    """`tracer capture ARGS -o output --quiet` in the background, ready when
-    its probes are attached; stopped (SIGINT) when the block ends."""
+def _start(args: list[str], output: Path | None, summary_json: Path | None
+           ) -> tuple[CaptureRun, threading.Event, threading.Thread]:
     argv = [*TRACER, "capture", *args, "--quiet"]
     if output is not None:
         argv += ["-o", str(output), "--force"]
@@ -65,16 +63,55 @@ def capture(args: list[str], output: Path | None = None, *, ready_timeout: float
     ready = threading.Event()
     pump = threading.Thread(target=_pump, args=(proc.stderr, run.stderr_lines, ready), daemon=True)
     pump.start()
-    if not ready.wait(ready_timeout) or proc.poll() is not None:
+    return run, ready, pump
+
+
+def _wait_ready(run: CaptureRun, ready: threading.Event, deadline: float) -> None:
+    if not ready.wait(max(0.0, deadline - time.monotonic())) or run.proc.poll() is not None:
         run.stop(signal.SIGKILL)
         pytest.fail("capture did not start: " + "\n".join(run.stderr_lines), pytrace=False)
+
+
+def _end(run: CaptureRun, pump: threading.Thread, stop_signal: int | None, summary_json: Path | None
+         ) -> None:
+    run.stop(stop_signal)
+    pump.join(5)
+    if summary_json is not None and summary_json.exists():
+        run.summary = json.loads(summary_json.read_text())
+
+
+@contextlib.contextmanager
+def capture(args: list[str], output: Path | None = None, *, ready_timeout: float = 60,
+            stop_signal: int = signal.SIGINT, summary_json: Path | None = None) -> Iterator[CaptureRun]:
+    """`tracer capture ARGS -o output --quiet` in the background, ready when
+    its probes are attached; stopped (SIGINT) when the block ends."""
+    run, ready, pump = _start(args, output, summary_json)
+    _wait_ready(run, ready, time.monotonic() + ready_timeout)
     try:
         yield run
     finally:
-        run.stop(stop_signal)
-        pump.join(5)
-        if summary_json is not None and summary_json.exists():
-            run.summary = json.loads(summary_json.read_text())
+        _end(run, pump, stop_signal, summary_json)
+
+
+@contextlib.contextmanager
+def captures(specs: dict[str, tuple[list[str], Path | None]], *, ready_timeout: float = 60
+             ) -> Iterator[dict[str, CaptureRun]]:
+    """Several captures started at once, so that their compiles overlap; the
+    block runs when all are ready. All are stopped (SIGINT) when it ends:
+    signalled together, once (a second SIGINT would cut a capture's shutdown
+    short, as a second Ctrl-C does), then waited for."""
+    started = {name: _start(args, output, None) for name, (args, output) in specs.items()}
+    try:
+        deadline = time.monotonic() + ready_timeout
+        for run, ready, _ in started.values():
+            _wait_ready(run, ready, deadline)
+        yield {name: run for name, (run, _, _) in started.items()}
+    finally:
+        for run, _, _ in started.values():
+            if run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGINT)
+        for run, _, pump in started.values():
+            _end(run, pump, None, None)
 
 
 def sh(netns: str, *cmd: str) -> str:
