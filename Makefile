@@ -2,7 +2,7 @@
 # Debian 12 machine as root.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint unit test-kernels
+.PHONY: setup demo test lint unit test-kernels bench bench-quick
 
 setup:
 	@./scripts/setup.sh
@@ -27,3 +27,14 @@ lint: setup
 # fentry backends; the first run downloads the kernel into /var/cache/tracer.
 test-kernels: setup
 	$(PY) -m pytest -m kernel_vm
+
+# Issue 5's benchmark on the lab: data-path overhead (wrk, tracer off / hist /
+# events), capture throughput, start-up, analysis, memory. Prints one JSON
+# object on its last line. Takes the lab's session lock itself, phase by
+# phase (bench/lab_env.py): do not wrap it in flock.
+bench: setup
+	$(PY) bench/run.py
+
+# The same measurements, shorter (under two minutes).
+bench-quick: setup
+	$(PY) bench/run.py --quick
