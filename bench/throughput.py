@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,11 @@ BLASTER = Path(__file__).resolve().parent / "blaster.py"
 GEN_CPUS, TRACER_CPUS = {0}, {1}
 
 
-def blast(state, rate_pps: float, packets: int) -> dict[str, Any]:
+def blast(state, rate_pps: float, packets: int, cpus: set[int] = GEN_CPUS) -> dict[str, Any]:
     from tracer.system import run
 
     pod = next(p for p in state.pods if p.node == state.nodes[0].name)
-    argv = ["taskset", "-c", ",".join(map(str, sorted(GEN_CPUS))), sys.executable, str(BLASTER),
+    argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), sys.executable, str(BLASTER),
             "--addr", pod.ip, "--port", str(pod.ports[0]), "--rate", str(rate_pps),
             "--packets", str(packets)]
     out = run(argv, netns=pod.netns, timeout=packets / rate_pps + 60).stdout
@@ -104,3 +105,31 @@ def ladder(*, rates: Sequence[float], seconds: float, service: str, netns: str,
             if lossy >= 2:
                 break
     return steps, tracers
+
+
+def overload(*, packets: int, service: str, netns: str,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """More than the tracer can take, to see the loss it reports and that
+    offered = recorded + lost still holds: one unpaced blaster on CPU 0 as in
+    the ladder, and a second on CPU 1, the tracer's own CPU, which leaves
+    the consumer part of a CPU. (One blaster alone cannot outrun the tracer.)"""
+    with lab_lock():
+        state = ensure_lab()
+        tracer = TracerRun(service=service, netns=netns, mode="events", cpus=TRACER_CPUS)
+        try:
+            tracer.start()
+            with ThreadPoolExecutor(2) as pool:
+                runs = list(pool.map(lambda cpu: blast(state, 1e9, packets, {cpu}), (0, 1)))
+            doc = tracer.stop()
+            recorded = tracer.recorded_events()
+        finally:
+            tracer.cleanup()
+    sent = sum(r["packets"] for r in runs)
+    seconds = max(r["seconds"] for r in runs)
+    stats = doc["stats"]
+    step = ladder_step(offered=sent * EVENTS_PER_PACKET, recorded=recorded, lost=stats["lost"],
+                       kernel_events=stats["events_kernel"], seconds=seconds)
+    step.update(blasters=runs, lost_by_probe=stats["lost_by_probe"])
+    log(f"  overload: offered {step['offered_per_s']:,.0f}/s  recorded {step['recorded']:,}  "
+        f"lost {step['lost']:,} ({100 * step['loss_fraction']:.1f}%)  unaccounted {step['unaccounted']}")
+    return step
