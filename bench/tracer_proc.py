@@ -75,7 +75,11 @@ class TracerRun:
                 self.t_ready = time.monotonic()
                 break
         if not self.t_ready:
-            self.stop()
+            # No summary to read: stop it, drop its directory, say why.
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.cleanup()
             raise RuntimeError("tracer did not attach: " + " | ".join(self.stderr_lines[-5:]))
         # Keep draining stderr so the tracer never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
