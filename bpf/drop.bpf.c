@@ -9,11 +9,14 @@
  *   DROP_TRACEPOINT      trc_drop_tp on skb:kfree_skb, fields at the offsets
  *                        of the tracepoint's format file
  * A dropped skb may have no device any more: its namespace then comes from
- * its socket; a packet with neither is out of scope.
+ * its socket, or, for a packet the TCP stack dropped after looking up the
+ * receiving socket (skb->dev and skb->sk both cleared by then; a RST to a
+ * listener, say), from the tracepoint's rx_sk (6.12+, commit c53795d48ee8).
+ * A packet with none of them is out of scope.
  */
 #include "common.bpf.h"
 
-static __always_inline int drop_event(const void *skb, u32 reason)
+static __always_inline int drop_event(const void *skb, u32 reason, const void *rx_sk)
 {
 #ifndef MODE_HIST
 #ifdef DROP_REASON_CONSUMED
@@ -25,6 +28,8 @@ static __always_inline int drop_event(const void *skb, u32 reason)
 	u32 netns = netns_of_dev(dev);
 	if (!netns) {
 		const void *sk = (const void *)read_u64(skb, OFF_SKB_SK);
+		if (!sk)
+			sk = rx_sk;
 		if (sk)
 			netns = netns_of_net((const void *)read_u64(sk, OFF_SOCK_NET));
 	}
@@ -40,20 +45,28 @@ static __always_inline int drop_event(const void *skb, u32 reason)
 #if defined(DROP_RAW_TRACEPOINT)
 int trc_drop_raw(struct bpf_raw_tracepoint_args *ctx)
 {
+	u32 reason = 0;
+	const void *rx_sk = NULL;
 #ifdef DROP_RAW_REASON_ARG
-	return drop_event((const void *)ctx->args[0], (u32)ctx->args[DROP_RAW_REASON_ARG]);
-#else
-	return drop_event((const void *)ctx->args[0], 0);
+	reason = (u32)ctx->args[DROP_RAW_REASON_ARG];
 #endif
+#ifdef DROP_RAW_RX_SK_ARG
+	rx_sk = (const void *)ctx->args[DROP_RAW_RX_SK_ARG];
+#endif
+	return drop_event((const void *)ctx->args[0], reason, rx_sk);
 }
 #elif defined(DROP_TRACEPOINT)
 int trc_drop_tp(void *args)
 {
 	const void *skb = (const void *)*(u64 *)((char *)args + DROP_TP_SKBADDR_OFF);
+	u32 reason = 0;
+	const void *rx_sk = NULL;
 #ifdef DROP_TP_REASON_OFF
-	return drop_event(skb, *(u32 *)((char *)args + DROP_TP_REASON_OFF));
-#else
-	return drop_event(skb, 0);
+	reason = *(u32 *)((char *)args + DROP_TP_REASON_OFF);
 #endif
+#ifdef DROP_TP_RX_SK_OFF
+	rx_sk = (const void *)*(u64 *)((char *)args + DROP_TP_RX_SK_OFF);
+#endif
+	return drop_event(skb, reason, rx_sk);
 }
 #endif

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from tests.capture.lab_capture import (
     TRACER,
     bpf_objects,
     capture,
+    captures,
     conntrack_entries,
     netfilter_links,
     sep_counters,
@@ -424,3 +427,21 @@ def test_unrelated_traffic_never_produces_an_event(lab_state, tmp_path):
     sep = {c: n for c, n in _delta(sep_counters("lab-node-a"), before).items() if c in chain_ip}
     dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
     assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in sep.items()})
+
+
+def test_drops_after_the_socket_lookup_are_attributed_to_the_pod(lab_state, tmp_path):
+    """A bare ACK to the Service is DNATed to a pod whose listener drops it
+    (TCP_FLAGS) after TCP has cleared skb->dev and skb->sk: the namespace
+    comes from the tracepoint's rx_sk."""
+    tool = Path(__file__).parent / "tools" / "stray_ack.py"
+    with captures({"a": (["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "a"),
+                   "b": (["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp_path / "b")}):
+        subprocess.run(["ip", "netns", "exec", "lab-client", sys.executable, str(tool),
+                        NODE_A, "8088", "12"], check=True)
+        time.sleep(0.5)
+    drops = [load(tmp_path / n).events for n in ("a", "b")]
+    flags = [d[(d.probe == "drop") & (d.drop_reason == "TCP_FLAGS")] for d in drops]
+    assert sum(len(f) for f in flags) == 12
+    pods = {p.netns for p in lab_state.pods}
+    for f in flags:
+        assert set(f.netns.astype(str)) <= pods and set(f.dport) == {80}

@@ -32,6 +32,7 @@ RX = {
 TX = Backend("tx", "tracepoint", "net:net_dev_queue", "tx", {"TX_TRACEPOINT": None, "TX_TP_SKBADDR_OFF": 8})
 DROP = Backend("drop", "tracepoint", "skb:kfree_skb", "drop",
                {"DROP_TRACEPOINT": None, "DROP_TP_SKBADDR_OFF": 8, "DROP_TP_REASON_OFF": 36,
+                "DROP_TP_RX_SK_OFF": 24,
                 "DROP_REASON_CONSUMED": 1})
 NAT = {
     "netfilter": Backend("nat", "netfilter", "hooks", "nat_netfilter", {"NAT_NETFILTER": None}),

@@ -165,6 +165,8 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
             args = kf.btf.raw_tracepoint_args(event) or []
             if "enum skb_drop_reason" in args:
                 macros["DROP_RAW_REASON_ARG"] = args.index("enum skb_drop_reason")
+            if "struct sock *" in args:  # rx_sk, 6.12+
+                macros["DROP_RAW_RX_SK_ARG"] = args.index("struct sock *")
             macros.update(_consumed_macro(kf))
         return Backend(point, name, event, point, macros)
     fmt = kf.tracepoint_format(category, event)
@@ -175,6 +177,8 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
     if point == "drop":
         if "reason" in fields:
             macros["DROP_TP_REASON_OFF"] = fields["reason"][0]
+        if "rx_sk" in fields:
+            macros["DROP_TP_RX_SK_OFF"] = fields["rx_sk"][0]
         macros.update(_consumed_macro(kf))
     return Backend(point, name, f"{category}:{event}", point, macros)
 
