@@ -245,16 +245,23 @@ static __always_inline void flow_key_of(const struct tracer_pkt *p, struct trace
 	k->proto = p->proto;
 }
 
+/* The flow's key as the packet shows it, and the key of its other direction. */
+static __always_inline void flow_keys_both_ways(const struct tracer_pkt *p, struct tracer_flow_key *k,
+						struct tracer_flow_key *r)
+{
+	flow_key_of(p, k);
+	r->saddr = p->daddr;
+	r->daddr = p->saddr;
+	r->sport = p->dport;
+	r->dport = p->sport;
+	r->proto = p->proto;
+}
+
 static __always_inline void foreign_add(const struct tracer_pkt *p)
 {
 	struct tracer_flow_key k = {}, r = {};
 	u8 one = 1;
-	flow_key_of(p, &k);
-	r.saddr = p->daddr;
-	r.daddr = p->saddr;
-	r.sport = p->dport;
-	r.dport = p->sport;
-	r.proto = p->proto;
+	flow_keys_both_ways(p, &k, &r);
 	foreign_flows.update(&k, &one);
 	foreign_flows.update(&r, &one);
 }
@@ -294,12 +301,7 @@ static __always_inline int flow_known(const struct tracer_pkt *p)
 static __always_inline void flow_del(const struct tracer_pkt *p)
 {
 	struct tracer_flow_key k = {}, r = {};
-	flow_key_of(p, &k);
-	r.saddr = p->daddr;
-	r.daddr = p->saddr;
-	r.sport = p->dport;
-	r.dport = p->sport;
-	r.proto = p->proto;
+	flow_keys_both_ways(p, &k, &r);
 	flows.delete(&k);
 	flows.delete(&r);
 }
@@ -308,12 +310,7 @@ static __always_inline void flow_add(const struct tracer_pkt *p)
 {
 	struct tracer_flow_key k = {}, r = {};
 	u8 one = 1;
-	flow_key_of(p, &k);
-	r.saddr = p->daddr;
-	r.daddr = p->saddr;
-	r.sport = p->dport;
-	r.dport = p->sport;
-	r.proto = p->proto;
+	flow_keys_both_ways(p, &k, &r);
 	if (flows.update(&k, &one) || flows.update(&r, &one))
 		stat_add(TRACER_STAT_FLOW_OVERFLOW, 1);
 }
