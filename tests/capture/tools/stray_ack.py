@@ -1,7 +1,7 @@
 """Send N bare TCP ACKs (no connection behind them) from the lab client to
 DST:PORT with a raw socket; run inside the lab-client namespace. Each one is
 DNATed to a pod whose listening socket has no such connection and drops it
-(reason TCP_FLAGS). Usage: stray_ack.py DST PORT N"""
+(reason TCP_FLAGS). Usage: stray_ack.py DST PORT N FIRST_SPORT"""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def checksum(data: bytes) -> int:
 
 
 def main() -> None:
-    dst, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    dst, port, count, first_sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     for i in range(count):
         # sport, dport, seq, ack, data offset (5 words), flags ACK, window, csum, urg
-        header = struct.pack("!HHIIBBHHH", 50000 + i, port, 1000, 2000, 5 << 4, 0x10, 512, 0, 0)
+        header = struct.pack("!HHIIBBHHH", first_sport + i, port, 1000, 2000, 5 << 4, 0x10, 512, 0, 0)
         pseudo = socket.inet_aton(SOURCE) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(header))
         header = header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
         sock.sendto(header, (dst, 0))
