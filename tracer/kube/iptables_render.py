@@ -139,18 +139,7 @@ def render_nat_table(
         makes them with separate `iptables -I` calls); leave them out when
         reloading into a namespace that already has them.
     """
-    if nodeport_addresses not in ("all", "node-ips"):
-        raise UsageError(
-            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
-        )
-    node_addresses = [_ipv4(ip, "node IP") for ip in node_ips]
-    if nodeport_addresses == "node-ips" and not node_addresses:
-        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
-    if cluster_cidr is not None:
-        try:
-            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
-        except ValueError as exc:
-            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+    node_addresses, cluster_cidr = check_node_options(node_ips, nodeport_addresses, cluster_cidr)
 
     plan = [
         (service, port, port_endpoints(service, port, endpoints.get(service.key, ())))
@@ -210,7 +199,27 @@ def render_nat_table(
     return "\n".join(["*nat", *out.chains, *out.rules, "COMMIT", ""])
 
 
-def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+def check_node_options(
+    node_ips: Sequence[str], nodeport_addresses: str, cluster_cidr: str | None
+) -> tuple[list[ipaddress.IPv4Address], str | None]:
+    """The node settings both of kube-proxy's modes take, checked: the node's
+    addresses and the cluster CIDR in canonical form."""
+    if nodeport_addresses not in ("all", "node-ips"):
+        raise UsageError(
+            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
+        )
+    node_addresses = [ipv4(ip, "node IP") for ip in node_ips]
+    if nodeport_addresses == "node-ips" and not node_addresses:
+        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
+    if cluster_cidr is not None:
+        try:
+            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
+        except ValueError as exc:
+            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+    return node_addresses, cluster_cidr
+
+
+def ipv4(value: str, what: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(value)
     except ValueError:
@@ -234,7 +243,7 @@ def port_endpoints(
         endpoints = [e for e in endpoints if e.port == port.target_port]
     unique: dict[str, Endpoint] = {}
     for endpoint in endpoints:
-        _ipv4(endpoint.ip, f"{service.full_name}: endpoint")
+        ipv4(endpoint.ip, f"{service.full_name}: endpoint")
         unique.setdefault(naming.endpoint_string(endpoint.ip, endpoint.port), endpoint)
     return [unique[key] for key in sorted(unique)]
 
@@ -249,12 +258,12 @@ def _render_service_port(
     if port.protocol not in PROTOCOLS:
         raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
     assert service.cluster_ip is not None
-    cluster_ip = str(_ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
     external_ips = [
-        str(_ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
+        str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
     ]
     lb_ips = [
-        str(_ipv4(ip, f"{service.full_name}: load-balancer IP"))
+        str(ipv4(ip, f"{service.full_name}: load-balancer IP"))
         for ip in service.load_balancer_ips
     ]
 

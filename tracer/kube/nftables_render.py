@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tracer.errors import UsageError
 from tracer.kube import naming
-from tracer.kube.iptables_render import port_endpoints
+from tracer.kube.iptables_render import check_node_options, ipv4, port_endpoints
 from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE
 
@@ -130,18 +130,7 @@ def render_kube_proxy_table(
         replaces whatever table ip kube-proxy held (kube-proxy instead flushes
         stale chains and deletes them a second later; the lab reloads whole).
     """
-    if nodeport_addresses not in ("all", "node-ips"):
-        raise UsageError(
-            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
-        )
-    node_addresses = [_ipv4(ip, "node IP") for ip in node_ips]
-    if nodeport_addresses == "node-ips" and not node_addresses:
-        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
-    if cluster_cidr is not None:
-        try:
-            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
-        except ValueError as exc:
-            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+    node_addresses, cluster_cidr = check_node_options(node_ips, nodeport_addresses, cluster_cidr)
     cidrs = []
     for cidr in service_cidrs:
         try:
@@ -169,13 +158,6 @@ def render_kube_proxy_table(
         _render_service_port(tx, service, port, chosen, cluster_cidr, node_name,
                              endpoint_counters)
     return "\n".join(tx.lines) + "\n"
-
-
-def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(value)
-    except ValueError:
-        raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
 
 
 def _setup(
@@ -270,9 +252,9 @@ def _render_service_port(
     if port.protocol not in PROTOCOLS:
         raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
     assert service.cluster_ip is not None
-    cluster_ip = str(_ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
-    external_ips = [str(_ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips]
-    lb_ips = [str(_ipv4(ip, f"{service.full_name}: load-balancer IP")) for ip in service.load_balancer_ips]
+    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    external_ips = [str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips]
+    lb_ips = [str(ipv4(ip, f"{service.full_name}: load-balancer IP")) for ip in service.load_balancer_ips]
     proto = port.protocol.lower()
     spn = naming.service_port_name(service.namespace, service.name, port.name)
     ns, name, pname = service.namespace, service.name, port.name
