@@ -21,13 +21,10 @@ conntrack. Facts and timings go to $TRACER_VM_REPORT_DIR/report.json.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -41,12 +38,12 @@ from tests.capture.lab_capture import (
     sh,
     wait_until,
 )
+from tests.kernel_vm.guest.vm_report import in_the_vm, record  # noqa: F401 (session fixture)
 from tracer.capture_file import load
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-REPORT_DIR = Path(os.environ.get("TRACER_VM_REPORT_DIR", "/nonexistent"))
 CLIENT = "192.168.64.10"
 NODE_A = "192.168.64.57"
 REQUESTS = 60
@@ -67,23 +64,6 @@ EXPECTED_BACKENDS = {
 RX_PAIR = "__netif_receive_skb_one_core + __netif_receive_skb_list_core"
 # Programs the kernel shows for each capture (bpftool prog names, <= 15 chars).
 LIST_PROGRAMS = {"kprobe": "trc_rx_list_kp", "fentry": "trc_rx_list_fe"}
-
-_report: dict[str, object] = {}
-
-
-def record(**facts: object) -> None:
-    _report.update(facts)
-    (REPORT_DIR / "report.json").write_text(json.dumps(_report, indent=2, sort_keys=True, default=str))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def in_the_vm():
-    # Fail, never skip: this file only makes sense inside run_in_vm's guest.
-    assert os.environ.get("TRACER_IN_VM") == "1", "run this only through tracer.testing.run_in_vm"
-    assert REPORT_DIR.is_dir(), f"TRACER_VM_REPORT_DIR {REPORT_DIR} is not a shared directory"
-    record(kernel_release=platform.release())
-    yield
-
 
 # -- the list receive path ---------------------------------------------------
 # veth hands packets to its peer through netif_rx() (one skb at a time) unless

@@ -14,36 +14,15 @@ tunnel. Facts and timings go to $TRACER_VM_REPORT_DIR/report.json.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.capture import encap_capture
+from tests.kernel_vm.guest.vm_report import in_the_vm, record  # noqa: F401 (session fixture)
 from tracer.lab import bird, controller, encap, netdev
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
-
-REPORT_DIR = Path(os.environ.get("TRACER_VM_REPORT_DIR", "/nonexistent"))
-_report: dict[str, object] = {}
-
-
-def record(**facts: object) -> None:
-    _report.update(facts)
-    (REPORT_DIR / "report.json").write_text(json.dumps(_report, indent=2, sort_keys=True, default=str))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def in_the_vm():
-    # Fail, never skip: this file only makes sense inside run_in_vm's guest.
-    assert os.environ.get("TRACER_IN_VM") == "1", "run this only through tracer.testing.run_in_vm"
-    assert REPORT_DIR.is_dir(), f"TRACER_VM_REPORT_DIR {REPORT_DIR} is not a shared directory"
-    record(kernel_release=platform.release())
-    yield
-
 
 @pytest.fixture(scope="module")
 def ipip_lab(lab):
