@@ -10,9 +10,8 @@ from typing import Any
 
 from bench.blaster import EVENTS_PER_PACKET
 from bench.lab_env import ensure_lab, lab_lock
-from bench.noise import CpuForeign
 from bench.stats import rss_growth_mb
-from bench.throughput import TRACER_CPUS, blast
+from bench.throughput import TRACER_CPUS, blast_traced
 from bench.tracer_proc import TracerRun
 
 WARMUP_S = 5.0
@@ -25,16 +24,7 @@ def run_memory(*, rate: float, seconds: float, service: str, netns: str,
         state = ensure_lab()
         tracer = TracerRun(service=service, netns=netns, mode="events", cpus=TRACER_CPUS,
                            sample_rss=True)
-        try:
-            tracer.start()
-            assert tracer.proc is not None
-            foreign = CpuForeign(min(TRACER_CPUS), tracer.proc.pid)
-            sent = blast(state, pps, int(pps * seconds))
-            foreign_s = foreign.seconds()
-            doc = tracer.stop()
-            recorded = tracer.recorded_events()
-        finally:
-            tracer.cleanup()
+        sent, doc, recorded, foreign_s = blast_traced(state, tracer, pps, int(pps * seconds))
     samples = tracer.rss
     out = {
         "seconds": sent["seconds"],

@@ -52,21 +52,30 @@ DISTURBED_SHARE = 0.10
 ATTEMPTS = 3
 
 
-def _rung(state, rate: float, seconds: float, service: str, netns: str,
-          ringbuf_mb: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    pps = rate / EVENTS_PER_PACKET
-    tracer = TracerRun(service=service, netns=netns, mode="events", cpus=TRACER_CPUS,
-                       ringbuf_mb=ringbuf_mb)
+def blast_traced(state, tracer: TracerRun, pps: float, packets: int
+                 ) -> tuple[dict[str, Any], dict[str, Any], int, float]:
+    """Start the tracer, blast `packets` at `pps`, stop it: (what the blaster
+    sent, the tracer's summary document, events in its capture file, seconds
+    other processes took on the tracer's CPU meanwhile)."""
     try:
         tracer.start()
         assert tracer.proc is not None
         foreign = CpuForeign(min(TRACER_CPUS), tracer.proc.pid)
-        sent = blast(state, pps, int(pps * seconds))
+        sent = blast(state, pps, packets)
         foreign_s = foreign.seconds()
         doc = tracer.stop()
         recorded = tracer.recorded_events()
     finally:
         tracer.cleanup()
+    return sent, doc, recorded, foreign_s
+
+
+def _rung(state, rate: float, seconds: float, service: str, netns: str,
+          ringbuf_mb: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    pps = rate / EVENTS_PER_PACKET
+    tracer = TracerRun(service=service, netns=netns, mode="events", cpus=TRACER_CPUS,
+                       ringbuf_mb=ringbuf_mb)
+    sent, doc, recorded, foreign_s = blast_traced(state, tracer, pps, int(pps * seconds))
     stats = doc["stats"]
     step = ladder_step(offered=sent["packets"] * EVENTS_PER_PACKET, recorded=recorded,
                        lost=stats["lost"], kernel_events=stats["events_kernel"],
