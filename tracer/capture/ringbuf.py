@@ -21,7 +21,6 @@ import select
 import numpy as np
 
 from tracer.capture.event_layout import (
-    EVENT_DTYPE,
     EVENT_SIZE,
     GATHER_CHUNK,
     RECORD_DTYPE,
@@ -66,38 +65,6 @@ class RingBufferReader:
 
     def _release(self, pos: int) -> None:
         self._cons_pos[0] = pos
-
-    def pending_bytes(self) -> int:
-        cons, prod = self._positions()
-        return prod - cons
-
-    def read(self, max_records: int = 1 << 20) -> np.ndarray:
-        """Every complete event available now (up to max_records), as a copy."""
-        cons, prod = self._positions()
-        avail = min(prod - cons, max_records * RECORD_SIZE)
-        n = avail // RECORD_SIZE
-        if n == 0:
-            return np.empty(0, EVENT_DTYPE)
-        start = cons & self.mask
-        records = self._data[start : start + n * RECORD_SIZE].view(RECORD_DTYPE)
-        hdr = records["hdr_len"]
-        busy = (hdr & BUSY_BIT) != 0
-        if busy.any():
-            n = int(np.argmax(busy))
-            records, hdr = records[:n], hdr[:n]
-        if n == 0:
-            return np.empty(0, EVENT_DTYPE)
-        lengths = hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)
-        if (lengths != EVENT_SIZE).any():
-            raise RuntimeError("ring buffer holds a record that is not a tracer event")
-        keep = (hdr & DISCARD_BIT) == 0
-        events = records["ev"][keep].copy() if not keep.all() else records["ev"].copy()
-        self.discarded += int(n - keep.sum())
-        # Release the space only after the copy (x86: stores are not
-        # reordered before earlier loads).
-        self._release(cons + n * RECORD_SIZE)
-        self.records_read += len(events)
-        return events
 
     def read_into(self, cols: EventColumns) -> int:
         """Move every complete event available now (as many as cols has room

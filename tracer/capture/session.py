@@ -167,7 +167,6 @@ class CaptureSession:
         self.service: ResolvedService | None = None
         self.service_history: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
-        self.records_read = 0
         self.events_written = 0
         self.key_map: ServiceKeyMap | None = None
         self.scope: node_scope.NodeScope | None = None
@@ -278,6 +277,10 @@ class CaptureSession:
             table[table.Key(ino)] = table.Leaf(1)
 
     # -- running ------------------------------------------------------------
+    @property
+    def records_read(self) -> int:
+        return self.reader.records_read if self.reader is not None else 0
+
     def read_stats(self) -> dict[str, Any]:
         assert self.prog is not None
         table = self.prog.table("stats")
@@ -375,7 +378,6 @@ class CaptureSession:
             elif deadline is not None and now >= deadline:
                 done, self.stop_reason = True, f"--duration {o.duration:g}s"
             got = self.reader.read_into(batch) if self.reader is not None else 0
-            self.records_read += got
             if len(batch) and (done or not batch.room or now - last_decode >= decode_every):
                 self._emit(batch, printer)
                 batch = EventColumns(BATCH_EVENTS)
@@ -441,7 +443,6 @@ class CaptureSession:
                 got = self.reader.read_into(batch)
                 if not got:
                     break
-                self.records_read += got
                 self._emit(batch, None)
         stats = self.read_stats()
         hists = self.read_histograms()
