@@ -1,5 +1,6 @@
 """Latency histograms shared by the live capture summary and the analysis:
-log2 buckets like BCC's tools print them, and a fixed-size log-linear
+the buckets of the kernel's log2 histograms (printed by
+tracer.analysis.histogram, as BCC's tools print them), and a fixed-size log-linear
 histogram for percentiles of unbounded streams (memory never grows with the
 number of samples)."""
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 Bucket = tuple[int, int, int]  # (low, high, count): values in [low, high]
+STARS = 40
 
 
 def log2_buckets(slot_counts: Sequence[int]) -> list[Bucket]:
@@ -32,27 +34,43 @@ def log2_buckets_of(values: np.ndarray) -> list[Bucket]:
     return log2_buckets(slots[: int(idx.max()) + 1])
 
 
-def format_log2_hist(buckets: Sequence[Bucket], unit: str = "ns", width: int = 40) -> str:
-    """The table BCC's tools print (print_log2_hist): trailing and leading
-    empty buckets trimmed, stars scaled to the largest bucket."""
-    rows = list(buckets)
-    while rows and rows[-1][2] == 0:
-        rows.pop()
-    start = 0
-    while start < len(rows) and rows[start][2] == 0:
-        start += 1
-    rows = rows[start:]
-    if not rows:
-        return f"     {unit} : count     distribution\n        (no samples)"
-    top = max(c for _, _, c in rows) or 1
-    label_w = max(len(f"{lo} -> {hi}") for lo, hi, _ in rows)
-    lines = [f"{unit:>{label_w + 2}} : count     distribution"]
-    for lo, hi, count in rows:
-        stars = round(count * width / top)
-        lines.append(
-            f"{f'{lo} -> {hi}':>{label_w + 2}} : {count:<9} |{'*' * stars:<{width}}|"
-        )
+def _stars(count: int, peak: int, width: int) -> str:
+    # BCC's rule: floor(width * count / peak) stars, so a bucket far below the
+    # peak shows none; the count column still tells.
+    if peak <= 0:
+        return ""
+    return "*" * min(width, width * count // peak)
+
+
+def format_buckets(buckets: Sequence[Sequence[int]], unit: str = "ns") -> str:
+    """[(low, high, count), ...] -> BCC-style text (empty buckets between shown as 0)."""
+    rows = [(int(lo), int(hi), int(c)) for lo, hi, c in buckets]
+    if not rows or not any(c for _, _, c in rows):
+        return f"     {unit:<19} : count     distribution\n     (no samples)"
+    wide = max(hi for _, hi, _ in rows) >= 1 << 32
+    num_w, label_w, width = (20, 29, STARS // 2) if wide else (10, 19, STARS)
+    header = f"{'':{5 + (10 if wide else 0)}}{unit:<{label_w}} : count     distribution"
+    peak = max(c for _, _, c in rows)
+    lines = [header]
+    for lo, hi, c in rows:
+        lines.append(f"{lo:>{num_w}} -> {hi:<{num_w}} : {c:<8} |{_stars(c, peak, width):<{width}}|")
     return "\n".join(lines)
+
+
+def fill_bucket_gaps(buckets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """Kernel histograms as the engine stores them ([low, high, count] per
+    slot, empty slots included or not) -> the rows to print: from the first
+    non-empty bucket to the last (BCC's strip_leading_zero), gaps as zeros."""
+    rows = sorted((int(lo), int(hi), int(c)) for lo, hi, c in buckets)
+    nonzero = [i for i, r in enumerate(rows) if r[2]]
+    rows = rows[nonzero[0] : nonzero[-1] + 1] if nonzero else []
+    out: list[tuple[int, int, int]] = []
+    for lo, hi, c in rows:
+        while out and out[-1][1] + 1 < lo:
+            nlo = out[-1][1] + 1
+            out.append((nlo, 2 * nlo - 1, 0))
+        out.append((lo, hi, c))
+    return out
 
 
 class StreamingHistogram:

@@ -9,11 +9,9 @@ so numbers from the capture files and from the kernel's own histograms
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-STARS = 40
+from tracer.histograms import fill_bucket_gaps, format_buckets  # noqa: F401 (re-exported)
 
 
 def log2_index(values: np.ndarray) -> np.ndarray:
@@ -33,29 +31,6 @@ def bucket_range(index: int) -> tuple[int, int]:
     if index <= 1:
         return 0, 1
     return 1 << (index - 1), (1 << index) - 1
-
-
-def _stars(count: int, peak: int, width: int) -> str:
-    # BCC's rule: floor(width * count / peak) stars, so a bucket far below the
-    # peak shows none; the count column still tells.
-    if peak <= 0:
-        return ""
-    return "*" * min(width, width * count // peak)
-
-
-def format_buckets(buckets: Sequence[Sequence[int]], unit: str = "ns") -> str:
-    """[(low, high, count), ...] -> BCC-style text (empty buckets between shown as 0)."""
-    rows = [(int(lo), int(hi), int(c)) for lo, hi, c in buckets]
-    if not rows or not any(c for _, _, c in rows):
-        return f"     {unit:<19} : count     distribution\n     (no samples)"
-    wide = max(hi for _, hi, _ in rows) >= 1 << 32
-    num_w, label_w, width = (20, 29, STARS // 2) if wide else (10, 19, STARS)
-    header = f"{'':{5 + (10 if wide else 0)}}{unit:<{label_w}} : count     distribution"
-    peak = max(c for _, _, c in rows)
-    lines = [header]
-    for lo, hi, c in rows:
-        lines.append(f"{lo:>{num_w}} -> {hi:<{num_w}} : {c:<8} |{_stars(c, peak, width):<{width}}|")
-    return "\n".join(lines)
 
 
 def counts_to_buckets(
@@ -78,19 +53,3 @@ def counts_to_buckets(
 def format_log2(values_or_counts: np.ndarray, unit: str = "ns", *, counts: bool = False) -> str:
     c = np.asarray(values_or_counts) if counts else log2_counts(np.asarray(values_or_counts))
     return format_buckets(counts_to_buckets(c), unit)
-
-
-def fill_bucket_gaps(buckets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
-    """Kernel histograms as the engine stores them ([low, high, count] per
-    slot, empty slots included or not) -> the rows to print: from the first
-    non-empty bucket to the last (BCC's strip_leading_zero), gaps as zeros."""
-    rows = sorted((int(lo), int(hi), int(c)) for lo, hi, c in buckets)
-    nonzero = [i for i, r in enumerate(rows) if r[2]]
-    rows = rows[nonzero[0] : nonzero[-1] + 1] if nonzero else []
-    out: list[tuple[int, int, int]] = []
-    for lo, hi, c in rows:
-        while out and out[-1][1] + 1 < lo:
-            nlo = out[-1][1] + 1
-            out.append((nlo, 2 * nlo - 1, 0))
-        out.append((lo, hi, c))
-    return out

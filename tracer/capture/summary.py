@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer.capture_schema import HOOKS
-from tracer.histograms import StreamingHistogram, format_log2_hist
+from tracer.histograms import StreamingHistogram, fill_bucket_gaps, format_buckets
 
 _NP_TYPES = {pa.int32(): np.int32, pa.uint8(): np.uint8, pa.uint16(): np.uint16,
              pa.uint32(): np.uint32, pa.int64(): np.int64, pa.uint64(): np.uint64}
@@ -181,5 +181,5 @@ def render_summary(
                 continue
             kind = "first packet (rule walk)" if h["first"] else "established"
             lines.append(f"\n  NAT hook {h['hook']}, {kind}: in-kernel histogram")
-            lines.append(format_log2_hist([tuple(b) for b in h["buckets"]], "nsecs"))
+            lines.append(format_buckets(fill_bucket_gaps(h["buckets"]), "nsecs"))
     return "\n".join(lines)
