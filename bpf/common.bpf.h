@@ -273,20 +273,36 @@ static __always_inline int foreign_known(const struct tracer_pkt *p)
 	return foreign_flows.lookup(&k) != NULL;
 }
 
-/* Does the packet's connection belong to the service? Its conntrack entry's
- * original destination (before DNAT) must be one of the service's addresses:
- * a frontend (DNATed here) or an endpoint (reached directly, or DNATed on
- * another node). 1 yes, 0 no, -1 no conntrack entry to ask (receive runs
- * before conntrack; crossing into another namespace scrubs it). */
-static __always_inline int ct_belongs(u64 nfct, u8 proto)
+#if OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP >= 24 || OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP >= 23
+#error "nf_conntrack_tuple.dst is not laid out as ct_is_service() reads it"
+#endif
+
+/* Is the connection the Service's: is its original destination (before any
+ * DNAT: the cluster IP, external IP, node port, or a pod reached directly)
+ * one of the Service's keys? One read of the conntrack tuple and one lookup,
+ * for every packet of the connection in either direction and before or
+ * after NAT; it also leaves out other Services' connections to shared
+ * endpoints, whose tuples look like this one's. -1: no conntrack entry to
+ * ask (receive runs before conntrack; crossing into another namespace
+ * scrubs it; untracked), the caller decides by the packet's tuple. */
+static __always_inline int ct_is_service(const void *ct)
 {
-	const void *ct = (const void *)(nfct & ~7ULL);
 	if (!ct)
 		return -1;
+	union {
+		u8 b[24];
+		u64 q[3];
+	} dst = {};
+	if (bpf_probe_read_kernel(&dst, sizeof(dst), (const char *)ct + OFF_CT_ORIG_DST_IP))
+		return -1;
 	struct tracer_svc_key k = {};
-	k.addr = read_u32(ct, OFF_CT_ORIG_DST_IP);
-	k.port = read_u16(ct, OFF_CT_ORIG_DST_PORT);
-	k.proto = proto;
+	k.addr = *(u32 *)&dst.b[0];
+	k.port = *(u16 *)&dst.b[OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP];
+	k.proto = dst.b[OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP];
+#ifdef FILTER_PROTO
+	if (k.proto != FILTER_PROTO)
+		return 0;
+#endif
 	return svc_keys.lookup(&k) != NULL;
 }
 
@@ -321,7 +337,7 @@ static __always_inline int packet_wanted(const struct tracer_pkt *p, u64 nfct)
 {
 	if (!svc_match(p))
 		return 0;
-	int belongs = ct_belongs(nfct, p->proto);
+	int belongs = ct_is_service((const void *)(nfct & ~7ULL));
 	if (belongs == 0 || (belongs < 0 && foreign_known(p)))
 		return 0;
 #ifdef TRACK_FLOWS

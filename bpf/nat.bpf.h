@@ -56,39 +56,6 @@ static __always_inline u64 ct_status(u64 nfct)
 	return ct ? read_u64(ct, OFF_CT_STATUS) : 0;
 }
 
-#if OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP >= 24 || OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP >= 23
-#error "nf_conntrack_tuple.dst is not laid out as ct_is_service() reads it"
-#endif
-
-/* Is the connection the Service's: is its original destination (before any
- * DNAT: the cluster IP, external IP, node port, or a pod reached directly)
- * one of the Service's keys? One read of the conntrack tuple and one lookup,
- * for every packet of the connection in either direction and before or
- * after NAT. The same answer as svc_match() on the packet's tuple plus
- * ct_belongs() (which leaves out other Services' connections to shared
- * endpoints). -1: no conntrack entry (untracked), the caller decides by the
- * packet's tuple. */
-static __always_inline int ct_is_service(const void *ct)
-{
-	if (!ct)
-		return -1;
-	union {
-		u8 b[24];
-		u64 q[3];
-	} dst = {};
-	if (bpf_probe_read_kernel(&dst, sizeof(dst), (const char *)ct + OFF_CT_ORIG_DST_IP))
-		return -1;
-	struct tracer_svc_key k = {};
-	k.addr = *(u32 *)&dst.b[0];
-	k.port = *(u16 *)&dst.b[OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP];
-	k.proto = dst.b[OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP];
-#ifdef FILTER_PROTO
-	if (k.proto != FILTER_PROTO)
-		return 0;
-#endif
-	return svc_keys.lookup(&k) != NULL;
-}
-
 static __always_inline int same_tuple(const struct tracer_pkt *a, const struct tracer_pkt *b)
 {
 	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
