@@ -100,14 +100,58 @@ static __always_inline u16 read_u16(const void *base, u32 off)
 	return v;
 }
 
+static __always_inline u8 read_u8(const void *base, u32 off)
+{
+	u8 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+/*
+ * Fields of the kernel objects a program reaches from its context: the skb,
+ * its device, their network namespace, the netfilter hook state, a socket.
+ * Where every attached program gets that context with BTF types (BTF
+ * tracepoints, "tp_btf", 5.5+; netfilter programs, whose bpf_nf_ctx is typed
+ * by nf_is_valid_access() in net/netfilter/nf_bpf_link.c, 6.4+), Python
+ * defines KERNEL_PTRS_BTF and these are plain loads: the verifier checks each
+ * against BTF and the JIT emits one instruction with an exception-table
+ * entry, where bpf_probe_read_kernel() is a helper call with its own checks.
+ * The pointers they return (skb->dev, dev->nd_net.net, ...) are BTF-typed
+ * too; what is not a struct pointer (skb->head, skb->_nfct) comes back as a
+ * plain number, so packet bytes and the conntrack entry are read with
+ * read_*() either way.
+ */
+#ifdef KERNEL_PTRS_BTF
+#if defined(RX_LIST) || defined(RX_KPROBE) || defined(RX_FENTRY) || defined(NAT_KPROBE) || \
+	defined(NAT_FENTRY) || defined(RX_TRACEPOINT) || defined(TX_TRACEPOINT) || defined(DROP_TRACEPOINT)
+#error "KERNEL_PTRS_BTF needs every program's context BTF-typed (tp_btf, netfilter)"
+#endif
+#define field_u64(p, off) (*(const u64 *)((const char *)(p) + (off)))
+#define field_u32(p, off) (*(const u32 *)((const char *)(p) + (off)))
+#define field_u16(p, off) (*(const u16 *)((const char *)(p) + (off)))
+#define field_u8(p, off) (*(const u8 *)((const char *)(p) + (off)))
+#else
+#define field_u64(p, off) read_u64(p, off)
+#define field_u32(p, off) read_u32(p, off)
+#define field_u16(p, off) read_u16(p, off)
+#define field_u8(p, off) read_u8(p, off)
+#endif
+
 static __always_inline u32 netns_of_net(const void *net)
 {
-	return net ? read_u32(net, OFF_NET_INUM) : 0;
+	return net ? field_u32(net, OFF_NET_INUM) : 0;
 }
 
 static __always_inline u32 netns_of_dev(const void *dev)
 {
-	return dev ? netns_of_net((const void *)read_u64(dev, OFF_DEV_ND_NET)) : 0;
+	return dev ? netns_of_net((const void *)field_u64(dev, OFF_DEV_ND_NET)) : 0;
+}
+
+/* dev->name (IFNAMSIZ = 16 bytes), as two 8-byte words. */
+static __always_inline void copy_ifname(char *dst, const void *dev)
+{
+	*(u64 *)&dst[0] = field_u64(dev, OFF_DEV_NAME);
+	*(u64 *)&dst[8] = field_u64(dev, OFF_DEV_NAME + 8);
 }
 
 static __always_inline int netns_in_scope(u32 ino)
@@ -122,10 +166,10 @@ static __always_inline int netns_in_scope(u32 ino)
 /* L3 header of an skb whose network header is set (netfilter, transmit). */
 static __always_inline const void *skb_network(const void *skb)
 {
-	u16 nh = read_u16(skb, OFF_SKB_NETWORK_HEADER);
+	u16 nh = field_u16(skb, OFF_SKB_NETWORK_HEADER);
 	if (nh == 0xffff) /* (typeof(skb->network_header))~0U: not set */
 		return NULL;
-	return (const void *)(read_u64(skb, OFF_SKB_HEAD) + nh);
+	return (const void *)(field_u64(skb, OFF_SKB_HEAD) + nh);
 }
 
 /* L3 header at receive: netif_receive_skb runs before
@@ -133,7 +177,7 @@ static __always_inline const void *skb_network(const void *skb)
  * eth_type_trans() has already pulled the MAC header, so skb->data is L3. */
 static __always_inline const void *skb_data(const void *skb)
 {
-	return (const void *)read_u64(skb, OFF_SKB_DATA);
+	return (const void *)field_u64(skb, OFF_SKB_DATA);
 }
 
 struct tracer_iphdr {
@@ -378,14 +422,15 @@ static __always_inline void fill_event(struct tracer_event *e, u8 probe, const v
 	e->skb = (u64)skb;
 	/* An encapsulated packet's conntrack entry, if any, is the tunnel flow's
 	 * (iptunnel_xmit() and vxlan_rcv() scrub the inner one): not its own. */
-	e->ct = p->encap ? 0 : read_u64(skb, OFF_SKB_NFCT) & ~7ULL; /* NFCT_PTRMASK */
+	e->ct = p->encap ? 0 : field_u64(skb, OFF_SKB_NFCT) & ~7ULL; /* NFCT_PTRMASK */
 	e->netns_ino = netns;
 	if (dev) {
-		e->ifindex = read_u32(dev, OFF_DEV_IFINDEX);
-		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), (const char *)dev + OFF_DEV_NAME);
+		e->ifindex = field_u32(dev, OFF_DEV_IFINDEX);
+		copy_ifname(e->ifname, dev);
 	} else {
 		e->ifindex = 0;
-		e->ifname[0] = 0;
+		*(u64 *)&e->ifname[0] = 0;
+		*(u64 *)&e->ifname[8] = 0;
 	}
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
@@ -453,7 +498,7 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 {
 	if (!netns_in_scope(netns))
 		return NULL;
-	u16 proto = read_u16(skb, OFF_SKB_PROTOCOL);
+	u16 proto = field_u16(skb, OFF_SKB_PROTOCOL);
 	if (proto != ETH_P_IP_BE) {
 		stat_add(proto == ETH_P_IPV6_BE ? TRACER_STAT_IPV6_SKIPPED : TRACER_STAT_NON_IP, 1);
 		return NULL;
@@ -465,7 +510,7 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 	}
 	/* A tunnel packet's conntrack entry is the tunnel's (see fill_event):
 	 * judged like a packet with none. */
-	if (!packet_wanted(&p, p.encap ? 0 : read_u64(skb, OFF_SKB_NFCT)))
+	if (!packet_wanted(&p, p.encap ? 0 : field_u64(skb, OFF_SKB_NFCT)))
 		return NULL;
 	struct tracer_event *e = event_reserve(probe);
 	if (e)
@@ -476,7 +521,7 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 /* Device and namespace of an skb that has a device (rx, tx). */
 static __always_inline const void *skb_dev(const void *skb)
 {
-	return (const void *)read_u64(skb, OFF_SKB_DEV);
+	return (const void *)field_u64(skb, OFF_SKB_DEV);
 }
 #endif /* !MODE_HIST */
 

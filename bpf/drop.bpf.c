@@ -2,6 +2,8 @@
 /*
  * Probe point "drop": a packet freed as dropped (kfree_skb), with the
  * kernel's reason (enum skb_drop_reason, 5.17+; names come from BTF).
+ *   DROP_TP_BTF          trc_drop_btf on BTF-typed raw tracepoint kfree_skb
+ *                        (tp_btf): the raw tracepoint's arguments, typed
  *   DROP_RAW_TRACEPOINT  trc_drop_raw on raw tracepoint kfree_skb: args[0] is
  *                        the skb, args[DROP_RAW_REASON_ARG] the reason (its
  *                        position read from BTF's btf_trace_kfree_skb, since
@@ -27,11 +29,11 @@ static __always_inline int drop_event(const void *skb, u32 reason, const void *r
 	const void *dev = skb_dev(skb);
 	u32 netns = netns_of_dev(dev);
 	if (!netns) {
-		const void *sk = (const void *)read_u64(skb, OFF_SKB_SK);
+		const void *sk = (const void *)field_u64(skb, OFF_SKB_SK);
 		if (!sk)
 			sk = rx_sk;
 		if (sk)
-			netns = netns_of_net((const void *)read_u64(sk, OFF_SOCK_NET));
+			netns = netns_of_net((const void *)field_u64(sk, OFF_SOCK_NET));
 	}
 	struct tracer_event *e = packet_event(TRACER_PROBE_DROP, skb, dev, netns, skb_network(skb));
 	if (e) {
@@ -42,7 +44,22 @@ static __always_inline int drop_event(const void *skb, u32 reason, const void *r
 	return 0;
 }
 
-#if defined(DROP_RAW_TRACEPOINT)
+#if defined(DROP_TP_BTF)
+/* BTF-typed raw tracepoint kfree_skb (see trc_rx_btf in rx.bpf.c): the same
+ * arguments as the raw tracepoint's, the skb and rx_sk typed. */
+int trc_drop_btf(u64 *ctx)
+{
+	u32 reason = 0;
+	const void *rx_sk = NULL;
+#ifdef DROP_RAW_REASON_ARG
+	reason = (u32)ctx[DROP_RAW_REASON_ARG];
+#endif
+#ifdef DROP_RAW_RX_SK_ARG
+	rx_sk = (const void *)ctx[DROP_RAW_RX_SK_ARG];
+#endif
+	return drop_event((const void *)ctx[0], reason, rx_sk);
+}
+#elif defined(DROP_RAW_TRACEPOINT)
 int trc_drop_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	u32 reason = 0;

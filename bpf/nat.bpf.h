@@ -69,7 +69,7 @@ static __always_inline int same_tuple(const struct tracer_pkt *a, const struct t
 
 static __always_inline void nat_enter(const void *skb)
 {
-	u64 nfct = read_u64(skb, OFF_SKB_NFCT);
+	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
 	const void *ct = (const void *)(nfct & ~7ULL);
 	int belongs = ct_is_service(ct);
 	struct tracer_pkt p = {};
@@ -150,7 +150,7 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 	u64 status_after = np.ct ? read_u64((const void *)np.ct, OFF_CT_STATUS) : 0;
 	u8 first = !(np.ct_status & done) && (status_after & done);
 	u64 dt = now - np.ts;
-	u64 nfct = read_u64(skb, OFF_SKB_NFCT);
+	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
 	struct tracer_pkt after = {};
 	int parsed = parse_ipv4(skb_network(skb), &after) == 0;
 #ifdef TRACK_FLOWS

@@ -26,12 +26,11 @@ int trc_nat_nf_enter(struct tracer_nf_ctx *ctx)
 int trc_nat_nf_exit(struct tracer_nf_ctx *ctx)
 {
 	const void *state = ctx->state;
-	u8 hook = 0;
-	bpf_probe_read_kernel(&hook, 1, (const char *)state + OFF_HOOK_STATE_HOOK);
+	u8 hook = field_u8(state, OFF_HOOK_STATE_HOOK);
 #ifdef MODE_HIST
 	u32 netns = 0; /* only events carry it: two reads saved per packet */
 #else
-	u32 netns = netns_of_net((const void *)read_u64(state, OFF_HOOK_STATE_NET));
+	u32 netns = netns_of_net((const void *)field_u64(state, OFF_HOOK_STATE_NET));
 #endif
 	nat_exit(ctx->skb, hook, netns);
 	return 1; /* NF_ACCEPT */

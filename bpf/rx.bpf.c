@@ -2,6 +2,9 @@
 /*
  * Probe point "rx": a packet received by a device (netif_receive_skb).
  * Backends, chosen by tracer/capture/backends.py from what the kernel offers:
+ *   RX_TP_BTF          trc_rx_btf on the BTF-typed raw tracepoint
+ *                      netif_receive_skb ("tp_btf", 5.5+): ctx[0] is the skb,
+ *                      typed, so its fields are plain loads (KERNEL_PTRS_BTF)
  *   RX_RAW_TRACEPOINT  trc_rx_raw on raw tracepoint netif_receive_skb (4.17+):
  *                      args[0] is the skb; no record is built, the cheapest
  *   RX_TRACEPOINT      trc_rx_tp on net:netif_receive_skb; the skb address
@@ -88,7 +91,14 @@ static __always_inline int rx_list(const void *head)
 #endif
 #endif
 
-#if defined(RX_RAW_TRACEPOINT)
+#if defined(RX_TP_BTF)
+/* Loaded and attached by Python from BCC's bytecode (tracer/capture/
+ * program.py), as BPF_PROG_TYPE_TRACING against btf_trace_netif_receive_skb. */
+int trc_rx_btf(u64 *ctx)
+{
+	return rx_event((const void *)ctx[0]);
+}
+#elif defined(RX_RAW_TRACEPOINT)
 int trc_rx_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	return rx_event((const void *)ctx->args[0]);

@@ -3,6 +3,8 @@
  * Probe point "tx": a packet handed to a device for transmission
  * (__dev_queue_xmit -> net_dev_queue), e.g. into a pod's cali* veth or out of
  * the node's uplink. The network header is set by then.
+ *   TX_TP_BTF          trc_tx_btf on BTF-typed raw tracepoint net_dev_queue
+ *                      (tp_btf): ctx[0] = skb, fields read as plain loads
  *   TX_RAW_TRACEPOINT  trc_tx_raw on raw tracepoint net_dev_queue: args[0] = skb
  *   TX_TRACEPOINT      trc_tx_tp on net:net_dev_queue, skb at TX_TP_SKBADDR_OFF
  */
@@ -20,7 +22,13 @@ static __always_inline int tx_event(const void *skb)
 	return 0;
 }
 
-#if defined(TX_RAW_TRACEPOINT)
+#if defined(TX_TP_BTF)
+/* BTF-typed raw tracepoint net_dev_queue: see trc_rx_btf in rx.bpf.c. */
+int trc_tx_btf(u64 *ctx)
+{
+	return tx_event((const void *)ctx[0]);
+}
+#elif defined(TX_RAW_TRACEPOINT)
 int trc_tx_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	return tx_event((const void *)ctx->args[0]);

@@ -98,6 +98,8 @@ def run_doctor() -> DoctorReport:
     report.checks.append(Check("kprobes", kf.kprobes.ok, kf.kprobes.detail, required=False))
     if root:
         report.checks.append(Check("fentry", kf.fentry.ok, kf.fentry.detail, required=False))
+        report.checks.append(Check("BTF tracepoints", kf.tp_btf_loads.ok, kf.tp_btf_loads.detail,
+                                   required=False))
         report.checks.append(Check("netfilter links", kf.netfilter_link.ok, kf.netfilter_link.detail,
                                    required=False))
     try:

@@ -21,6 +21,7 @@ class FakeKernel:
     kprobe_funcs: tuple[str, ...] = ()
     modules: dict = field(default_factory=dict)  # function -> module holding it
     raw_tps: tuple[str, ...] = ("netif_receive_skb", "net_dev_queue", "kfree_skb")
+    tp_btfs: tuple[str, ...] = ()  # BTF-typed raw tracepoints that load
     release: str = "fake"
     btf: object = None
     formats: dict = field(default_factory=dict)
@@ -47,6 +48,11 @@ class FakeKernel:
     def raw_tracepoint(self, name):
         return Feature(name in self.raw_tps, f"raw {name}")
 
+    def tp_btf(self, name):
+        if name not in self.tp_btfs:
+            return Feature(False, "tp_btf program load: Invalid argument")
+        return Feature(True, str(5000 + self.tp_btfs.index(name)))  # the btf_trace_ typedef's id
+
     def tracepoint_format(self, category, name):
         return None
 
@@ -62,6 +68,20 @@ def test_host_kernel_6_18_uses_netfilter_links_and_raw_tracepoints(monkeypatch):
     chosen = bk.select_backends(kf)
     assert {p: b.name for p, b in chosen.items()} == {
         "rx": "raw_tracepoint", "nat": "netfilter", "tx": "raw_tracepoint", "drop": "raw_tracepoint"}
+
+
+def test_btf_typed_tracepoints_come_first_and_carry_their_typedef_id():
+    kf = FakeKernel(netfilter=True, tp_btfs=("netif_receive_skb", "net_dev_queue"))
+    chosen = bk.select_backends(kf, points=("rx", "tx", "nat"))
+    assert {p: b.name for p, b in chosen.items()} == {"rx": "tp_btf", "tx": "tp_btf", "nat": "netfilter"}
+    assert chosen["rx"].macros == {"RX_TP_BTF": None}
+    assert chosen["rx"].probes == (bk.Probe("tp_btf", "netif_receive_skb", "trc_rx_btf", 5000),)
+    assert chosen["tx"].probes == (bk.Probe("tp_btf", "net_dev_queue", "trc_tx_btf", 5001),)
+    # Where tp_btf programs do not load, the untyped raw tracepoint.
+    plain = bk.select_backends(FakeKernel(netfilter=True), points=("rx",))
+    assert plain["rx"].name == "raw_tracepoint" and plain["rx"].probes == ()
+    with pytest.raises(KernelFeatureError, match=r"tp_btf for rx is not available.*Invalid argument"):
+        bk.select_backends(FakeKernel(), points=("rx",), forced={"rx": "tp_btf"})
 
 
 # What Debian's 6.1 kernel has (measured in the VM, tests/kernel_vm): the

@@ -7,15 +7,17 @@ Debian's 6.1."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tracer.btf import KIND_FUNC, Btf
 from tracer.capture import program
-from tracer.capture.backends import Backend, Probe
+from tracer.capture.backends import POINTS, Backend, Probe, select_backends
+from tracer.capture.features import KernelFeatures
 from tracer.capture.program import ProgramSettings, compile_program, load_tracing
-from tracer.errors import KernelFeatureError
+from tracer.errors import KernelFeatureError, TracerError
 
 pytestmark = pytest.mark.root
 
@@ -161,3 +163,49 @@ def test_source_is_the_shared_headers_then_the_families():
     text = program.compose_source([RX["kprobe"], NAT["netfilter"]])
     order = [text.index(f'/{n}"') for n in ("common.bpf.h", "nat.bpf.h", "nat_netfilter.bpf.c", "rx.bpf.c")]
     assert order == sorted(order)
+
+
+def _typed_backends(points: tuple[str, ...]) -> list[Backend]:
+    """This kernel's own choice: BTF tracepoints and netfilter programs."""
+    chosen = select_backends(KernelFeatures(), points=points)
+    assert {b.name for b in chosen.values()} <= program.BTF_TYPED_BACKENDS, chosen
+    return list(chosen.values())
+
+
+@pytest.mark.parametrize("settings", [
+    ProgramSettings(),
+    ProgramSettings(mode="hist"),
+    ProgramSettings(filter_client="192.168.64.10", filter_port=8088, filter_proto=6),
+    ProgramSettings(filter_endpoint="10.217.121.8", scope_netns=False),
+], ids=["events", "hist", "client-port-proto", "endpoint-unscoped"])
+def test_plain_loads_of_btf_typed_pointers_pass_the_verifier(settings):
+    """With every program BTF-typed, the C reads the skb, device, namespace
+    and hook state with plain loads (KERNEL_PTRS_BTF); the verifier checks
+    each against BTF, so every mode and filter is loaded the real way."""
+    backends = _typed_backends(("nat",) if settings.mode == "hist" else POINTS)
+    assert "-DKERNEL_PTRS_BTF" in program.cflags_for(backends, settings, {})
+    bpf, _ = compile_program(backends, settings)
+    fds = []
+    try:
+        for b in backends:
+            for probe in b.probes:
+                fds.append(load_tracing(bpf, probe))
+            if b.name == "netfilter":
+                for fn in (b"trc_nat_nf_enter", b"trc_nat_nf_exit"):
+                    assert bpf.load_func(fn, 32, attach_type=45).fd >= 0
+        assert len(fds) == (0 if settings.mode == "hist" else 3)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        bpf.cleanup()
+
+
+def test_one_untyped_program_means_probe_reads_everywhere():
+    typed = _typed_backends(POINTS)
+    mixed = [b for b in typed if b.point != "rx"] + [RX["raw_tracepoint"]]
+    assert "-DKERNEL_PTRS_BTF" not in program.cflags_for(mixed, ProgramSettings(), {})
+    # The C refuses the combination outright rather than read a probe-read
+    # pointer with a plain load.
+    forced = Backend("rx", "kprobe", "x", "rx", {**RX["kprobe_list"].macros, "KERNEL_PTRS_BTF": None})
+    with pytest.raises(TracerError, match="BPF compile failed"):
+        compile_program([forced, NAT["netfilter"]], ProgramSettings())

@@ -42,8 +42,7 @@ def test_vm_runs_debian_6_1(guest):
 def test_doctor_in_the_vm_reports_kprobes_fentry_and_no_netfilter_links(guest):
     _, report, cases = guest
     passed(cases, "test_doctor_reports_kprobes_and_fentry_and_no_netfilter_links")
-    assert report["doctor"]["chosen"] == {"rx": "fentry", "nat": "fentry", "tx": "raw_tracepoint",
-                                          "drop": "raw_tracepoint"}
+    assert report["doctor"]["chosen"] == {"rx": "tp_btf", "nat": "fentry", "tx": "tp_btf", "drop": "tp_btf"}
 
 
 def test_captures_in_the_vm_use_the_backends_asked_for(guest):

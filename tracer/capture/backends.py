@@ -5,7 +5,10 @@ kernel offers it. For each point the candidates are tried best first and the
 first one the running kernel supports is used, unless --backend forces one.
 "Best" means cheapest on the data path with the same information:
 fentry and raw tracepoints call the program directly, a perf tracepoint
-first builds a record, a kprobe traps.
+first builds a record, a kprobe traps. A BTF-typed raw tracepoint (tp_btf)
+is a raw tracepoint whose arguments the verifier knows the types of, so the
+program reads the skb's fields with plain loads instead of helper calls
+(bpf/common.bpf.h, KERNEL_PTRS_BTF): it comes first where it loads.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ POINTS = ("rx", "nat", "tx", "drop")
 
 # point -> candidate backends, best first
 CANDIDATES: dict[str, tuple[str, ...]] = {
-    "rx": ("fentry", "raw_tracepoint", "tracepoint", "kprobe"),
+    "rx": ("tp_btf", "fentry", "raw_tracepoint", "tracepoint", "kprobe"),
     "nat": ("netfilter", "fentry", "kprobe"),
-    "tx": ("raw_tracepoint", "tracepoint"),
-    "drop": ("raw_tracepoint", "tracepoint"),
+    "tx": ("tp_btf", "raw_tracepoint", "tracepoint"),
+    "drop": ("tp_btf", "raw_tracepoint", "tracepoint"),
 }
 
 # rx by function: the packets the net:netif_receive_skb tracepoint sees, i.e.
@@ -57,10 +60,10 @@ TRACEPOINTS = {"rx": ("net", "netif_receive_skb"), "tx": ("net", "net_dev_queue"
 class Probe:
     """One BPF program of a backend and the kernel function it attaches to."""
 
-    kind: str  # "kprobe", "kretprobe", "fentry" or "fexit"
-    function: str
+    kind: str  # "kprobe", "kretprobe", "fentry", "fexit" or "tp_btf"
+    function: str  # or, for tp_btf, the raw tracepoint
     program: str  # its C function in bpf/<family>.bpf.c
-    btf_id: int = 0  # fentry/fexit: the function's id in ...
+    btf_id: int = 0  # fentry/fexit: the function's id (tp_btf: its typedef's) in ...
     btf_module: str | None = None  # ... this module's BTF (None: vmlinux's)
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Backend:
     target: str  # function(s) or tracepoint it attaches to
     family: str  # bpf/<family>.bpf.c
     macros: dict[str, int | str | None] = field(default_factory=dict, hash=False, compare=False)
-    probes: tuple[Probe, ...] = ()  # kprobe and fentry backends: what to attach
+    probes: tuple[Probe, ...] = ()  # kprobe, fentry and tp_btf backends: what to attach
 
     def describe(self) -> str:
         return f"{self.name} ({self.target})"
@@ -147,7 +150,7 @@ def _try(point: str, name: str, kf: KernelFeatures) -> Backend | str:
         return _nat_backend(name, kf)
     if point == "rx" and name in ("kprobe", "fentry"):
         return _rx_function_backend(name, kf)
-    if point in TRACEPOINTS and name in ("raw_tracepoint", "tracepoint"):
+    if point in TRACEPOINTS and name in ("tp_btf", "raw_tracepoint", "tracepoint"):
         return _tracepoint_backend(point, name, kf)
     return f"{point} has no backend {name!r}"
 
@@ -155,11 +158,12 @@ def _try(point: str, name: str, kf: KernelFeatures) -> Backend | str:
 def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | str:
     category, event = TRACEPOINTS[point]
     prefix = point.upper()
-    if name == "raw_tracepoint":
-        f = kf.raw_tracepoint(event)
+    if name in ("tp_btf", "raw_tracepoint"):
+        f = kf.tp_btf(event) if name == "tp_btf" else kf.raw_tracepoint(event)
         if not f:
             return f.detail
-        macros: dict[str, int | str | None] = {f"{prefix}_RAW_TRACEPOINT": None}
+        macros: dict[str, int | str | None] = {
+            f"{prefix}_TP_BTF" if name == "tp_btf" else f"{prefix}_RAW_TRACEPOINT": None}
         if point == "drop":
             assert kf.btf is not None
             args = kf.btf.raw_tracepoint_args(event) or []
@@ -168,7 +172,8 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
             if "struct sock *" in args:  # rx_sk, 6.12+
                 macros["DROP_RAW_RX_SK_ARG"] = args.index("struct sock *")
             macros.update(_consumed_macro(kf))
-        return Backend(point, name, event, point, macros)
+        probes = (Probe("tp_btf", event, f"trc_{point}_btf", int(f.detail)),) if name == "tp_btf" else ()
+        return Backend(point, name, event, point, macros, probes)
     fmt = kf.tracepoint_format(category, event)
     if fmt is None:
         return f"no tracepoint {category}:{event} (or tracefs not mounted)"

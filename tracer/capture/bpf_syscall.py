@@ -1,7 +1,8 @@
 """The few bpf(2) commands BCC 0.26 has no Python API for, called directly:
 BPF_LINK_CREATE for netfilter links; loading fentry/fexit programs against a
 function in a kernel module's BTF and attaching them (BCC 0.26 looks fentry
-targets up in vmlinux BTF only); and tiny program/map loads that probe what
+targets up in vmlinux BTF only); loading and attaching BTF-typed raw
+tracepoint programs (tp_btf, which BCC 0.26 does not know); and tiny program/map loads that probe what
 the kernel supports. Layouts follow include/uapi/linux/bpf.h."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_NETFILTER = 32
+BPF_TRACE_RAW_TP = 23
 BPF_TRACE_FENTRY = 24
 BPF_TRACE_FEXIT = 25
 BPF_NETFILTER = 45
@@ -133,16 +135,20 @@ def kernel_btf_fd(name: str) -> int:
         os.close(fd)
 
 
+TRACING_ATTACH_TYPES = {"fentry": BPF_TRACE_FENTRY, "fexit": BPF_TRACE_FEXIT, "tp_btf": BPF_TRACE_RAW_TP}
+
+
 def tracing_load(
-    insns: bytes, btf_id: int, *, fexit: bool, btf_module: str | None = None, name: bytes = b"trc_fentry"
+    insns: bytes, btf_id: int, *, kind: str, btf_module: str | None = None, name: bytes = b"trc_fentry"
 ) -> int:
-    """Load bytecode as an fentry (or fexit) program on the function with BTF
-    id `btf_id` of vmlinux or of `btf_module`; returns the program fd."""
+    """Load bytecode as a BPF_PROG_TYPE_TRACING program of `kind` (fentry,
+    fexit: on the function with BTF id `btf_id`; tp_btf: on the raw
+    tracepoint whose btf_trace_<name> typedef has that id) in vmlinux's BTF or
+    `btf_module`'s; returns the program fd."""
     obj_fd = kernel_btf_fd(btf_module) if btf_module else 0
     try:
         return prog_load_explained(
-            BPF_PROG_TYPE_TRACING, insns,
-            expected_attach_type=BPF_TRACE_FEXIT if fexit else BPF_TRACE_FENTRY,
+            BPF_PROG_TYPE_TRACING, insns, expected_attach_type=TRACING_ATTACH_TYPES[kind],
             attach_btf_id=btf_id, attach_btf_obj_fd=obj_fd, name=name,
         )
     finally:
@@ -151,7 +157,7 @@ def tracing_load(
 
 
 def tracing_attach(prog_fd: int) -> int:
-    """Attach a loaded fentry/fexit program at the function it was loaded for
+    """Attach a loaded fentry/fexit/tp_btf program where it was loaded for
     (BPF_RAW_TRACEPOINT_OPEN with no name, 5.5+). Returns the link fd; closing
     it (or the process dying) detaches."""
     return _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd))
@@ -193,12 +199,23 @@ def probe_fentry(btf_func_id: int, btf_module: str | None = None) -> str | None:
     """None if an fentry program on that BTF function (of vmlinux, or of a
     module) loads, else why not. Load only: nothing is attached."""
     try:
-        fd = tracing_load(_ret_insns(0), btf_func_id, fexit=False, btf_module=btf_module,
+        fd = tracing_load(_ret_insns(0), btf_func_id, kind="fentry", btf_module=btf_module,
                           name=b"trc_probe")
     except LookupError as exc:
         return str(exc)
     except OSError as exc:
         return f"fentry program load: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def probe_tp_btf(btf_typedef_id: int) -> str | None:
+    """None if a BTF-typed raw tracepoint program loads on the tracepoint
+    whose btf_trace_<name> typedef has that id, else why not. Load only."""
+    try:
+        fd = tracing_load(_ret_insns(0), btf_typedef_id, kind="tp_btf", name=b"trc_probe")
+    except OSError as exc:
+        return f"tp_btf program load: {exc.strerror}"
     os.close(fd)
     return None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from tracer.btf import KIND_FUNC, VMLINUX_BTF, Btf, BtfError
+from tracer.btf import KIND_FUNC, KIND_TYPEDEF, VMLINUX_BTF, Btf, BtfError
 from tracer.capture import bpf_syscall
 from tracer.capture.kfuncs import FunctionLocator, KernelFunction, read_kallsyms
 
@@ -137,9 +137,32 @@ class KernelFeatures:
         return Feature(why is None, why or "BPF_MAP_TYPE_RINGBUF (5.8+)")
 
     def raw_tracepoint(self, name: str) -> Feature:
-        if self.btf is not None and self.btf.find(f"btf_trace_{name}", (8,)) is not None:
+        if self.btf is not None and self.btf.find(f"btf_trace_{name}", (KIND_TYPEDEF,)) is not None:
             return Feature(True, f"raw tracepoint {name}")
         return Feature(False, f"no raw tracepoint {name} in BTF")
+
+    @cached_property
+    def tp_btf_loads(self) -> Feature:
+        """Whether BTF-typed raw tracepoint programs load at all (5.5+; they
+        are BPF_PROG_TYPE_TRACING like fentry, but need no trampoline: on
+        this project's 6.18 machines fentry is refused and tp_btf loads)."""
+        btf = self.btf
+        typedef = btf.find("btf_trace_netif_receive_skb", (KIND_TYPEDEF,)) if btf is not None else None
+        if typedef is None:
+            return Feature(False, "needs BTF with the raw tracepoint netif_receive_skb")
+        why = bpf_syscall.probe_tp_btf(typedef)
+        return Feature(why is None, why or "tp_btf program loads")
+
+    def tp_btf(self, name: str) -> Feature:
+        """The BTF id of raw tracepoint `name`'s btf_trace_ typedef, as the
+        detail, if tp_btf programs load here."""
+        if not self.tp_btf_loads:
+            return self.tp_btf_loads
+        assert self.btf is not None
+        typedef = self.btf.find(f"btf_trace_{name}", (KIND_TYPEDEF,))
+        if typedef is None:
+            return Feature(False, f"no raw tracepoint {name} in BTF")
+        return Feature(True, str(typedef))
 
     def tracepoint_format(self, category: str, name: str) -> Path | None:
         tracefs = ensure_tracefs()

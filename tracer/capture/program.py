@@ -69,13 +69,14 @@ def _link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[
 
 
 def load_tracing(bpf: object, probe: Probe) -> int:
-    """Load one fentry/fexit program from BCC's compiled bytecode against its
-    function's BTF id (vmlinux's or its module's). Returns the program fd;
-    the kernel's refusal is a KernelFeatureError with the verifier's words."""
+    """Load one fentry/fexit/tp_btf program from BCC's compiled bytecode
+    against its target's BTF id (vmlinux's or its module's). Returns the
+    program fd; the kernel's refusal is a KernelFeatureError with the
+    verifier's words."""
     insns = bpf.dump_func(probe.program.encode())  # type: ignore[attr-defined]
     try:
         return bpf_syscall.tracing_load(
-            insns, probe.btf_id, fexit=probe.kind == "fexit", btf_module=probe.btf_module,
+            insns, probe.btf_id, kind=probe.kind, btf_module=probe.btf_module,
             name=probe.program.encode(),
         )
     except (OSError, LookupError) as exc:
@@ -94,7 +95,7 @@ def _attach_probe(prog: LoadedProgram, probe: Probe) -> None:
     elif probe.kind == "kretprobe":
         bpf.attach_kretprobe(event=function, fn_name=program)  # type: ignore[attr-defined]
         prog.attachments.append(("kretprobe", function, program))
-    elif probe.kind in ("fentry", "fexit"):
+    elif probe.kind in ("fentry", "fexit", "tp_btf"):
         fd = load_tracing(bpf, probe)
         prog.prog_fds.append(fd)
         try:
@@ -167,10 +168,18 @@ def compose_source(backends: list[Backend]) -> str:
     return "".join(parts)
 
 
+# Backends whose programs get the skb (and the hook state) as BTF-typed
+# pointers, and nothing else: if every program is one of them, the C reads
+# their fields with plain loads (KERNEL_PTRS_BTF, bpf/common.bpf.h).
+BTF_TYPED_BACKENDS = frozenset({"tp_btf", "netfilter"})
+
+
 def cflags_for(backends: list[Backend], settings: ProgramSettings, offsets: dict[str, int]) -> list[str]:
     macros: dict[str, int | str | None] = {**offsets, **settings.macros()}
     for b in backends:
         macros.update(b.macros)
+    if backends and all(b.name in BTF_TYPED_BACKENDS for b in backends):
+        macros["KERNEL_PTRS_BTF"] = None
     flags = [f"-I{BPF_DIR}"]
     for key, value in macros.items():
         flags.append(f"-D{key}" if value is None else f"-D{key}={value}")
@@ -286,7 +295,7 @@ def load_and_attach(
                 fn = f"trc_{point}_tp".encode()
                 bpf.attach_tracepoint(tp=target, fn_name=fn)
                 prog.attachments.append(("tracepoint", target, fn))
-            elif b.name in ("kprobe", "fentry"):
+            elif b.name in ("kprobe", "fentry", "tp_btf"):
                 for probe in b.probes:
                     _attach_probe(prog, probe)
             elif b.name == "netfilter":
