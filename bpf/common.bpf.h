@@ -188,12 +188,29 @@ struct tracer_iphdr {
 	u32 saddr, daddr;
 };
 
-/* Parse IPv4 and the first bytes of TCP/UDP. Returns 0 on success. */
+struct tracer_l4hdr {
+	u16 sport, dport;
+	u32 seq, ack; /* TCP only */
+	u8 doff, flags;
+};
+
+/* Parse IPv4 and the first bytes of TCP/UDP. Returns 0 on success. Both
+ * headers come in one read when the IPv4 header has no options (nearly
+ * always): each bpf_probe_read_kernel() costs a helper call. Reading past a
+ * short packet stays inside the skb's buffer (tailroom, skb_shared_info),
+ * and those bytes are used only if the protocol says they are a header. */
 static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
 {
-	struct tracer_iphdr ip;
-	if (!l3 || bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+	struct {
+		struct tracer_iphdr ip;
+		struct tracer_l4hdr l4;
+	} h;
+	if (!l3)
 		return -1;
+	int both = bpf_probe_read_kernel(&h, sizeof(h), l3) == 0;
+	if (!both && bpf_probe_read_kernel(&h.ip, sizeof(h.ip), l3))
+		return -1;
+	struct tracer_iphdr ip = h.ip;
 	if ((ip.vihl >> 4) != 4)
 		return -1;
 	u32 ihl = (ip.vihl & 0x0f) * 4;
@@ -209,23 +226,19 @@ static __always_inline int parse_ipv4(const void *l3, struct tracer_pkt *p)
 	/* Only the first fragment carries the L4 header. */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
-	const char *l4 = (const char *)l3 + ihl;
+	if (ip.protocol != IPPROTO_TCP_ && ip.protocol != IPPROTO_UDP_)
+		return 0;
+	if (!both || ihl != sizeof(h.ip)) {
+		if (bpf_probe_read_kernel(&h.l4, sizeof(h.l4), (const char *)l3 + ihl))
+			return 0;
+	}
+	p->sport = h.l4.sport;
+	p->dport = h.l4.dport;
 	if (ip.protocol == IPPROTO_TCP_) {
-		struct { u16 sport, dport; u32 seq, ack; u8 doff, flags; } th;
-		if (bpf_probe_read_kernel(&th, sizeof(th), l4) == 0) {
-			p->sport = th.sport;
-			p->dport = th.dport;
-			p->seq = th.seq;
-			p->ack = th.ack;
-			p->tcp_flags = th.flags;
-			p->tcp_hlen = (th.doff >> 4) * 4;
-		}
-	} else if (ip.protocol == IPPROTO_UDP_) {
-		struct { u16 sport, dport; } uh;
-		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4) == 0) {
-			p->sport = uh.sport;
-			p->dport = uh.dport;
-		}
+		p->seq = h.l4.seq;
+		p->ack = h.l4.ack;
+		p->tcp_flags = h.l4.flags;
+		p->tcp_hlen = (h.l4.doff >> 4) * 4;
 	}
 	return 0;
 }
@@ -317,7 +330,22 @@ static __always_inline int foreign_known(const struct tracer_pkt *p)
 	return foreign_flows.lookup(&k) != NULL;
 }
 
-#if OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP >= 24 || OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP >= 23
+/* Is addr:port/proto one of the Service's keys (its original destination)? */
+static __always_inline int svc_key_known(u32 addr, u16 port, u8 proto)
+{
+#ifdef FILTER_PROTO
+	if (proto != FILTER_PROTO)
+		return 0;
+#endif
+	struct tracer_svc_key k = {};
+	k.addr = addr;
+	k.port = port;
+	k.proto = proto;
+	return svc_keys.lookup(&k) != NULL;
+}
+
+#define CT_DST_FROM (OFF_CT_ORIG_TUPLE + TUPLE_DST_IP)
+#if TUPLE_DST_PORT - TUPLE_DST_IP >= 23 || TUPLE_PROTO - TUPLE_DST_IP >= 24
 #error "nf_conntrack_tuple.dst is not laid out as ct_is_service() reads it"
 #endif
 
@@ -337,17 +365,10 @@ static __always_inline int ct_is_service(const void *ct)
 		u8 b[24];
 		u64 q[3];
 	} dst = {};
-	if (bpf_probe_read_kernel(&dst, sizeof(dst), (const char *)ct + OFF_CT_ORIG_DST_IP))
+	if (bpf_probe_read_kernel(&dst, sizeof(dst), (const char *)ct + CT_DST_FROM))
 		return -1;
-	struct tracer_svc_key k = {};
-	k.addr = *(u32 *)&dst.b[0];
-	k.port = *(u16 *)&dst.b[OFF_CT_ORIG_DST_PORT - OFF_CT_ORIG_DST_IP];
-	k.proto = dst.b[OFF_CT_ORIG_DST_PROTO - OFF_CT_ORIG_DST_IP];
-#ifdef FILTER_PROTO
-	if (k.proto != FILTER_PROTO)
-		return 0;
-#endif
-	return svc_keys.lookup(&k) != NULL;
+	return svc_key_known(*(u32 *)&dst.b[0], *(u16 *)&dst.b[TUPLE_DST_PORT - TUPLE_DST_IP],
+			     dst.b[TUPLE_PROTO - TUPLE_DST_IP]);
 }
 
 #ifdef TRACK_FLOWS
@@ -376,14 +397,24 @@ static __always_inline void flow_add(const struct tracer_pkt *p)
 }
 #endif
 
-/* The whole filter for one tuple at a non-NAT probe. */
+/* The whole filter for one tuple at a non-NAT probe. A packet with a
+ * conntrack entry is judged by its connection (ct_is_service(): every packet
+ * of a connection whose original destination is the Service's shows the
+ * Service's frontend or one of its endpoints anyway); one without (receive
+ * runs before conntrack, a namespace crossing scrubs it) by its tuple, and,
+ * when that shows an endpoint but no frontend, by whether NAT saw the flow
+ * as another Service's (foreign_known: no other Service's flow ever shows
+ * this Service's frontend, so that lookup is spared). */
 static __always_inline int packet_wanted(const struct tracer_pkt *p, u64 nfct)
 {
-	if (!svc_match(p))
-		return 0;
 	int belongs = ct_is_service((const void *)(nfct & ~7ULL));
-	if (belongs == 0 || (belongs < 0 && foreign_known(p)))
+	if (belongs == 0)
 		return 0;
+	if (belongs < 0) {
+		u8 role = svc_match(p);
+		if (!role || (!(role & TRACER_ROLE_FRONTEND) && foreign_known(p)))
+			return 0;
+	}
 #ifdef TRACK_FLOWS
 	return user_match(p) || flow_known(p);
 #else
@@ -415,10 +446,10 @@ static __always_inline void nat_hist_add(u8 hook, u8 first, u64 ns)
 }
 
 /* Copy a parsed packet and its device into a reserved event. */
-static __always_inline void fill_event(struct tracer_event *e, u8 probe, const void *skb,
+static __always_inline void fill_event(struct tracer_event *e, u64 ts, u8 probe, const void *skb,
 				       const void *dev, u32 netns, const struct tracer_pkt *p)
 {
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = ts;
 	e->skb = (u64)skb;
 	/* An encapsulated packet's conntrack entry, if any, is the tunnel flow's
 	 * (iptunnel_xmit() and vxlan_rcv() scrub the inner one): not its own. */
@@ -514,7 +545,7 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 		return NULL;
 	struct tracer_event *e = event_reserve(probe);
 	if (e)
-		fill_event(e, probe, skb, dev, netns, &p);
+		fill_event(e, bpf_ktime_get_ns(), probe, skb, dev, netns, &p);
 	return e;
 }
 

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The NAT measurement shared by every "nat" backend: on entry to the NAT hook
- * remember the packet's tuple, the conntrack status and the time, in a
- * per-CPU slot checked against the skb; on exit compare. A changed tuple is one NAT event (before/after,
- * hook, kind, hook latency); every packet of the service, changed or not,
- * lands in the in-kernel latency histogram.
+ * take the time, in a per-CPU slot checked against the skb; on exit read the
+ * packet's tuple and its conntrack entry, which say whether the connection is
+ * the Service's, whether this was its first packet and what the tuple was
+ * before. A changed tuple is one NAT event (before/after, hook, kind, hook
+ * latency); every packet of the service, changed or not, lands in the
+ * in-kernel latency histogram.
  */
 #ifndef TRACER_NAT_BPF_H
 #define TRACER_NAT_BPF_H
@@ -13,11 +15,9 @@
 
 /* include/uapi/linux/netfilter.h */
 #define NF_INET_PRE_ROUTING 0
-#define NF_INET_LOCAL_IN 1
 #define NF_INET_LOCAL_OUT 3
 /* include/uapi/linux/netfilter/nf_conntrack_common.h */
-#define IPS_SRC_NAT_DONE (1ULL << 7)
-#define IPS_DST_NAT_DONE (1ULL << 8)
+#define IPS_CONFIRMED (1ULL << 3)
 #define IP_CT_IS_REPLY 3
 
 /* What nat_enter() leaves for nat_exit(): per CPU, the last NAT_SLOTS
@@ -30,17 +30,15 @@
  * context) still finds its own. A packet that never reaches exit (dropped in
  * the NAT hook) leaves an entry that is simply reused; one that moved to
  * another CPU in between (possible only in preemptible process context) goes
- * unmeasured: exit checks the skb, so nothing is ever measured wrong. */
+ * unmeasured: exit checks the skb, so nothing is ever measured wrong.
+ * Entry takes the time and nothing else: everything else (is the connection
+ * the Service's, was this its first packet, what the tuple was before) exit
+ * reads from the conntrack entry, which the NAT hook does not replace. */
 #define NAT_SLOTS 4 /* a power of two */
 
 struct tracer_nat_slot {
 	u64 skb; /* whose entry this is; 0 once consumed */
 	u64 ts;
-	u64 ct;  /* the nf_conn at entry: NAT does not change skb->_nfct */
-	u64 ct_status;
-	struct tracer_pkt pkt; /* tuple before NAT (not filled by the histogram-only path) */
-	u8 wanted;
-	u8 foreign; /* the tuple is the Service's, the connection another Service's */
 };
 
 struct tracer_nat_pending {
@@ -50,10 +48,25 @@ struct tracer_nat_pending {
 
 BPF_PERCPU_ARRAY(nat_pending, struct tracer_nat_pending, 1);
 
-static __always_inline u64 ct_status(u64 nfct)
+/* The conntrack entry as exit reads it, in one bpf_probe_read_kernel(): both
+ * tuples and the status word after them (offsets from BTF). */
+#define CT_VIEW_FROM OFF_CT_ORIG_TUPLE
+#define CT_VIEW_LEN (OFF_CT_STATUS + 8 - OFF_CT_ORIG_TUPLE)
+#if OFF_CT_REPLY_TUPLE < OFF_CT_ORIG_TUPLE || OFF_CT_STATUS < OFF_CT_REPLY_TUPLE || CT_VIEW_LEN > 192
+#error "nf_conn is not laid out as ct_view_read() reads it: tuples, then status"
+#endif
+
+struct tracer_ct_view {
+	u64 w[(CT_VIEW_LEN + 7) / 8];
+};
+
+#define CT_VIEW_AT(v, type, off) (*(type *)((u8 *)(v)->w + (off) - CT_VIEW_FROM))
+#define CT_TUPLE_IP(v, tuple, field) CT_VIEW_AT(v, u32, (tuple) + (field))
+#define CT_TUPLE_PORT(v, tuple, field) CT_VIEW_AT(v, u16, (tuple) + (field))
+
+static __always_inline int ct_view_read(const void *ct, struct tracer_ct_view *v)
 {
-	const void *ct = (const void *)(nfct & ~7ULL);
-	return ct ? read_u64(ct, OFF_CT_STATUS) : 0;
+	return bpf_probe_read_kernel(v, CT_VIEW_LEN, (const char *)ct + CT_VIEW_FROM);
 }
 
 static __always_inline int same_tuple(const struct tracer_pkt *a, const struct tracer_pkt *b)
@@ -69,45 +82,38 @@ static __always_inline int same_tuple(const struct tracer_pkt *a, const struct t
 
 static __always_inline void nat_enter(const void *skb)
 {
-	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
-	const void *ct = (const void *)(nfct & ~7ULL);
-	int belongs = ct_is_service(ct);
-	struct tracer_pkt p = {};
-#ifdef NAT_HIST_ONLY
-	if (belongs == 0)
-		return;
-	if (belongs < 0 && (parse_ipv4(skb_network(skb), &p) || !svc_match(&p)))
-		return;
-#else
-	if (parse_ipv4(skb_network(skb), &p))
-		return;
-	/* A connection that is not the Service's matters only if its tuple
-	 * looks like the Service's (a shared endpoint): exit records it as
-	 * foreign for the packet probes. */
-	if (belongs <= 0 && !svc_match(&p))
-		return;
-#endif
 	u32 zero = 0;
 	struct tracer_nat_pending *pend = nat_pending.lookup(&zero);
 	if (!pend)
 		return;
 	struct tracer_nat_slot *np = &pend->slot[pend->next & (NAT_SLOTS - 1)];
 	pend->next++;
-#ifndef NAT_HIST_ONLY
-	np->pkt = p;
-#endif
-	np->ct = (u64)ct;
-	np->ct_status = ct ? read_u64(ct, OFF_CT_STATUS) : 0;
-	np->foreign = belongs == 0;
-#ifdef TRACK_FLOWS
-	np->wanted = user_match(&p) || flow_known(&p);
-#else
-	np->wanted = user_match(&p); /* 1: no --client/--endpoint/--port */
-#endif
 	np->skb = (u64)skb;
-	/* Last, so the measured time is the NAT hook's, not ours. */
 	np->ts = bpf_ktime_get_ns();
 }
+
+#ifndef NAT_HIST_ONLY
+/* The packet's tuple before this NAT hook, from its tuple after and the
+ * connection's: a DNAT hook (PRE_ROUTING, LOCAL_OUT) rewrites only the
+ * destination, an SNAT hook only the source, and what it was is the
+ * original tuple's (original direction) or the reply tuple's (replies). */
+static __always_inline void tuple_before(const struct tracer_ct_view *v, int dst_hook, int reply,
+					 const struct tracer_pkt *after, struct tracer_pkt *before)
+{
+	*before = *after;
+	u32 tuple = reply ? OFF_CT_REPLY_TUPLE : OFF_CT_ORIG_TUPLE;
+	int ports = after->proto == IPPROTO_TCP_ || after->proto == IPPROTO_UDP_;
+	if (dst_hook) {
+		before->daddr = CT_TUPLE_IP(v, tuple, TUPLE_DST_IP);
+		if (ports)
+			before->dport = CT_TUPLE_PORT(v, tuple, TUPLE_DST_PORT);
+	} else {
+		before->saddr = CT_TUPLE_IP(v, tuple, TUPLE_SRC_IP);
+		if (ports)
+			before->sport = CT_TUPLE_PORT(v, tuple, TUPLE_SRC_PORT);
+	}
+}
+#endif
 
 static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 {
@@ -128,65 +134,75 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 	if (!found)
 		return;
 	found->skb = 0;
+	u64 ts = found->ts;
+	u64 dt = now - ts;
+	/* NAT does nothing to a packet without a conntrack entry. */
+	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
+	const void *ct = (const void *)(nfct & ~7ULL); /* NFCT_PTRMASK */
+	struct tracer_ct_view v;
+	if (!ct || ct_view_read(ct, &v))
+		return;
+	/* A connection's first packet is the one that walks the NAT rules
+	 * (nf_nat_inet_fn -> nf_nat_rule/ipt_do_table, or a null binding) at
+	 * every NAT hook it crosses, and the only one that crosses them before
+	 * conntrack confirms the entry (__nf_conntrack_confirm, at the last
+	 * priority of POST_ROUTING and LOCAL_IN). */
+	u8 first = !(CT_VIEW_AT(&v, u64, OFF_CT_STATUS) & IPS_CONFIRMED);
+	u32 orig = OFF_CT_ORIG_TUPLE;
+	int belongs = svc_key_known(CT_TUPLE_IP(&v, orig, TUPLE_DST_IP), CT_TUPLE_PORT(&v, orig, TUPLE_DST_PORT),
+				    CT_VIEW_AT(&v, u8, orig + TUPLE_PROTO));
 #ifdef NAT_HIST_ONLY
-	u64 dt = now - found->ts;
-	u64 done = (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT) ? IPS_DST_NAT_DONE
-									      : IPS_SRC_NAT_DONE;
-	u64 status_after = found->ct ? read_u64((const void *)found->ct, OFF_CT_STATUS) : 0;
-	nat_hist_add(hook, !(found->ct_status & done) && (status_after & done), dt);
+	if (belongs)
+		nat_hist_add(hook, first, dt);
 #else
-	struct tracer_nat_slot np = *found;
-	if (np.foreign) {
-		/* Another Service's connection to shared endpoints: not ours. */
-		struct tracer_pkt now = {};
-		if (parse_ipv4(skb_network(skb), &now) == 0)
-			foreign_add(&now);
+	struct tracer_pkt after = {};
+	if (parse_ipv4(skb_network(skb), &after))
+		return;
+	int dst_hook = hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT;
+	int reply = (nfct & 7) >= IP_CT_IS_REPLY;
+	struct tracer_pkt before;
+	tuple_before(&v, dst_hook, reply, &after, &before);
+	if (!belongs) {
+		/* Another Service's connection to shared endpoints: not ours, but
+		 * its tuple looks like ours from here on; remembered for the
+		 * packet probes. */
+		if (svc_match(&before))
+			foreign_add(&after);
 		return;
 	}
-	u64 done = (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT) ? IPS_DST_NAT_DONE
-									      : IPS_SRC_NAT_DONE;
-	/* The packet that finds the NAT binding not yet set up is the one that
-	 * walked the rules (nf_nat_inet_fn -> nf_nat_rule/ipt_do_table). */
-	u64 status_after = np.ct ? read_u64((const void *)np.ct, OFF_CT_STATUS) : 0;
-	u8 first = !(np.ct_status & done) && (status_after & done);
-	u64 dt = now - np.ts;
-	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
-	struct tracer_pkt after = {};
-	int parsed = parse_ipv4(skb_network(skb), &after) == 0;
 #ifdef TRACK_FLOWS
 	int wanted;
 	if (first) {
 		/* A new binding is judged on its own tuples: what the flow map
 		 * remembers of an earlier binding of the same client tuple (reset,
 		 * then chosen again, maybe to another endpoint) no longer holds. */
-		wanted = user_match(&np.pkt) || (parsed && svc_match(&after) && user_match(&after));
+		wanted = user_match(&before) || (svc_match(&after) && user_match(&after));
 		if (!wanted) {
-			flow_del(&np.pkt);
+			flow_del(&before);
 			return;
 		}
 	} else {
-		wanted = np.wanted ||
-			 (parsed && svc_match(&after) && (user_match(&after) || flow_known(&after)));
+		wanted = user_match(&before) || flow_known(&before) ||
+			 (svc_match(&after) && (user_match(&after) || flow_known(&after)));
 	}
 #else
-	int wanted = np.wanted || (parsed && user_match(&after));
+	int wanted = user_match(&before) || user_match(&after);
 #endif
 	if (!wanted)
 		return;
 	nat_hist_add(hook, first, dt);
 #ifndef MODE_HIST
-	if (!parsed || same_tuple(&np.pkt, &after))
+	if (same_tuple(&before, &after))
 		return;
 #ifdef TRACK_FLOWS
-	flow_add(&np.pkt);
+	flow_add(&before);
 	flow_add(&after);
 #endif
 	struct tracer_event *e = event_reserve(TRACER_PROBE_NAT);
 	if (!e)
 		return;
-	fill_event(e, TRACER_PROBE_NAT, skb, skb_dev(skb), netns, &np.pkt);
-	e->ts_ns = np.ts;
-	e->ct = nfct & ~7ULL;
+	fill_event(e, ts, TRACER_PROBE_NAT, skb, skb_dev(skb), netns, &before);
+	e->ct = (u64)ct;
 	e->hook = hook;
 	e->nat_saddr = after.saddr;
 	e->nat_daddr = after.daddr;
@@ -194,8 +210,7 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 	e->nat_dport = after.dport;
 	e->nat_ns = dt > 0xffffffffULL ? 0xffffffff : (u32)dt;
 	e->nat_first = first;
-	int reply = (nfct & 7) >= IP_CT_IS_REPLY;
-	if (done == IPS_DST_NAT_DONE)
+	if (dst_hook)
 		e->nat_kind = reply ? TRACER_NAT_REV_SNAT : TRACER_NAT_DNAT;
 	else
 		e->nat_kind = reply ? TRACER_NAT_REV_DNAT : TRACER_NAT_SNAT;

@@ -37,16 +37,20 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
                 f"{struct_name}.{path} is {actual} bytes in this kernel, the tracer reads {size}"
             )
         out[macro] = offset
-    # The connection's original destination, before any DNAT:
-    # nf_conn.tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst (an array, element 0).
+    # The connection's two tuples, nf_conn.tuplehash[IP_CT_DIR_ORIGINAL] and
+    # [IP_CT_DIR_REPLY] (an array of struct nf_conntrack_tuple_hash): the
+    # original one before any NAT, the reply one as the answer will look.
     base = btf.offsetof("nf_conn", "tuplehash")
-    for macro, path, size in (("OFF_CT_ORIG_DST_IP", "tuple.dst.u3.ip", 4),
-                              ("OFF_CT_ORIG_DST_PORT", "tuple.dst.u.all", 2),
-                              ("OFF_CT_ORIG_DST_PROTO", "tuple.dst.protonum", 1)):
-        offset, actual = btf.field("nf_conntrack_tuple_hash", path)
+    tuple_hash = btf.size(btf.struct_id("nf_conntrack_tuple_hash"))
+    out["OFF_CT_ORIG_TUPLE"] = base + btf.offsetof("nf_conntrack_tuple_hash", "tuple")
+    out["OFF_CT_REPLY_TUPLE"] = out["OFF_CT_ORIG_TUPLE"] + tuple_hash
+    for macro, path, size in (("TUPLE_SRC_IP", "src.u3.ip", 4), ("TUPLE_SRC_PORT", "src.u.all", 2),
+                              ("TUPLE_DST_IP", "dst.u3.ip", 4), ("TUPLE_DST_PORT", "dst.u.all", 2),
+                              ("TUPLE_PROTO", "dst.protonum", 1)):
+        offset, actual = btf.field("nf_conntrack_tuple", path)
         if actual != size:
-            raise BtfError(f"nf_conntrack_tuple_hash.{path} is {actual} bytes, the tracer reads {size}")
-        out[macro] = base + offset
+            raise BtfError(f"nf_conntrack_tuple.{path} is {actual} bytes, the tracer reads {size}")
+        out[macro] = offset
     return out
 
 
