@@ -22,10 +22,12 @@ in the client and the pods during these runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.empty_probes import empty_probes
 from bench.lab_env import access_logs_kept, ensure_lab, lab_lock, nginx_pids, no_time_wait, pinned
 from bench.tracer_proc import TracerRun
 
@@ -35,6 +37,12 @@ PLACEMENTS: dict[str, tuple[set[int] | None, set[int] | None]] = {
     "shared": (None, None),
 }
 CONNECTIONS = {"close": 16, "keepalive": 16}
+# What each placement runs per round, in order. The empty-program floors
+# (bench/empty_probes.py) only where the ratio is the data path's cost.
+STATES_RUN = {
+    "isolated": ("off", "empty_hist", "hist", "empty_events", "events"),
+    "shared": ("off", "hist", "events"),
+}
 
 
 def wrk_run(state, traffic: str, seconds: int, cpus: set[int] | None) -> dict[str, Any]:
@@ -61,7 +69,8 @@ def run_overhead(*, rounds: int, seconds: int, service: str, netns: str,
                  placements: tuple[str, ...] = ("isolated", "shared"),
                  log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(wrk runs, tracer runs' summaries). One round = for each placement:
-    off, hist, events, each running both traffic shapes; the lock is held
+    its STATES_RUN (off, hist, events, and in the isolated placement the
+    empty-program floors), each running both traffic shapes; the lock is held
     per round, so others can use the lab between rounds."""
     runs: list[dict[str, Any]] = []
     tracers: list[dict[str, Any]] = []
@@ -72,20 +81,24 @@ def run_overhead(*, rounds: int, seconds: int, service: str, netns: str,
             for placement in placements:
                 load_cpus, tracer_cpus = PLACEMENTS[placement]
                 with access_logs_kept(state), no_time_wait(state), pinned(pids, load_cpus):
-                    for tracer_state in ("off", "hist", "events"):
+                    for tracer_state in STATES_RUN[placement]:
                         tracer = None
-                        if tracer_state != "off":
+                        floor = contextlib.nullcontext()
+                        if tracer_state.startswith("empty_"):
+                            floor = empty_probes(netns, tracer_state.removeprefix("empty_"))
+                        elif tracer_state != "off":
                             tracer = TracerRun(service=service, netns=netns, mode=tracer_state,
                                                cpus=tracer_cpus, output=tracer_state == "events")
                             tracer.start()
                         try:
-                            for traffic in ("close", "keepalive"):
-                                r = wrk_run(state, traffic, seconds, load_cpus)
-                                r.update(round=rnd, placement=placement, state=tracer_state,
-                                         traffic=traffic)
-                                runs.append(r)
-                                log(f"  round {rnd} {placement:<8} {tracer_state:<6} {traffic:<9} "
-                                    f"{r['rps']:9.0f} req/s  p99 {r['p99_ms']} ms")
+                            with floor:
+                                for traffic in ("close", "keepalive"):
+                                    r = wrk_run(state, traffic, seconds, load_cpus)
+                                    r.update(round=rnd, placement=placement, state=tracer_state,
+                                             traffic=traffic)
+                                    runs.append(r)
+                                    log(f"  round {rnd} {placement:<8} {tracer_state:<12} {traffic:<9} "
+                                        f"{r['rps']:9.0f} req/s  p99 {r['p99_ms']} ms")
                             if tracer is not None:
                                 doc = tracer.stop()
                                 doc["placement"], doc["round"] = placement, rnd

@@ -20,7 +20,9 @@ REQUIRED_KEYS = (
     "rss_growth_mb",
 )
 
-STATES = ("off", "hist", "events")  # tracer off, --mode hist, full event mode
+# tracer off, --mode hist, full event mode; and the floor under each: empty
+# programs where that mode attaches (bench/empty_probes.py, isolated only)
+STATES = ("off", "hist", "events", "empty_hist", "empty_events")
 TRAFFIC = ("close", "keepalive")  # new connection per request, keep-alive
 
 
@@ -55,6 +57,8 @@ def overhead_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             entry: dict[str, Any] = {}
             for state in STATES:
                 mine = [r for r in sel if r["state"] == state]
+                if not mine:
+                    continue
                 entry[state] = {
                     "runs": len(mine),
                     "rps_median": _round(median(r["rps"] for r in mine), 1),
@@ -75,7 +79,7 @@ def worst_ratio(summary: Mapping[str, Any], placement: str, state: str) -> float
     """The lower throughput ratio of the two traffic shapes (the headline is
     the worse case, not the average)."""
     vals = [summary[f"{placement}/{t}"][state]["throughput_ratio"]
-            for t in TRAFFIC if f"{placement}/{t}" in summary]
+            for t in TRAFFIC if state in summary.get(f"{placement}/{t}", {})]
     vals = [v for v in vals if v is not None]
     return min(vals) if vals else None
 
@@ -140,6 +144,10 @@ def final_report(*, overhead: Mapping[str, Any], ladder: Mapping[str, Any], star
         "throughput_ratio_events": worst_ratio(overhead, "isolated", "events"),
         "throughput_ratio_hist_shared": worst_ratio(overhead, "shared", "hist"),
         "throughput_ratio_events_shared": worst_ratio(overhead, "shared", "events"),
+        # what programs that do nothing, attached where each mode attaches,
+        # leave of the untraced throughput (same placement, same rounds)
+        "floor_ratio_hist": worst_ratio(overhead, "isolated", "empty_hist"),
+        "floor_ratio_events": worst_ratio(overhead, "isolated", "empty_events"),
         "lossless_events_per_s": ladder.get("lossless_events_per_s"),
         "startup_s": startup.get("all_attached_s_median"),
         "first_attach_s": startup.get("first_attach_s_median"),

@@ -54,6 +54,23 @@ def test_headline_is_the_worse_traffic_shape():
     assert stats.worst_ratio(s, "shared", "events") is None
 
 
+def test_floors_are_measured_where_they_are_run_and_reported_beside_the_modes():
+    runs = []
+    for traffic in ("close", "keepalive"):
+        runs += [_run(0, "off", traffic, 100, 1), _run(0, "empty_hist", traffic, 97, 1),
+                 _run(0, "hist", traffic, 93, 1), _run(0, "empty_events", traffic, 90, 1),
+                 _run(0, "events", traffic, 70, 1)]
+        shared = [_run(0, "off", traffic, 100, 1), _run(0, "hist", traffic, 92, 1)]
+        runs += [dict(r, placement="shared") for r in shared]
+    s = stats.overhead_summary(runs)
+    assert "empty_hist" not in s["shared/close"] and "empty_hist" in s["isolated/close"]
+    report = stats.final_report(overhead=s, ladder={}, startup={}, analysis={}, memory={})
+    assert report["floor_ratio_hist"] == pytest.approx(0.97)
+    assert report["floor_ratio_events"] == pytest.approx(0.90)
+    assert report["throughput_ratio_hist"] == pytest.approx(0.93)
+    assert report["throughput_ratio_hist_shared"] == pytest.approx(0.92)
+
+
 def test_ladder_accounting_and_lossless_rate():
     steps = [
         stats.ladder_step(offered=3_000_000, recorded=3_000_000, lost=0, kernel_events=3_000_000,

@@ -41,7 +41,7 @@ NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 3, 4
 _ATTR_SIZE = 128
 
 # r0 = imm; exit
-def _ret_insns(value: int) -> bytes:
+def ret_insns(value: int) -> bytes:
     mov_r0 = struct.pack("<BBhi", 0xB7, 0, 0, value)  # BPF_ALU64|BPF_MOV|BPF_K
     exit_ = struct.pack("<BBhi", 0x95, 0, 0, 0)
     return mov_r0 + exit_
@@ -180,7 +180,7 @@ def link_create_netfilter(prog_fd: int, hooknum: int, priority: int, pf: int = N
 def probe_netfilter_link() -> str | None:
     """None if a netfilter program can be loaded and linked here, else why not."""
     try:
-        prog = prog_load(BPF_PROG_TYPE_NETFILTER, _ret_insns(1), expected_attach_type=BPF_NETFILTER)
+        prog = prog_load(BPF_PROG_TYPE_NETFILTER, ret_insns(1), expected_attach_type=BPF_NETFILTER)
     except OSError as exc:
         return f"netfilter program load: {exc.strerror}"
     try:
@@ -199,7 +199,7 @@ def probe_fentry(btf_func_id: int, btf_module: str | None = None) -> str | None:
     """None if an fentry program on that BTF function (of vmlinux, or of a
     module) loads, else why not. Load only: nothing is attached."""
     try:
-        fd = tracing_load(_ret_insns(0), btf_func_id, kind="fentry", btf_module=btf_module,
+        fd = tracing_load(ret_insns(0), btf_func_id, kind="fentry", btf_module=btf_module,
                           name=b"trc_probe")
     except LookupError as exc:
         return str(exc)
@@ -213,7 +213,7 @@ def probe_tp_btf(btf_typedef_id: int) -> str | None:
     """None if a BTF-typed raw tracepoint program loads on the tracepoint
     whose btf_trace_<name> typedef has that id, else why not. Load only."""
     try:
-        fd = tracing_load(_ret_insns(0), btf_typedef_id, kind="tp_btf", name=b"trc_probe")
+        fd = tracing_load(ret_insns(0), btf_typedef_id, kind="tp_btf", name=b"trc_probe")
     except OSError as exc:
         return f"tp_btf program load: {exc.strerror}"
     os.close(fd)
@@ -230,7 +230,7 @@ def probe_ringbuf() -> str | None:
 
 def probe_bpf() -> str | None:
     try:
-        os.close(prog_load(BPF_PROG_TYPE_SOCKET_FILTER, _ret_insns(0)))
+        os.close(prog_load(BPF_PROG_TYPE_SOCKET_FILTER, ret_insns(0)))
         return None
     except OSError as exc:
         return f"bpf(): {exc.strerror}"

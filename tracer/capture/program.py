@@ -55,7 +55,7 @@ NAT_HOOK_BRACKETS = (
 HOOK_NAMES = {0: "prerouting", 1: "input", 3: "output", 4: "postrouting"}
 
 
-def _link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[int, int]:
+def link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[int, int]:
     for priority in priorities:
         try:
             return bpf_syscall.link_create_netfilter(prog_fd, hook, priority), priority
@@ -304,9 +304,9 @@ def load_and_attach(
                 leave = bpf.load_func(b"trc_nat_nf_exit", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
                                       attach_type=bpf_syscall.BPF_NETFILTER)
                 for hook, before, after in NAT_HOOK_BRACKETS:
-                    fd_in, p_in = _link_at_free_priority(enter.fd, hook, before)
+                    fd_in, p_in = link_at_free_priority(enter.fd, hook, before)
                     prog.links.append(fd_in)
-                    fd_out, p_out = _link_at_free_priority(leave.fd, hook, after)
+                    fd_out, p_out = link_at_free_priority(leave.fd, hook, after)
                     prog.links.append(fd_out)
                     prog.nat_priorities[HOOK_NAMES[hook]] = (p_in, p_out)
             else:
