@@ -57,12 +57,14 @@ def wrk_run(state, traffic: str, seconds: int, cpus: set[int] | None) -> dict[st
         argv += ["-H", "Connection: close"]
     if cpus is not None:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
+    t0 = time.monotonic()
     proc = run([*argv, url], netns=state.client.netns, timeout=seconds + 30)
+    t = (t0 + time.monotonic()) / 2  # when it ran, for untraced_at() in bench/stats.py
     report = parse_wrk(proc.stdout)
     errors = sum(report["errors"].values()) + report["non2xx"]
     return {"rps": report["requests"] / report["seconds"], "p99_ms": report["latency_ms"].get("p99"),
             "p50_ms": report["latency_ms"].get("p50"), "requests": report["requests"],
-            "errors": errors}
+            "errors": errors, "t": t}
 
 
 def run_overhead(*, rounds: int, seconds: int, service: str, netns: str,
@@ -70,18 +72,21 @@ def run_overhead(*, rounds: int, seconds: int, service: str, netns: str,
                  log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(wrk runs, tracer runs' summaries). One round = for each placement:
     its STATES_RUN (off, hist, events, and in the isolated placement the
-    empty-program floors), each running both traffic shapes; the lock is held
-    per round, so others can use the lab between rounds."""
+    empty-program floors), each running both traffic shapes; one more off run
+    per placement closes the last round, so that every traced run lies
+    between two untraced ones (bench/stats.py compares it with the untraced
+    throughput of its own time). The lock is held per round, so others can
+    use the lab between rounds."""
     runs: list[dict[str, Any]] = []
     tracers: list[dict[str, Any]] = []
-    for rnd in range(rounds):
+    for rnd in range(rounds + 1):
         with lab_lock():
             state = ensure_lab()
             pids = nginx_pids(state)
             for placement in placements:
                 load_cpus, tracer_cpus = PLACEMENTS[placement]
                 with access_logs_kept(state), no_time_wait(state), pinned(pids, load_cpus):
-                    for tracer_state in STATES_RUN[placement]:
+                    for tracer_state in STATES_RUN[placement] if rnd < rounds else ("off",):
                         tracer = None
                         floor = contextlib.nullcontext()
                         if tracer_state.startswith("empty_"):

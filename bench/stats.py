@@ -41,19 +41,38 @@ def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def untraced_at(t: float, offs: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """The untraced figure `key` at time t: linear between the off runs just
+    before and just after t (throughput drifts on these shared machines, a
+    few % within a minute), the nearest one where t is not between two."""
+    offs = sorted((o for o in offs if o.get(key) is not None), key=lambda o: o["t"])
+    if not offs:
+        return None
+    before = [o for o in offs if o["t"] <= t]
+    after = [o for o in offs if o["t"] >= t]
+    if not before or not after:
+        return float((before or after)[-1 if before else 0][key])
+    a, b = before[-1], after[0]
+    if b["t"] == a["t"]:
+        return float(a[key])
+    w = (t - a["t"]) / (b["t"] - a["t"])
+    return float(a[key]) + w * (float(b[key]) - float(a[key]))
+
+
 def overhead_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """runs: one dict per wrk run with placement, traffic, state, round,
-    rps and p99_ms. Rounds alternate off/hist/events, so each tracer-on run
-    is compared with the off run of its own round (drift between rounds
-    cancels); the figure per state is the median over rounds of those
-    per-round ratios, next to the medians of the raw numbers."""
+    """runs: one dict per wrk run with placement, traffic, state, t (when it
+    ran), rps and p99_ms. Tracer-off runs open every round and close the
+    last, so each traced run lies between two; it is compared with the
+    untraced figure interpolated to its own time (untraced_at), and the
+    figure per state is the median of those ratios, next to the medians of
+    the raw numbers."""
     out: dict[str, Any] = {}
     for placement in sorted({r["placement"] for r in runs}):
         for traffic in TRAFFIC:
             sel = [r for r in runs if r["placement"] == placement and r["traffic"] == traffic]
             if not sel:
                 continue
-            off_by_round = {r["round"]: r for r in sel if r["state"] == "off"}
+            offs = [r for r in sel if r["state"] == "off"]
             entry: dict[str, Any] = {}
             for state in STATES:
                 mine = [r for r in sel if r["state"] == state]
@@ -66,11 +85,10 @@ def overhead_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 }
                 if state == "off":
                     continue
-                paired = [r for r in mine if r["round"] in off_by_round]
                 entry[state]["throughput_ratio"] = _round(median(
-                    ratio(r["rps"], off_by_round[r["round"]]["rps"]) for r in paired))
+                    ratio(r["rps"], untraced_at(r["t"], offs, "rps")) for r in mine))
                 entry[state]["p99_ratio"] = _round(median(
-                    ratio(r["p99_ms"], off_by_round[r["round"]]["p99_ms"]) for r in paired))
+                    ratio(r["p99_ms"], untraced_at(r["t"], offs, "p99_ms")) for r in mine))
             out[f"{placement}/{traffic}"] = entry
     return out
 
@@ -105,12 +123,16 @@ def ladder_step(offered: int, recorded: int, lost: int, kernel_events: int,
 
 def ladder_summary(steps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """lossless_events_per_s: the highest recorded rate of a step with zero
-    loss whose accounting adds up; loss_above: the first lossy step above it."""
-    clean = [s for s in steps if s["lost"] == 0 and s["accounted"]]
+    loss whose accounting adds up, below the offered rate of every step that
+    lost events (near the blaster's limit two steps can offer the same rate,
+    and if one of them lost, that rate is not lossless); loss_above: the
+    lossy step with the lowest offered rate."""
+    lossy = sorted((s for s in steps if s["lost"] > 0), key=lambda s: s["offered_per_s"])
+    limit = lossy[0]["offered_per_s"] if lossy else float("inf")
+    clean = [s for s in steps if s["lost"] == 0 and s["accounted"] and s["recorded_per_s"] < limit]
     best = max(clean, key=lambda s: s["recorded_per_s"], default=None)
     best_rate = best["recorded_per_s"] if best else 0.0
-    above = sorted((s for s in steps if s["offered_per_s"] > best_rate and s["lost"] > 0),
-                   key=lambda s: s["offered_per_s"])
+    above = lossy
     return {
         "lossless_events_per_s": best_rate,
         "accounting_ok": all(s["accounted"] for s in steps),

@@ -1,6 +1,7 @@
-"""The benchmark harness's arithmetic (bench/stats.py): medians, per-round
-on/off ratios, the throughput ladder's accounting, RSS growth and the keys of
-the final JSON. Pure: no lab, no timing."""
+"""The benchmark harness's arithmetic (bench/stats.py): medians, on/off
+ratios against the untraced throughput of the same moment, the throughput
+ladder's accounting, RSS growth and the keys of the final JSON. Pure: no
+lab, no timing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from bench import stats
 
 
-def _run(rnd, state, traffic, rps, p99, placement="isolated"):
+def _run(rnd, state, traffic, rps, p99, placement="isolated", t=None):
+    # By default the runs of a round follow the harness's order, off first.
+    t = rnd * 100 + stats.STATES.index(state) if t is None else t
     return {"round": rnd, "state": state, "traffic": traffic, "rps": rps, "p99_ms": p99,
-            "placement": placement}
+            "placement": placement, "t": t}
 
 
 def test_median_and_ratio():
@@ -25,23 +28,42 @@ def test_median_and_ratio():
     assert stats.ratio(1, 0) is None and stats.ratio(None, 1) is None
 
 
-def test_overhead_ratios_pair_each_run_with_its_rounds_off_run():
+def test_traced_runs_are_compared_with_the_untraced_throughput_of_their_own_time():
+    # Untraced throughput drifts down linearly, within rounds as between
+    # them; the tracer costs exactly 10% (hist) and 20% (events) of what the
+    # untraced path does at that moment. Off runs open each round and close
+    # the last one; interpolating between them must recover 0.9 and 0.8,
+    # where comparing with the round's own off run would not.
+    def untraced(t):
+        return 1000 - 2 * t
+
     runs = []
-    # Throughput drifts down over rounds; the tracer costs exactly 10% (hist)
-    # and 20% (events) in every round. Pairing within a round must see that.
-    for rnd, base in enumerate((1000, 800, 600)):
-        for traffic in ("close", "keepalive"):
-            runs += [_run(rnd, "off", traffic, base, 1.0),
-                     _run(rnd, "hist", traffic, base * 0.9, 1.1),
-                     _run(rnd, "events", traffic, base * 0.8, 2.0)]
+    for traffic in ("close", "keepalive"):
+        for rnd in range(3):
+            t0 = rnd * 100
+            runs += [_run(rnd, "off", traffic, untraced(t0), 1.0, t=t0),
+                     _run(rnd, "hist", traffic, untraced(t0 + 30) * 0.9, 1.1, t=t0 + 30),
+                     _run(rnd, "events", traffic, untraced(t0 + 60) * 0.8, 2.0, t=t0 + 60)]
+        runs.append(_run(3, "off", traffic, untraced(300), 1.0, t=300))
     s = stats.overhead_summary(runs)
     for traffic in ("close", "keepalive"):
         entry = s[f"isolated/{traffic}"]
-        assert entry["off"]["rps_median"] == 800
+        assert entry["off"]["runs"] == 4 and entry["off"]["rps_median"] == 700
         assert entry["hist"]["throughput_ratio"] == pytest.approx(0.9)
         assert entry["events"]["throughput_ratio"] == pytest.approx(0.8)
         assert entry["events"]["p99_ratio"] == pytest.approx(2.0)
         assert entry["events"]["runs"] == 3
+    # Against each round's opening off run alone, the drift would read as cost.
+    first = [r for r in runs if r["state"] == "events" and r["traffic"] == "close"]
+    assert first[0]["rps"] / untraced(0) == pytest.approx(0.8 * 880 / 1000)
+
+
+def test_untraced_throughput_between_and_outside_the_off_runs():
+    offs = [{"t": 0, "rps": 100}, {"t": 10, "rps": 80}]
+    assert stats.untraced_at(5, offs, "rps") == pytest.approx(90)
+    assert stats.untraced_at(10, offs, "rps") == pytest.approx(80)
+    assert stats.untraced_at(12, offs, "rps") == 80 and stats.untraced_at(-1, offs, "rps") == 100
+    assert stats.untraced_at(3, [], "rps") is None
 
 
 def test_headline_is_the_worse_traffic_shape():
@@ -87,6 +109,22 @@ def test_ladder_accounting_and_lossless_rate():
     assert summary["accounting_ok"]
     assert summary["loss_above"] == {"offered_per_s": 2_000_000, "loss_fraction": 0.05,
                                      "lost": 300_000}
+
+
+def test_a_rate_is_not_lossless_if_a_step_at_that_rate_lost_events():
+    """At the blaster's limit two steps offer about the same rate; one lost
+    0.6% of its events: neither rate counts as lossless, the step below does."""
+    steps = [
+        stats.ladder_step(offered=20_000_000, recorded=20_000_000, lost=0, kernel_events=20_000_000,
+                          seconds=10.0),
+        stats.ladder_step(offered=22_500_000, recorded=22_500_000, lost=0, kernel_events=22_500_000,
+                          seconds=10.44),
+        stats.ladder_step(offered=25_000_000, recorded=24_839_047, lost=160_953,
+                          kernel_events=24_839_047, seconds=11.625),
+    ]
+    summary = stats.ladder_summary(steps)
+    assert summary["lossless_events_per_s"] == 2_000_000
+    assert summary["loss_above"]["offered_per_s"] == pytest.approx(2_150_538, abs=1)
 
 
 def test_ladder_flags_events_that_vanish():
