@@ -38,9 +38,11 @@ from tracer.kube.nftables_table import looks_like_nft
 # parser); they are re-exported here, where callers have always found them.
 from tracer.kube.resolved import (
     Address,
+    PortDraft,
     ResolvedEndpoint,
     ResolvedService,
     ResolvedServicePort,
+    group_services,
 )
 
 __all__ = [
@@ -262,17 +264,10 @@ def _parse_service_port_name(text: str | None) -> tuple[str, str, str] | None:
     return match.group(1), match.group(2), match.group(3) or ""
 
 
-@dataclass
-class _PortDraft:
+@dataclass(kw_only=True)
+class _PortDraft(PortDraft):
     hash: str
-    first_seen: int
     names: list[str] = field(default_factory=list)  # candidate ServicePortName strings
-    protocol: str | None = None
-    port: int | None = None
-    cluster_ips: list[str] = field(default_factory=list)
-    external_ips: list[str] = field(default_factory=list)
-    load_balancer_ips: list[str] = field(default_factory=list)
-    node_port: int | None = None
 
     def name_candidate(self, text: str | None) -> None:
         if text and _parse_service_port_name(text) and text not in self.names:
@@ -303,7 +298,7 @@ def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
             return None
         key = parts[1]
         if key not in drafts:
-            drafts[key] = _PortDraft(hash=key, first_seen=len(drafts))
+            drafts[key] = _PortDraft(hash=key)
         return drafts[key]
 
     for rule in table.rules(KUBE_SERVICES):
@@ -321,8 +316,13 @@ def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
         draft.protocol = draft.protocol or _protocol(rule)
         draft.name_candidate(rule.comment)
 
-    ports = [_resolve_port(table, d) for d in sorted(drafts.values(), key=lambda d: d.first_seen)]
-    return _group(ports)
+    ports = []
+    for draft in drafts.values():  # in the order KUBE-SERVICES lists them
+        port = _resolve_port(table, draft)
+        parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
+        name = (parsed[0], parsed[1]) if parsed else None
+        ports.append((name, next(iter(port.chains()), "KUBE-SVC-" + draft.hash), port))
+    return group_services(ports, name_source="comment")
 
 
 def _protocol(rule: Rule) -> str | None:
@@ -369,7 +369,7 @@ def _existing(table: NatTable, chain: str) -> str | None:
     return chain if table.has(chain) else None
 
 
-def _resolve_port(table: NatTable, draft: _PortDraft) -> tuple[_PortDraft, ResolvedServicePort]:
+def _resolve_port(table: NatTable, draft: _PortDraft) -> ResolvedServicePort:
     svc_chain = _existing(table, "KUBE-SVC-" + draft.hash)
     ext_chain = _existing(table, "KUBE-EXT-" + draft.hash)
     local_chain = _existing(table, "KUBE-SVL-" + draft.hash) or _existing(
@@ -392,14 +392,9 @@ def _resolve_port(table: NatTable, draft: _PortDraft) -> tuple[_PortDraft, Resol
     endpoints = _load_balancing(table, svc_chain, protocol, draft)
     local_endpoints = _load_balancing(table, local_chain, protocol, draft)
     parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
-    port = ResolvedServicePort(
+    return draft.resolved(
         port_name=parsed[2] if parsed else None,
         protocol=protocol,
-        port=draft.port,
-        cluster_ips=tuple(draft.cluster_ips),
-        external_ips=tuple(draft.external_ips),
-        load_balancer_ips=tuple(draft.load_balancer_ips),
-        node_port=draft.node_port,
         service_chain=svc_chain,
         external_chain=ext_chain,
         local_chain=local_chain,
@@ -408,7 +403,6 @@ def _resolve_port(table: NatTable, draft: _PortDraft) -> tuple[_PortDraft, Resol
         endpoints=endpoints,
         local_endpoints=local_endpoints,
     )
-    return draft, port
 
 
 def _external_policy(table: NatTable, ext_chain: str | None) -> str | None:
@@ -474,23 +468,4 @@ def _dnat_destination(
             if parts is not None:
                 return parts[0], parts[1], _protocol(rule)
     return None
-
-
-def _group(ports: list[tuple[_PortDraft, ResolvedServicePort]]) -> list[ResolvedService]:
-    named: dict[tuple[str, str], list[ResolvedServicePort]] = {}
-    by_chain: list[ResolvedService] = []
-    for draft, port in ports:
-        parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
-        if parsed is None:
-            name = next(iter(port.chains()), "KUBE-SVC-" + draft.hash)
-            by_chain.append(
-                ResolvedService(namespace=None, name=name, ports=(port,), name_source="chain")
-            )
-            continue
-        named.setdefault((parsed[0], parsed[1]), []).append(port)
-    services = [
-        ResolvedService(namespace=ns, name=name, ports=tuple(ports), name_source="comment")
-        for (ns, name), ports in sorted(named.items())
-    ]
-    return services + sorted(by_chain, key=lambda s: s.name)
 

@@ -31,7 +31,7 @@ has no nat rules at all.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tracer.kube.naming import (
     NFT_ENDPOINT_CHAIN_PREFIX,
@@ -41,7 +41,13 @@ from tracer.kube.naming import (
     NFT_SERVICE_CHAIN_PREFIX,
 )
 from tracer.kube.nftables_table import NftTable, read_nft
-from tracer.kube.resolved import ResolvedEndpoint, ResolvedService, ResolvedServicePort
+from tracer.kube.resolved import (
+    PortDraft,
+    ResolvedEndpoint,
+    ResolvedService,
+    ResolvedServicePort,
+    group_services,
+)
 
 SERVICE_IPS_MAP = "service-ips"
 SERVICE_NODEPORTS_MAP = "service-nodeports"
@@ -79,16 +85,9 @@ def parse_chain_base(base: str) -> tuple[str, str, str, str] | None:
     return match.groups() if match else None  # type: ignore[return-value]
 
 
-@dataclass
-class _PortDraft:
+@dataclass(kw_only=True)
+class _PortDraft(PortDraft):
     base: str
-    first_seen: int
-    protocol: str | None = None
-    port: int | None = None
-    cluster_ips: list[str] = field(default_factory=list)
-    external_ips: list[str] = field(default_factory=list)
-    load_balancer_ips: list[str] = field(default_factory=list)
-    node_port: int | None = None
 
 
 def parse_kube_proxy_table(text: str) -> list[ResolvedService]:
@@ -106,7 +105,7 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
             return None
         prefix, base = parts
         if base not in drafts:
-            drafts[base] = _PortDraft(base=base, first_seen=len(drafts))
+            drafts[base] = _PortDraft(base=base)
         return prefix, drafts[base]
 
     firewalled = {e.key for e in table.elements.get(FIREWALL_IPS_MAP, [])}
@@ -137,29 +136,29 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
         draft.protocol = draft.protocol or element.key[0]
         draft.node_port = int(element.key[1])
 
-    ports = [_resolve_port(table, d) for d in sorted(drafts.values(), key=lambda d: d.first_seen)]
-    return _group(ports)
+    ports = []
+    for draft in drafts.values():  # in the order the maps list them
+        port = _resolve_port(table, draft)
+        parsed = parse_chain_base(draft.base)
+        name = (parsed[0], parsed[1]) if parsed else None
+        ports.append((name, next(iter(port.chains()), NFT_SERVICE_CHAIN_PREFIX + draft.base), port))
+    return group_services(ports, name_source="chain-name")
 
 
 def _existing(table: NftTable, chain: str) -> str | None:
     return chain if table.has_chain(chain) else None
 
 
-def _resolve_port(table: NftTable, draft: _PortDraft) -> tuple[_PortDraft, ResolvedServicePort]:
+def _resolve_port(table: NftTable, draft: _PortDraft) -> ResolvedServicePort:
     svc_chain = _existing(table, NFT_SERVICE_CHAIN_PREFIX + draft.base)
     ext_chain = _existing(table, NFT_EXTERNAL_CHAIN_PREFIX + draft.base)
     local_chain = _existing(table, NFT_LOCAL_CHAIN_PREFIX + draft.base)
     fw_chain = _existing(table, NFT_FIREWALL_CHAIN_PREFIX + draft.base)
     parsed = parse_chain_base(draft.base)
     protocol = draft.protocol or (parsed[2] if parsed else "tcp")
-    port = ResolvedServicePort(
+    return draft.resolved(
         port_name=parsed[3] if parsed else None,
         protocol=protocol,
-        port=draft.port,
-        cluster_ips=tuple(draft.cluster_ips),
-        external_ips=tuple(draft.external_ips),
-        load_balancer_ips=tuple(draft.load_balancer_ips),
-        node_port=draft.node_port,
         service_chain=svc_chain,
         external_chain=ext_chain,
         local_chain=local_chain,
@@ -168,7 +167,6 @@ def _resolve_port(table: NftTable, draft: _PortDraft) -> tuple[_PortDraft, Resol
         endpoints=_load_balancing(table, svc_chain, protocol),
         local_endpoints=_load_balancing(table, local_chain, protocol),
     )
-    return draft, port
 
 
 def _external_policy(table: NftTable, ext_chain: str | None) -> str | None:
@@ -224,22 +222,3 @@ def _dnat_destination(table: NftTable, endpoint_chain: str) -> tuple[str, int, s
         if rule.dnat_to is not None and rule.dnat_to[1] is not None:
             return rule.dnat_to[0], rule.dnat_to[1], rule.l4proto
     return None
-
-
-def _group(ports: list[tuple[_PortDraft, ResolvedServicePort]]) -> list[ResolvedService]:
-    named: dict[tuple[str, str], list[ResolvedServicePort]] = {}
-    by_chain: list[ResolvedService] = []
-    for draft, port in ports:
-        parsed = parse_chain_base(draft.base)
-        if parsed is None:
-            name = next(iter(port.chains()), NFT_SERVICE_CHAIN_PREFIX + draft.base)
-            by_chain.append(
-                ResolvedService(namespace=None, name=name, ports=(port,), name_source="chain")
-            )
-            continue
-        named.setdefault((parsed[0], parsed[1]), []).append(port)
-    services = [
-        ResolvedService(namespace=ns, name=name, ports=tuple(ports), name_source="chain-name")
-        for (ns, name), ports in sorted(named.items())
-    ]
-    return services + sorted(by_chain, key=lambda s: s.name)

@@ -11,7 +11,7 @@ service-.../endpoint-....
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -178,6 +178,53 @@ class ResolvedService:
             ports=tuple(ResolvedServicePort.from_dict(p) for p in data.get("ports", ())),
             name_source=str(data.get("name_source", "comment")),
         )
+
+
+@dataclass(kw_only=True)
+class PortDraft:
+    """One service port's addresses as a parser finds them in the dispatch
+    rules or maps (KUBE-SERVICES/KUBE-NODEPORTS, service-ips/
+    service-nodeports), before it walks the port's chains."""
+
+    protocol: str | None = None
+    port: int | None = None
+    cluster_ips: list[str] = field(default_factory=list)
+    external_ips: list[str] = field(default_factory=list)
+    load_balancer_ips: list[str] = field(default_factory=list)
+    node_port: int | None = None
+
+    def resolved(self, **from_chains: Any) -> ResolvedServicePort:
+        """The port: these addresses, and what its chains say (port_name,
+        protocol, the chains, external_policy, endpoints, local_endpoints)."""
+        return ResolvedServicePort(
+            port=self.port,
+            cluster_ips=tuple(self.cluster_ips),
+            external_ips=tuple(self.external_ips),
+            load_balancer_ips=tuple(self.load_balancer_ips),
+            node_port=self.node_port,
+            **from_chains,
+        )
+
+
+def group_services(
+    ports: Iterable[tuple[tuple[str, str] | None, str, ResolvedServicePort]], name_source: str
+) -> list[ResolvedService]:
+    """(namespace and name, or None; a chain to name it by otherwise; port),
+    in the order the rules list them -> Services: the named ones one per
+    name (name_source says where names come from), sorted; then every port
+    nothing names, as a Service of its own named by its chain."""
+    named: dict[tuple[str, str], list[ResolvedServicePort]] = {}
+    by_chain: list[ResolvedService] = []
+    for name, chain, port in ports:
+        if name is None:
+            by_chain.append(ResolvedService(namespace=None, name=chain, ports=(port,), name_source="chain"))
+        else:
+            named.setdefault(name, []).append(port)
+    services = [
+        ResolvedService(namespace=ns, name=name, ports=tuple(ports), name_source=name_source)
+        for (ns, name), ports in sorted(named.items())
+    ]
+    return services + sorted(by_chain, key=lambda s: s.name)
 
 
 def _unique(addresses: Iterable[Address]) -> list[Address]:
