@@ -31,6 +31,7 @@ from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
+REPO = Path(__file__).resolve().parents[2]
 CLIENT = "192.168.64.10"
 NODE_A, NODE_B = "192.168.64.57", "192.168.64.58"
 
@@ -472,7 +473,6 @@ def test_drops_after_the_socket_lookup_are_attributed_to_the_pod(lab_state, tmp_
     """A bare ACK to the Service is DNATed to a pod whose listener drops it
     (TCP_FLAGS) after TCP has cleared skb->dev and skb->sk: the namespace
     comes from the tracepoint's rx_sk."""
-    tool = Path(__file__).parent / "tools" / "stray_ack.py"
     # Fresh tuples: conntrack keeps a picked-up ACK's entry, and a second ACK
     # on it is out of window (INVALID, not NATed), so earlier runs must not
     # have left any.
@@ -480,8 +480,9 @@ def test_drops_after_the_socket_lookup_are_attributed_to_the_pod(lab_state, tmp_
     first_sport = random.randrange(20000, 60000)
     with captures({"a": (["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "a"),
                    "b": (["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp_path / "b")}):
-        subprocess.run(["ip", "netns", "exec", "lab-client", sys.executable, str(tool),
-                        NODE_A, "8088", "12", str(first_sport)], check=True)
+        subprocess.run(["ip", "netns", "exec", "lab-client", sys.executable, "-m",
+                        "tests.capture.tools.stray_ack", NODE_A, "8088", "12", str(first_sport)],
+                       check=True, cwd=REPO)
         time.sleep(0.5)
     ea, eb = (load(tmp_path / n).events for n in ("a", "b"))
     pods = {p.netns for p in lab_state.pods}

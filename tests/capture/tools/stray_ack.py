@@ -1,7 +1,8 @@
 """Send N bare TCP ACKs (no connection behind them) from the lab client to
 DST:PORT with a raw socket; run inside the lab-client namespace. Each one is
 DNATed to a pod whose listening socket has no such connection and drops it
-(reason TCP_FLAGS). Usage: stray_ack.py DST PORT N FIRST_SPORT"""
+(reason TCP_FLAGS). Usage, from the repository's root:
+python -m tests.capture.tools.stray_ack DST PORT N FIRST_SPORT"""
 
 from __future__ import annotations
 
@@ -9,16 +10,9 @@ import socket
 import struct
 import sys
 
+from bench.blaster import checksum
+
 SOURCE = "192.168.64.10"
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def main() -> None:
