@@ -50,8 +50,10 @@ def untraced_at(t: float, offs: Sequence[Mapping[str, Any]], key: str) -> float 
         return None
     before = [o for o in offs if o["t"] <= t]
     after = [o for o in offs if o["t"] >= t]
-    if not before or not after:
-        return float((before or after)[-1 if before else 0][key])
+    if not after:
+        return float(before[-1][key])
+    if not before:
+        return float(after[0][key])
     a, b = before[-1], after[0]
     if b["t"] == a["t"]:
         return float(a[key])

@@ -50,8 +50,8 @@ class FakeKernel:
 
     def tp_btf(self, name):
         if name not in self.tp_btfs:
-            return Feature(False, "tp_btf program load: Invalid argument")
-        return Feature(True, str(5000 + self.tp_btfs.index(name)))  # the btf_trace_ typedef's id
+            return "tp_btf program load: Invalid argument"
+        return 5000 + self.tp_btfs.index(name)  # the btf_trace_ typedef's id
 
     def tracepoint_format(self, category, name):
         return None

@@ -159,8 +159,13 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
     category, event = TRACEPOINTS[point]
     prefix = point.upper()
     if name in ("tp_btf", "raw_tracepoint"):
-        f = kf.tp_btf(event) if name == "tp_btf" else kf.raw_tracepoint(event)
-        if not f:
+        probes: tuple[Probe, ...] = ()
+        if name == "tp_btf":
+            typedef = kf.tp_btf(event)
+            if isinstance(typedef, str):
+                return typedef
+            probes = (Probe("tp_btf", event, f"trc_{point}_btf", typedef),)
+        elif not (f := kf.raw_tracepoint(event)):
             return f.detail
         macros: dict[str, int | str | None] = {
             f"{prefix}_TP_BTF" if name == "tp_btf" else f"{prefix}_RAW_TRACEPOINT": None}
@@ -172,7 +177,6 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
             if "struct sock *" in args:  # rx_sk, 6.12+
                 macros["DROP_RAW_RX_SK_ARG"] = args.index("struct sock *")
             macros.update(_consumed_macro(kf))
-        probes = (Probe("tp_btf", event, f"trc_{point}_btf", int(f.detail)),) if name == "tp_btf" else ()
         return Backend(point, name, event, point, macros, probes)
     fmt = kf.tracepoint_format(category, event)
     if fmt is None:

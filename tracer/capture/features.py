@@ -153,16 +153,14 @@ class KernelFeatures:
         why = bpf_syscall.probe_tp_btf(typedef)
         return Feature(why is None, why or "tp_btf program loads")
 
-    def tp_btf(self, name: str) -> Feature:
-        """The BTF id of raw tracepoint `name`'s btf_trace_ typedef, as the
-        detail, if tp_btf programs load here."""
+    def tp_btf(self, name: str) -> int | str:
+        """The BTF id of raw tracepoint `name`'s btf_trace_ typedef, which a
+        tp_btf program on it is loaded against; or why there is none."""
         if not self.tp_btf_loads:
-            return self.tp_btf_loads
+            return self.tp_btf_loads.detail
         assert self.btf is not None
         typedef = self.btf.find(f"btf_trace_{name}", (KIND_TYPEDEF,))
-        if typedef is None:
-            return Feature(False, f"no raw tracepoint {name} in BTF")
-        return Feature(True, str(typedef))
+        return f"no raw tracepoint {name} in BTF" if typedef is None else typedef
 
     def tracepoint_format(self, category: str, name: str) -> Path | None:
         tracefs = ensure_tracefs()
