@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import tcpdump_witness
 from tests.capture.lab_capture import capture, sep_counters, sh
 from tracer.capture_file import load
 from tracer.lab.state import LabState
@@ -51,26 +50,9 @@ def run(state: LabState, kind: str, tmp: Path, requests: int = 60) -> Run:
     before = sep_counters("lab-node-a")
     pcap = tmp / "node-a-eth0.pcap"
     with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp / "a") as a, \
-            capture(["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp / "b") as b:
-        # --immediate-mode: packets handed over as they come, not in blocks
-        # retired every second (whatever sits in a block is lost at SIGINT);
-        # A ring slot is as big as the snapshot length: 256 bytes hold every
-        # header (outer IPv4 + UDP + VXLAN + Ethernet + inner IPv4 + TCP),
-        # so the 16 MiB ring holds a whole burst (the default 256 KiB
-        # snapshot leaves it 64 slots, and a burst of 60 connections overflows).
-        dump = subprocess.Popen(["ip", "netns", "exec", "lab-node-a", "tcpdump", "-i", "eth0", "-n",
-                                 "--immediate-mode", "-s", "256", "-B", "16384", "-U", "-Z", "root",
-                                 "-w", str(pcap), "not tcp port 179"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_listening(dump)
-            result = run_traffic(requests=requests, concurrency=4, target="external-ip")
-            time.sleep(0.5)
-        finally:
-            dump.send_signal(signal.SIGINT)
-            _, err = dump.communicate(timeout=10)
-    # The witness must have seen every packet.
-    assert "\n0 packets dropped by kernel" in "\n" + err, err
+            capture(["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp / "b") as b, \
+            tcpdump_witness.recording("lab-node-a", "eth0", "not tcp port 179", pcap):
+        result = run_traffic(requests=requests, concurrency=4, target="external-ip")
     assert a.returncode == 0 and b.returncode == 0, a.stderr_lines + b.stderr_lines
     assert result.ok == requests and result.failed == 0
     meta = load(tmp / "a").meta
@@ -78,17 +60,6 @@ def run(state: LabState, kind: str, tmp: Path, requests: int = 60) -> Run:
     after = sep_counters("lab-node-a")
     sep = Counter({chain_ip[c]: n - before.get(c, 0) for c, n in after.items() if c in chain_ip})
     return Run(state, kind, tmp / "a", tmp / "b", pcap, result, +sep)
-
-
-def _wait_listening(dump: subprocess.Popen, timeout: float = 10) -> None:
-    """tcpdump says "listening on" once its socket is bound."""
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline and dump.poll() is None:
-        line = dump.stderr.readline()
-        if "listening on" in line:
-            return
-    raise AssertionError(f"tcpdump did not start: {line}")
 
 
 def _tunnel_packets(pcap: Path, kind: str) -> list[tuple]:

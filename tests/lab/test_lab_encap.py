@@ -15,10 +15,10 @@ import json
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 
+from tests import tcpdump_witness
 from tracer.errors import LabError, UsageError
 from tracer.kube.manifest import load_manifest
 from tracer.lab import bird, controller, encap, netdev
@@ -180,26 +180,18 @@ _INNER = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.(\d+) > (\d+\.\d+\.\d+\.\d+)\.(\d
 
 @pytest.mark.root
 @pytest.mark.lab
-def test_traffic_between_nodes_is_vxlan_on_the_wire(vxlan_lab):
+def test_traffic_between_nodes_is_vxlan_on_the_wire(vxlan_lab, tmp_path):
     """tcpdump on node A's uplink while the client talks to the external IP:
     whatever goes to the pod on node B is UDP 4789 from A to B with the
     masqueraded connection inside, and no plain TCP to the pod crosses."""
     pod_b = next(p for p in vxlan_lab.pods if p.node == "node-b")
-    dump = subprocess.Popen(
-        ["ip", "netns", "exec", "lab-node-a", "tcpdump", "-l", "-nn", "-i", "eth0",
-         "--immediate-mode", "-s", "256", "-B", "16384", f"udp port 4789 or host {pod_b.ip}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.0)  # tcpdump attaches
+    with tcpdump_witness.recording("lab-node-a", "eth0", f"udp port 4789 or host {pod_b.ip}",
+                                   tmp_path / "node-a-eth0.pcap") as pcap:
         result = run_traffic(requests=40, concurrency=4, target="external-ip")
-        time.sleep(0.5)
-    finally:
-        dump.terminate()
-        out, _ = dump.communicate(timeout=10)
+    lines = tcpdump_witness.text(pcap)
     assert result.ok == 40 and result.failed == 0
     served_b = result.served_by_pod.get(pod_b.name, 0)
     assert served_b > 0
-    lines = out.splitlines()
     outer = [line for line in lines if " > " in line and ".4789: VXLAN" in line]
     to_b = [line for line in outer if f"IP {NODE_A}." in line and f" > {NODE_B}.4789" in line]
     from_b = [line for line in outer if f"IP {NODE_B}." in line and f" > {NODE_A}.4789" in line]

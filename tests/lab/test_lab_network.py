@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
 
+from tests import tcpdump_witness
 from tracer.lab import access_log, traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -116,27 +116,17 @@ def test_many_new_connections_every_pod_answers_counts_add_up(lab_state):
         assert len(set(conns)) == len(conns)
 
 
-def test_masquerade_and_reply_path_through_the_dnat_node(lab_state):
+def test_masquerade_and_reply_path_through_the_dnat_node(lab_state, tmp_path):
     s = lab_state
     a = s.node("a")
     # Watch the client's side: every reply must come from the VIP, never
     # from a pod address (that would mean the reply skipped node A's un-NAT).
-    cap = subprocess.Popen(
-        ["ip", "netns", "exec", s.client.netns, "tcpdump", "-i", "eth0", "-nn", "-l", "-q",
-         "-p", "tcp and dst host 192.168.64.10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 5
-        line = ""
-        while "listening" not in line and time.monotonic() < deadline:
-            line = cap.stderr.readline()
+    with tcpdump_witness.recording(s.client.netns, "eth0", "tcp and dst host 192.168.64.10",
+                                   tmp_path / "client-eth0.pcap") as pcap:
         marks = access_log.offsets(s)
         r = traffic.run_traffic(requests=40, concurrency=2, state=s)
-        assert r.ok == 40
-        time.sleep(0.3)
-    finally:
-        cap.terminate()
-        out, _ = cap.communicate(timeout=5)
+    assert r.ok == 40
+    out = "\n".join(tcpdump_witness.text(pcap, "-q"))
     sources = {m.group(1) for m in re.finditer(r"IP (\S+) > 192\.168\.64\.10\.\d+", out)}
     assert sources == {f"{EXTERNAL_IP}.8088"}, out[:2000]
 
