@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.capture.lab_capture import netfilter_links
+from tests.capture.lab_capture import client_connections, netfilter_links
 from tracer.capture_file import read_meta
 from tracer.cli import main
 from tracer.errors import LabError
@@ -75,7 +75,7 @@ def test_demo_end_to_end(lab, tmp_path):
     assert sent == answered == seen == logged == 500  # 400 new connections + 100 keep-alive
     opened, clients, choices, rules = map(int, CONNECTIONS.search(text).groups())
     assert choices == rules == len(dnat)
-    assert clients == opened == len(dnat[["saddr", "sport", "daddr", "dport"]].drop_duplicates())
+    assert clients == opened == client_connections(dnat)
 
     rows = ENDPOINT.findall(text)
     assert len(rows) == 2

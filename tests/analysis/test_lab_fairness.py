@@ -7,8 +7,9 @@ Bindings are not client connections: when MASQUERADE --random-fully picks a
 source port the pod still holds in TIME_WAIT, the pod answers the SYN with a
 bare ACK, the client resets, and its retransmitted SYN is chosen afresh. The
 rules count that second choice, and so does the capture; client connections
-are the distinct pre-NAT tuples, and every extra choice must follow a reset
-from the client."""
+are the distinct pre-NAT tuples with their SYN's sequence number (the client
+also reuses a source port for a new connection), and every extra choice must
+follow a reset from the client."""
 
 from __future__ import annotations
 
@@ -100,16 +101,18 @@ def _extra_bindings_are_client_resets_after_time_wait_clashes(run: SimpleNamespa
     fresh, kept, doc = run.fresh, run.kept, run.doc
     packets = assemble(load_events(run.caps))
     clients = client_connections(packets)
-    assert clients == fresh.connections + kept.connections  # distinct pre-NAT client tuples
+    # Distinct pre-NAT client tuples and SYN sequence numbers: the client may
+    # reuse a source port for a new connection (new ISN) within milliseconds.
+    assert clients == fresh.connections + kept.connections
     extra = doc["overall"]["connections"] - clients
     assert extra >= 0
     ev = packets.events
     key = ["src", "sport", "dst", "dport"]
     choices = ev[(ev["probe_code"] == PROBE_NAT) & ev["nat_first"] & (ev["nat_kind"] == "dnat")]
-    per_tuple = choices.groupby(key).size()
-    rebound = per_tuple[per_tuple > 1]
+    per_syn = choices.groupby([*key, "seq"]).size()  # a retransmitted SYN repeats its seq
+    rebound = per_syn[per_syn > 1]
     assert int((rebound - 1).sum()) == extra
     # Each extra choice follows a reset sent by the client on that tuple.
     resets = ev[(ev["probe_code"] == PROBE_RX) & ((ev["tcp_flags"] & TCP_RST) != 0)].groupby(key).size()
-    for tup, n in rebound.items():
-        assert resets.get(tup, 0) >= n - 1, tup
+    for (*tup, _seq), n in rebound.items():
+        assert resets.get(tuple(tup), 0) >= n - 1, tup

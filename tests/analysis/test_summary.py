@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from tests.analysis.conftest import OFFSET_B_NS
+from tests.analysis.synthetic import event_set
 from tracer.analysis import assemble, fairness, load_events, merge
-from tracer.analysis.summary import fmt_us, summarize
+from tracer.analysis.summary import client_connections, fmt_us, summarize
 
 
 def test_summary_figures_are_the_analysis(scenario):
@@ -50,3 +51,20 @@ def test_summary_of_a_merged_capture_keeps_the_estimated_offset(scenario, tmp_pa
 
 def test_fmt_us():
     assert fmt_us(1234.0) == "1.23 us" and fmt_us(float("nan")) == "n/a" and fmt_us(None) == "n/a"
+
+
+def test_client_connections_tell_a_reused_port_from_a_retried_syn():
+    """Two connections on one client port (new ISN) are two; a SYN chosen
+    twice (retransmitted after a reset: same ISN) is one connection."""
+    def choice(ts, sport, seq, ip_id):
+        return {"ts_ns": ts, "probe": "nat", "hook": "prerouting", "nat_kind": "dnat",
+                "nat_first": True, "tcp_flags": 0x02, "sport": sport, "seq": seq, "ack": 0,
+                "ip_id": ip_id, "nat_saddr": "192.168.64.10", "nat_sport": sport,
+                "nat_daddr": "10.217.120.72", "nat_dport": 80,
+                "skb": 0xFFFF888100000000 + ip_id * 0x100}
+    rows = [choice(1_000, 40000, 1000, 1), choice(2_000_000, 40000, 90_000, 2),
+            choice(3_000_000, 40002, 5000, 3), choice(1_003_000_000, 40002, 5000, 4)]
+    packets = assemble(event_set(rows))
+    assert client_connections(packets) == 3
+    # The tuple alone would have merged the two connections on port 40000.
+    assert client_connections(assemble(event_set(rows[:2]))) == 2

@@ -132,6 +132,16 @@ def sep_counters(netns: str) -> dict[str, int]:
     return out
 
 
+def client_connections(dnat) -> int:
+    """Client connections among a capture's DNAT choices (rows with nat_kind
+    dnat and nat_first): distinct client tuples with the SYN's sequence number.
+    A retried SYN (after a TIME_WAIT clash behind MASQUERADE) repeats its
+    number and is one connection chosen twice; the client also gives a
+    closed connection's source port to a new one within milliseconds, with a
+    new number (tracer/analysis/summary.py)."""
+    return len(dnat[["saddr", "sport", "daddr", "dport", "seq"]].drop_duplicates())
+
+
 _CT = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
 
 

@@ -20,6 +20,7 @@ from tests.capture.lab_capture import (
     bpf_objects,
     capture,
     captures,
+    client_connections,
     conntrack_entries,
     netfilter_links,
     sep_counters,
@@ -73,7 +74,7 @@ def test_external_ip_path_on_both_nodes_agrees_with_every_witness(lab_state, tmp
     # a source port the pod still holds in TIME_WAIT, the pod answers the SYN
     # with an ACK, the client resets, and its retried SYN gets a second
     # binding. The rules' counters count bindings; nginx counts requests.
-    assert dnat.sport.nunique() == result.connections == 80
+    assert client_connections(dnat) == result.connections == 80
     assert len(snat) == len(dnat)
     assert set(dnat.saddr) == {CLIENT} and set(dnat.daddr) == {NODE_A}
     assert set(dnat.dport) == {8088} and set(dnat.nat_dport) == {80}
@@ -139,7 +140,7 @@ def test_node_port_path(lab_state, tmp_path):
         time.sleep(0.3)
     ev = load(tmp_path / "np").events
     dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
-    assert result.ok == 30 and dnat.sport.nunique() == result.connections == 30
+    assert result.ok == 30 and client_connections(dnat) == result.connections == 30
     assert set(dnat.daddr) == {NODE_B} and set(dnat.dport) == {30089}
     sep = _delta(sep_counters("lab-node-b"), before)
     chain_ip = _endpoint_of_chain(load(tmp_path / "np").meta)
@@ -155,7 +156,7 @@ def test_cluster_ip_path_from_a_pod(lab_state, tmp_path):
     cap = load(tmp_path / "cip")
     ev = cap.events
     dnat = ev[(ev.nat_kind == "dnat") & ev.nat_first]
-    assert result.ok == 30 and dnat.sport.nunique() == result.connections == 30
+    assert result.ok == 30 and client_connections(dnat) == result.connections == 30
     assert set(dnat.saddr) == {src.ip} and set(dnat.daddr) == {"10.96.88.88"}
     # The request left the pod through its eth0: seen in the pod's namespace.
     assert len(ev[(ev.netns == src.netns) & (ev.probe == "tx")]) > 0
@@ -288,8 +289,8 @@ def test_client_and_endpoint_filters(lab_state, tmp_path):
     dnat = c[(c.nat_kind == "dnat") & c.nat_first]
     # One NAT binding per connection the client opened (a connection whose
     # first binding was reset, e.g. by a TIME_WAIT clash behind MASQUERADE,
-    # gets a second one: count connections by client port).
-    assert dnat.sport.nunique() == ext.connections == 40 and set(dnat.saddr) == {CLIENT}
+    # gets a second one: count connections by client port and SYN).
+    assert client_connections(dnat) == ext.connections == 40 and set(dnat.saddr) == {CLIENT}
     # Nothing of pod A's own requests to the cluster IP.
     assert "10.96.88.88" not in set(c.daddr.astype(str)) | set(c.saddr.astype(str))
     e = load(tmp_path / "endpoint")

@@ -11,8 +11,13 @@ is a new NAT binding. A client connection normally makes exactly one, but when
 MASQUERADE --random-fully picks a source port the pod still holds in
 TIME_WAIT, the pod answers the SYN with a bare ACK, the client resets, and its
 retransmitted SYN (same client port, same sequence number) is chosen afresh.
-So client connections are counted as distinct pre-NAT client tuples, and the
-difference is reported as ``rebound``."""
+So a client connection is a distinct pre-NAT client tuple *with its SYN's
+sequence number*, and the difference is reported as ``rebound``. The tuple
+alone is not enough: a client whose connections the server closes first holds
+no TIME_WAIT, and connect() (__inet_hash_connect()) may give the same source
+port to its next connection to the same Service at once (seen on the lab: two
+connections 0.25 ms and 2 ms apart on one port, with their own initial
+sequence numbers). That is a new connection, not a second choice for the old one."""
 
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ class Summary:
     events: int
     lost: int
     dnat_choices: int
-    client_connections: int  # distinct pre-NAT client tuples among the DNAT choices
+    client_connections: int  # distinct (pre-NAT client tuple, SYN seq) among the DNAT choices
     requests: int
     requests_per_connection_mean: float
     requests_per_connection_max: float
@@ -89,10 +94,14 @@ class Summary:
 
 
 def client_connections(packets: Packets) -> int:
+    """Client connections among the DNAT choices: distinct pre-NAT tuples and
+    sequence numbers of the packets chosen for (a TCP connection's SYN: its
+    retransmission repeats the number, a new connection on a reused port
+    does not; UDP carries none, so there the tuple alone counts)."""
     ev = packets.events
     first = ev[(ev["probe_code"].to_numpy() == PROBE_NAT) & ev["nat_first"].to_numpy()
                & (ev["nat_kind"] == "dnat").to_numpy()]
-    return len(first[["src", "sport", "dst", "dport", "proto"]].drop_duplicates())
+    return len(first[["src", "sport", "dst", "dport", "proto", "seq"]].drop_duplicates())
 
 
 def nat_figures(report: latency_mod.LatencyReport) -> list[NatFigures]:
