@@ -27,7 +27,7 @@ from tests.capture.lab_capture import (
     sh,
     wait_until,
 )
-from tracer.capture_file import load
+from tracer.capture_file import load, read_meta
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -306,7 +306,9 @@ def test_client_and_endpoint_filters(lab_state, tmp_path):
 def test_endpoint_changes_during_capture_are_picked_up(lab_reup, tmp_path):
     with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp_path / "ch"):
         state = lab_reup(replicas=3)
-        time.sleep(3)  # the capture re-reads the rules every 2 s
+        # The capture re-reads the rules every 2 s and its metadata (written
+        # every second) records each change.
+        assert wait_until(lambda: len(read_meta(tmp_path / "ch")["service_history"]) == 2, timeout=20)
         run_traffic(requests=60, concurrency=4, target="external-ip", state=state)
         time.sleep(0.3)
     cap = load(tmp_path / "ch")
