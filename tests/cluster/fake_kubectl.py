@@ -69,8 +69,9 @@ if verb == "get" and args[1] == "nodes":
 elif verb == "apply":
     created = jobs()
     for doc in sys.stdin.read().split("\n---\n"):
-        name = re.search(r"^  name: (\S+)$", doc, re.MULTILINE).group(1)
-        node = re.search(r"^      nodeName: (\S+)$", doc, re.MULTILINE).group(1)
+        # The template quotes its string fields (deploy/capture-job.yaml).
+        name = re.search(r'^  name: "?([^"\s]+)"?$', doc, re.MULTILINE).group(1)
+        node = re.search(r'^      nodeName: "?([^"\s]+)"?$', doc, re.MULTILINE).group(1)
         created.append({"job": name, "node": node, "yaml": doc})
         print(f"job.batch/{name} created")
     (state / "jobs.json").write_text(json.dumps(created))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.analysis.synthetic import two_node_captures
 from tests.cluster.fake_cluster import FakeCluster, make_fake_cluster
@@ -179,5 +180,23 @@ def test_long_node_names_make_valid_job_names():
                         service="nginx-demo-1", duration=5)
     name = spec.job_name
     assert len(name) <= 63 and name[-1].isalnum()
-    text = jobs.render_job(spec, jobs.load_template())
-    assert f"name: {name}" in text
+    doc = yaml.safe_load(jobs.render_job(spec, jobs.load_template()))
+    assert doc["metadata"]["name"] == name
+
+
+def test_numeric_run_ids_and_node_names_stay_strings(tmp_path):
+    """token_hex(3) is digits only one time in ~18 (801026 failed the fake
+    cluster's label check); unquoted, YAML reads it as a number, which the
+    API server refuses as a label value."""
+    spec = jobs.JobSpec(run_id="801026", node="123", service="nginx-demo-1", duration=5)
+    doc = yaml.safe_load(jobs.render_job(spec, jobs.load_template()))
+    pod = doc["spec"]["template"]
+    assert doc["metadata"]["labels"]["tracer.dev/run"] == "801026"
+    assert pod["metadata"]["labels"] == {"app.kubernetes.io/name": "tracer-capture",
+                                         "tracer.dev/run": "801026", "tracer.dev/node": "123"}
+    assert pod["spec"]["nodeName"] == "123"
+    # A template that leaves a field unquoted is refused, not applied.
+    text = (jobs.DEPLOY_DIR / jobs.JOB_TEMPLATE).read_text()
+    (tmp_path / jobs.JOB_TEMPLATE).write_text(text.replace('"${run_id}"', "${run_id}"))
+    with pytest.raises(UsageError, match="not a string"):
+        jobs.render_job(spec, jobs.load_template(tmp_path))

@@ -93,4 +93,13 @@ def render_job(spec: JobSpec, template: string.Template) -> str:
     doc = yaml.safe_load(text)
     if not isinstance(doc, dict) or doc.get("kind") != "Job":
         raise UsageError("the capture Job template does not render to one Job")
+    # Names and label values must stay strings whatever they look like (a run
+    # id of digits only, a numeric node name): the API server refuses numbers.
+    pod = doc.get("spec", {}).get("template", {})
+    labels = {**doc["metadata"].get("labels", {}), **pod.get("metadata", {}).get("labels", {})}
+    strings = [doc["metadata"].get("name"), doc["metadata"].get("namespace"),
+               pod.get("spec", {}).get("nodeName"), *labels.values()]
+    if not all(isinstance(v, str) for v in strings):
+        raise UsageError("the capture Job template renders a name or label value that is not a "
+                         "string (quote its field)")
     return text
