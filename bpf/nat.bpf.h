@@ -28,13 +28,24 @@
  * used in turn and exit looks from the newest back, so a packet whose NAT hook
  * is interrupted by other packets' (softirq over a LOCAL_OUT in process
  * context) still finds its own. A packet that never reaches exit (dropped in
- * the NAT hook) leaves an entry that is simply reused; one that moved to
- * another CPU in between (possible only in preemptible process context) goes
- * unmeasured: exit checks the skb, so nothing is ever measured wrong.
+ * the NAT hook) leaves an entry that is simply reused. A packet whose entry
+ * exit cannot find (it moved to another CPU in between, possible only in
+ * preemptible process context, or more than NAT_SLOTS other packets crossed
+ * a NAT hook on this CPU meanwhile) is still recorded, rewrite and all, with
+ * nat_ns 0 ("not measured") and counted in TRACER_STAT_NAT_UNTIMED: exit
+ * checks the skb, so no time is ever measured wrong, and none goes missing
+ * unsaid.
  * Entry takes the time and nothing else: everything else (is the connection
  * the Service's, was this its first packet, what the tuple was before) exit
  * reads from the conntrack entry, which the NAT hook does not replace. */
 #define NAT_SLOTS 4 /* a power of two */
+
+/* Fault injection for the tests of that path (tests/capture, hidden option
+ * --fault-nat-entry-one-in): entry records one packet in NAT_ENTRY_ONE_IN, so
+ * exit meets packets whose entry it cannot find. 1: every packet. */
+#ifndef NAT_ENTRY_ONE_IN
+#define NAT_ENTRY_ONE_IN 1
+#endif
 
 struct tracer_nat_slot {
 	u64 skb; /* whose entry this is; 0 once consumed */
@@ -80,8 +91,22 @@ static __always_inline int same_tuple(const struct tracer_pkt *a, const struct t
 #define NAT_HIST_ONLY 1
 #endif
 
+/* One Service packet's NAT hook time into the histogram, or, not measured
+ * (dt 0), into the count of those that have none. */
+static __always_inline void nat_time_add(u8 hook, u8 first, u64 dt)
+{
+	if (dt)
+		nat_hist_add(hook, first, dt);
+	else
+		stat_add(TRACER_STAT_NAT_UNTIMED, 1);
+}
+
 static __always_inline void nat_enter(const void *skb)
 {
+#if NAT_ENTRY_ONE_IN > 1
+	if (bpf_get_prandom_u32() % NAT_ENTRY_ONE_IN)
+		return;
+#endif
 	u32 zero = 0;
 	struct tracer_nat_pending *pend = nat_pending.lookup(&zero);
 	if (!pend)
@@ -131,11 +156,13 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 			break;
 		}
 	}
-	if (!found)
-		return;
-	found->skb = 0;
-	u64 ts = found->ts;
-	u64 dt = now - ts;
+	/* dt 0: not measured (no entry found); a measured one is never 0. */
+	u64 ts = now, dt = 0;
+	if (found) {
+		found->skb = 0;
+		ts = found->ts;
+		dt = now > ts ? now - ts : 1;
+	}
 	/* NAT does nothing to a packet without a conntrack entry. */
 	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
 	const void *ct = (const void *)(nfct & ~7ULL); /* NFCT_PTRMASK */
@@ -153,7 +180,7 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 				    CT_VIEW_AT(&v, u8, orig + TUPLE_PROTO));
 #ifdef NAT_HIST_ONLY
 	if (belongs)
-		nat_hist_add(hook, first, dt);
+		nat_time_add(hook, first, dt);
 #else
 	struct tracer_pkt after = {};
 	if (parse_ipv4(skb_network(skb), &after))
@@ -190,7 +217,7 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 #endif
 	if (!wanted)
 		return;
-	nat_hist_add(hook, first, dt);
+	nat_time_add(hook, first, dt);
 #ifndef MODE_HIST
 	if (same_tuple(&before, &after))
 		return;

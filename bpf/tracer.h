@@ -83,6 +83,8 @@ struct tracer_event {
 #define TRACER_STAT_NON_IP 4          /* other non-IPv4 packets in scope */
 #define TRACER_STAT_NAT_UNPAIRED 5    /* NAT exit without its entry record */
 #define TRACER_STAT_PARSE_ERROR 6     /* IPv4 header unreadable or malformed */
+#define TRACER_STAT_NAT_UNTIMED 7     /* Service packets through NAT whose hook time
+                                       * was not measured (exit found no entry) */
 #define TRACER_STAT_LOST_BASE 8       /* + TRACER_PROBE_*: lost per probe */
 #define TRACER_STAT_NR 16
 

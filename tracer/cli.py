@@ -86,11 +86,13 @@ cli.add_command(_cluster_commands)
               help="Ring buffer size in MiB (a power of two).")
 @click.option("--summary-json", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the summary and counters as JSON.")
+# Fault injection for the tests of unmeasured NAT hook times (bpf/nat.bpf.h).
+@click.option("--fault-nat-entry-one-in", "fault_nat_entry_one_in", type=int, default=1, hidden=True)
 def capture_command(service: str, netns: str | None, node: str | None, output: Path | None,
                     force: bool, mode: str, duration: float | None, count: int | None,
                     quiet: bool, backend: str | None, probes: str, client: str | None,
                     endpoint: str | None, port: int | None, proto: str | None, ringbuf_mb: int,
-                    summary_json: Path | None) -> None:
+                    summary_json: Path | None, fault_nat_entry_one_in: int) -> None:
     """Trace every packet of one Service as this node handles it."""
     from tracer.capture.live import StatusLine
     from tracer.capture.session import Callbacks, CaptureOptions, run_capture
@@ -100,6 +102,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         duration=duration, count=count, quiet=quiet, backend=backend,
         probes=tuple(p.strip() for p in probes.split(",") if p.strip()), client=client,
         endpoint=endpoint, port=port, proto=proto, ringbuf_mb=ringbuf_mb,
+        fault_nat_entry_one_in=fault_nat_entry_one_in,
     )
     status = StatusLine(lambda text, nl: click.echo(text, err=True, nl=nl), sys.stderr.isatty())
     callbacks = Callbacks(line=click.echo, status=status.status, notice=status.notice,

@@ -127,3 +127,21 @@ def test_json_document(report):
     doc = report.to_dict()
     assert doc["nat_hook"][0]["log2_buckets"]
     to_json(doc)
+
+
+def test_nat_events_without_a_measured_time_are_left_out_and_noted():
+    """nat_ns 0 (the exit probe found no entry): not a 0 ns sample."""
+    def nat(ts, ns, first, ip_id):
+        return {"ts_ns": ts, "probe": "nat", "hook": "prerouting", "nat_kind": "dnat",
+                "nat_first": first, "nat_ns": ns, "ip_id": ip_id, "nat_saddr": "192.168.64.10",
+                "nat_sport": 40000, "nat_daddr": "10.217.120.72", "nat_dport": 80,
+                "skb": 0xFFFF888100000000 + ip_id * 0x100}
+    rows = [nat(1_000, 800, False, 1), nat(2_000, 0, False, 2), nat(3_000, 1_200, False, 3),
+            nat(4_000, 0, True, 4)]
+    groups = {d.labels["first"]: d for d in latency.nat_times(assemble(event_set(rows)))}
+    est, first = groups["established"], groups["first"]
+    assert est.count == 2 and est.max == 1_200 and est.percentiles["50"] == 1_000
+    assert est.note == "1 more without a measured time (left out)"
+    assert first.count == 0 and first.note == "1 more without a measured time (left out)"
+    text = latency.table(list(groups.values()), ["node", "hook", "kind", "first"])
+    assert "n/a" in text and "1 more without a measured time" in text

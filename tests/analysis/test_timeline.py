@@ -120,3 +120,12 @@ def test_summary_table(packets):
 )
 def test_fmt_duration(ns, text):
     assert timeline.fmt_duration(ns) == text
+
+
+def test_a_nat_hop_without_a_measured_time_says_so():
+    from tracer.analysis.timeline import _detail
+
+    hop = {"nat": {"kind": "dnat", "first": True, "ns": None, "before": "a", "after": "b"}}
+    assert _detail(hop) == "DNAT first (time not measured): a  =>  b"
+    hop["nat"]["ns"] = 1_500
+    assert _detail(hop) == "DNAT first in 1.5us: a  =>  b"

@@ -27,6 +27,7 @@ from tests.capture.lab_capture import (
     sh,
     wait_until,
 )
+from tracer.analysis import assemble, latency, load_events
 from tracer.capture_file import load, read_meta
 from tracer.lab.traffic import run_traffic
 
@@ -272,6 +273,62 @@ def test_hist_mode_agrees_with_event_mode_and_the_rules(lab_state, tmp_path):
     assert h.summary["backends"] == {"nat": "netfilter"}
     # The two tracers bracket the NAT hook at different priorities.
     assert cap.meta["nat_hook_priorities"] != load(tmp_path / "e").meta["nat_hook_priorities"]
+
+
+def test_nat_exits_without_their_entry_keep_the_rewrite_and_say_so(lab_state, tmp_path):
+    """A NAT exit that finds no entry on its CPU (the packet moved CPU, or more
+    than NAT_SLOTS packets crossed a NAT hook there meanwhile) still records
+    the rewrite, with nat_ns 0, and counts it (nat_untimed); histograms and
+    latency figures leave it out and say so. Forced with the hidden fault
+    injection (entry records one packet in 3), beside an ordinary capture of
+    the same traffic as the witness, and the rules' counters."""
+    before = sep_counters("lab-node-a")
+    base = ["--svc", "nginx-demo-1", "--netns", "lab-node-a"]
+    with capture([*base, "--fault-nat-entry-one-in", "3"], tmp_path / "f",
+                 summary_json=tmp_path / "f.json") as f, \
+            capture([*base, "--fault-nat-entry-one-in", "3", "--mode", "hist"], tmp_path / "h",
+                    summary_json=tmp_path / "h.json") as h, \
+            capture(base, tmp_path / "w", summary_json=tmp_path / "w.json") as w:
+        result = run_traffic(requests=40, concurrency=4, target="external-ip")
+        time.sleep(0.3)
+    assert f.returncode == h.returncode == w.returncode == 0, f.stderr_lines + h.stderr_lines
+    faulted, witness = load(tmp_path / "f"), load(tmp_path / "w")
+    key = ["hook", "nat_kind", "nat_first", "saddr", "sport", "daddr", "dport",
+           "nat_saddr", "nat_sport", "nat_daddr", "nat_dport", "ip_id", "seq"]
+
+    def rewrites(cap):
+        nat = cap.events[cap.events.probe == "nat"]
+        return nat, sorted(map(tuple, nat[key].astype(str).to_numpy().tolist()))
+
+    nat_f, seen_f = rewrites(faulted)
+    nat_w, seen_w = rewrites(witness)
+    # Every rewrite is there, measured or not: the same as the witness's, and
+    # one DNAT choice per KUBE-SEP rule hit.
+    assert seen_f == seen_w and len(seen_f) > 40 * 4
+    dnat = nat_f[(nat_f.nat_kind == "dnat") & nat_f.nat_first]
+    assert len(dnat) == sum(_delta(sep_counters("lab-node-a"), before).values())
+    assert client_connections(dnat) == result.connections == 40
+    # About two in three unmeasured, each counted; none in the witness.
+    untimed = int((nat_f.nat_ns == 0).sum())
+    stats = faulted.meta["stats"]
+    assert 0.5 < untimed / len(nat_f) < 0.8 and (nat_w.nat_ns > 0).all()
+    assert stats["nat_untimed"] == untimed and stats["lost"] == 0
+    assert witness.meta["stats"]["nat_untimed"] == 0
+    # The in-kernel histogram holds the measured ones only: with the
+    # unmeasured, as many as the witness's.
+    def total(summary):
+        return sum(c for h in summary["histograms"]["nat_hook_ns"] for _, _, c in h["buckets"])
+    assert total(f.summary) + untimed == total(w.summary)
+    # --mode hist counts its own unmeasured packets the same way.
+    hist_untimed = load(tmp_path / "h").meta["stats"]["nat_untimed"]
+    assert 0.5 < hist_untimed / total(w.summary) < 0.8
+    assert total(h.summary) + hist_untimed == total(w.summary)
+    assert f"NAT hook time not measured: {untimed} packet(s)" in f.stdout
+    # tracer latency: figures of the measured ones, the rest in the notes.
+    report = latency.analyze(assemble(load_events([tmp_path / "f"])))
+    assert sum(d.count for d in report.nat) == len(nat_f) - untimed
+    notes = [int(d.note.split()[0]) for d in report.nat if d.note]
+    assert sum(notes) == untimed
 
 
 def test_client_and_endpoint_filters(lab_state, tmp_path):

@@ -120,3 +120,23 @@ def test_values_sharing_a_name_share_one_dictionary_entry():
     df = EventDecoder("n", 0).to_table(ev).to_pandas()
     assert list(df["netns"].astype(str)) == [""] * 5
     assert list(df["netns_ino"]) == [11, 12, 13, 11, 14]
+
+
+def test_an_unmeasured_nat_time_is_shown_as_such_and_left_out_of_the_latency():
+    """nat_ns 0: the exit probe found no entry (bpf/nat.bpf.h); the rewrite
+    is shown, its time is not, and the summary's latency leaves it out."""
+    from tracer.capture.live import format_events
+
+    ev = make_events()
+    ev["nat_ns"] = [0, 0, 900, 0, 0]  # the DNAT's time was not measured
+    t = EventDecoder("n", 0).to_table(ev)
+    lines = format_events(t)
+    assert lines[1].endswith("[time not measured first]") and lines[2].endswith("[0.9us first]")
+    s = CaptureSummary()
+    s.add(t)
+    latency = {(r["hook"], r["first"]): r["count"] for r in s.to_dict()["nat_latency_ns"]}
+    assert latency == {("postrouting", True): 1}
+    assert s.to_dict()["nat_by_kind"] == {"dnat": 1, "snat": 1}
+    text = render_summary(s, title="t", stats={"lost": 0, "nat_untimed": 1})
+    assert "NAT hook time not measured: 1 packet(s)" in text
+    assert "not measured" not in render_summary(s, title="t", stats={"lost": 0, "nat_untimed": 0})

@@ -107,7 +107,7 @@ def _nat(row: Any) -> dict[str, Any] | None:
         "kind": row.nat_kind,
         "hook": row.hook,
         "first": bool(row.nat_first),
-        "ns": int(row.nat_ns),
+        "ns": int(row.nat_ns) or None,  # 0: not measured
         "before": tuple_text(row.src, row.sport, row.dst, row.dport, row.proto),
         "after": tuple_text(row.out_src, row.out_sport, row.out_dst, row.out_dport, row.proto),
     }
@@ -199,8 +199,10 @@ def journeys(packets: Packets, ids: Sequence[int] | np.ndarray) -> Iterator[dict
 # ---------------------------------------------------------------- text
 
 
-def fmt_duration(ns: float) -> str:
-    """Human scale: 850ns, 12.3us, 4.56ms, 1.20s."""
+def fmt_duration(ns: float | None) -> str:
+    """Human scale: 850ns, 12.3us, 4.56ms, 1.20s; n/a for none."""
+    if ns is None or ns != ns:  # None or NaN
+        return "n/a"
     v = float(ns)
     a = abs(v)
     if a < 1_000:
@@ -225,8 +227,8 @@ def _detail(h: dict[str, Any]) -> str:
     if h["nat"]:
         n = h["nat"]
         first = " first" if n["first"] else ""
-        took = fmt_duration(n["ns"])
-        return f"{n['kind'].upper()}{first} in {took}: {n['before']}  =>  {n['after']}"
+        took = "(time not measured)" if n["ns"] is None else f"in {fmt_duration(n['ns'])}"
+        return f"{n['kind'].upper()}{first} {took}: {n['before']}  =>  {n['after']}"
     text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
     if h.get("encap"):
         e = h["encap"]

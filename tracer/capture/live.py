@@ -32,9 +32,10 @@ def format_events(table: pa.Table, limit: int | None = None) -> list[str]:
         if r["probe"] == "nat":
             after = f"{r['nat_saddr']}:{r['nat_sport']} > {r['nat_daddr']}:{r['nat_dport']}"
             first = " first" if r["nat_first"] else ""
+            took = f"{r['nat_ns'] / 1000:.1f}us" if r["nat_ns"] else "time not measured"
             out.append(
                 f"{head} {r['hook']:<11} {r['nat_kind'].upper():<8} {tup} => {after} "
-                f"[{r['nat_ns'] / 1000:.1f}us{first}]"
+                f"[{took}{first}]"
             )
             continue
         detail = f"{proto} [{tcp_flags(r['tcp_flags'])}]" if r["proto"] == 6 else proto

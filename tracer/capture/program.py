@@ -120,6 +120,9 @@ class ProgramSettings:
     filter_endpoint: str | None = None
     filter_port: int | None = None
     wakeup_every: int = 1024
+    # Fault injection for tests: NAT entry records one packet in N, so that
+    # exit meets packets whose entry it cannot find (bpf/nat.bpf.h).
+    nat_entry_one_in: int = 1
 
     def macros(self) -> dict[str, int | str | None]:
         out: dict[str, int | str | None] = {
@@ -129,6 +132,8 @@ class ProgramSettings:
             "FLOWS_MAX": self.flows_max,
             "WAKEUP_EVERY": self.wakeup_every,
         }
+        if self.nat_entry_one_in > 1:
+            out["NAT_ENTRY_ONE_IN"] = self.nat_entry_one_in
         if self.mode == "hist":
             out["MODE_HIST"] = None
         if self.scope_netns:

@@ -45,7 +45,7 @@ from tracer.system import require_root
 
 # bpf/tracer.h TRACER_STAT_*
 STAT_EVENTS, STAT_LOST, STAT_FLOW_OVERFLOW, STAT_IPV6, STAT_NON_IP = 0, 1, 2, 3, 4
-STAT_NAT_UNPAIRED, STAT_PARSE_ERROR, STAT_LOST_BASE, STAT_NR = 5, 6, 8, 16
+STAT_NAT_UNPAIRED, STAT_PARSE_ERROR, STAT_NAT_UNTIMED, STAT_LOST_BASE, STAT_NR = 5, 6, 7, 8, 16
 HIST_HOOKS, HIST_SLOTS = 5, 32
 # Events per decoded batch: 256k events, ~28 MB of columns, ~30 ms to decode.
 BATCH_EVENTS = 1 << 18
@@ -71,6 +71,7 @@ class CaptureOptions:
     ringbuf_mb: int = 16
     refresh_s: float = 2.0
     max_lines_per_s: int = 2000
+    fault_nat_entry_one_in: int = 1  # tests only: ProgramSettings.nat_entry_one_in
 
 
 @dataclass
@@ -114,6 +115,8 @@ def _validate(opts: CaptureOptions) -> None:
     bad_size = not 1 <= opts.ringbuf_mb <= 1024 or opts.ringbuf_mb & (opts.ringbuf_mb - 1)
     if bad_size and opts.ringbuf_mb != 0:  # 0 = one page, for tests of loss accounting
         raise UsageError("--ringbuf-mb must be a power of two between 1 and 1024")
+    if opts.fault_nat_entry_one_in < 1:
+        raise UsageError("--fault-nat-entry-one-in must be at least 1")
     parse_backend_option(opts.backend)
 
 
@@ -188,6 +191,7 @@ class CaptureSession:
             filter_client=o.client,
             filter_endpoint=o.endpoint,
             filter_port=o.port,
+            nat_entry_one_in=o.fault_nat_entry_one_in,
         )
 
     def start(self) -> None:
@@ -297,6 +301,7 @@ class CaptureSession:
             "non_ip_skipped": counts[STAT_NON_IP],
             "parse_errors": counts[STAT_PARSE_ERROR],
             "nat_unpaired": counts[STAT_NAT_UNPAIRED],
+            "nat_untimed": counts[STAT_NAT_UNTIMED],
         }
 
     def read_histograms(self) -> list[dict[str, Any]]:

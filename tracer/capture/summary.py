@@ -90,7 +90,7 @@ class CaptureSummary:
                     self.new_connections[f"{daddr_names[a]}:{p}"] += 1
             for h in np.unique(hook).tolist():
                 for f in (False, True):
-                    sel = (hook == h) & (first == f)
+                    sel = (hook == h) & (first == f) & (ns > 0)  # 0: not measured
                     if sel.any():
                         key = (str(hook_names[h]), f)
                         self.latency.setdefault(key, StreamingHistogram()).add(ns[sel])
@@ -148,6 +148,10 @@ def render_summary(
                                                    "filter_overflow", "nat_unpaired")}
     if any(skipped.values()):
         lines.append("  not traced: " + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
+    untimed = int(stats.get("nat_untimed", 0))
+    if untimed:
+        lines.append(f"  NAT hook time not measured: {untimed} packet(s) (their rewrites are "
+                     "recorded; the exit probe found no entry on its CPU)")
     if summary.nat_by_kind:
         kinds = ", ".join(
             f"{k} {summary.nat_by_kind[k]} (first {summary.nat_first_by_kind.get(k, 0)})"
