@@ -185,7 +185,7 @@ def test_long_node_names_make_valid_job_names():
 
 
 def test_numeric_run_ids_and_node_names_stay_strings(tmp_path):
-    """token_hex(3) is digits only one time in ~18 (801026 failed the fake
+    """token_hex(3) is digits only one time in ~17 (801026 failed the fake
     cluster's label check); unquoted, YAML reads it as a number, which the
     API server refuses as a label value."""
     spec = jobs.JobSpec(run_id="801026", node="123", service="nginx-demo-1", duration=5)
