@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests import tcpdump_witness
-from tests.capture.lab_capture import capture, sep_counters, sh
+from tests.capture.lab_capture import capture, last_bindings, sep_counters, sh
 from tracer.capture_file import load
 from tracer.lab.state import LabState
 from tracer.lab.traffic import TrafficResult, run_traffic
@@ -101,7 +101,7 @@ def check(r: Run) -> None:
     nat = ea[ea.probe == "nat"]
     dnat = nat[(nat.nat_kind == "dnat") & nat.nat_first]
     assert Counter(dnat.nat_daddr.astype(str)) == r.sep
-    final = dnat.sort_values("ts_ns").groupby("sport", observed=True).tail(1)
+    final = last_bindings(dnat)
     assert Counter(final.nat_daddr.astype(str)) == Counter(
         {pod_ip[p]: n for p, n in r.traffic.served_by_pod.items()})
     to_b = final[final.nat_daddr == pod_b.ip]

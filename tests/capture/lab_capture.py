@@ -132,14 +132,29 @@ def sep_counters(netns: str) -> dict[str, int]:
     return out
 
 
+# A client connection, as a capture's DNAT choices show it: its pre-NAT tuple
+# and the sequence number of its SYN. A retried SYN (after a TIME_WAIT clash
+# behind MASQUERADE) repeats the number: one connection chosen twice. The
+# client also gives a closed connection's source port to a new one within
+# milliseconds, with a new number: two connections (tracer/analysis/summary.py).
+CLIENT_TUPLE = ["saddr", "sport", "daddr", "dport"]
+CONNECTION = [*CLIENT_TUPLE, "seq"]
+
+
+def last_bindings(dnat):
+    """Each client connection's last DNAT choice (rows with nat_kind dnat and
+    nat_first): the binding that carried its request. In time order."""
+    return dnat.sort_values("ts_ns").groupby(CONNECTION, observed=True).tail(1)
+
+
 def client_connections(dnat) -> int:
-    """Client connections among a capture's DNAT choices (rows with nat_kind
-    dnat and nat_first): distinct client tuples with the SYN's sequence number.
-    A retried SYN (after a TIME_WAIT clash behind MASQUERADE) repeats its
-    number and is one connection chosen twice; the client also gives a
-    closed connection's source port to a new one within milliseconds, with a
-    new number (tracer/analysis/summary.py)."""
-    return len(dnat[["saddr", "sport", "daddr", "dport", "seq"]].drop_duplicates())
+    return len(last_bindings(dnat))
+
+
+def in_conntrack(last):
+    """Of last_bindings(), those conntrack still holds: one per client tuple,
+    since a new SYN on a tuple whose entry is in TIME_WAIT replaces it."""
+    return last.groupby(CLIENT_TUPLE, observed=True).tail(1)
 
 
 _CT = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")

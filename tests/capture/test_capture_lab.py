@@ -22,6 +22,8 @@ from tests.capture.lab_capture import (
     captures,
     client_connections,
     conntrack_entries,
+    in_conntrack,
+    last_bindings,
     netfilter_links,
     sep_counters,
     sh,
@@ -96,16 +98,17 @@ def test_external_ip_path_on_both_nodes_agrees_with_every_witness(lab_state, tmp
     assert Counter(dnat.nat_daddr.astype(str)) == by_rules
     # Witness 2: nginx access logs, per pod: the binding that carried each
     # connection's request is its last one.
-    final = dnat.sort_values("ts_ns").groupby("sport", observed=True).tail(1)
+    final = last_bindings(dnat)
     by_capture = Counter(final.nat_daddr.astype(str))
     assert by_capture == Counter({pod_ip[p]: n for p, n in result.served_by_pod.items()})
     # Witness 3: conntrack's original and reply tuples, per connection (a
-    # reset binding's entry is replaced by the retried SYN's).
+    # reset binding's entry is replaced by the retried SYN's, a closed
+    # connection's by a new one on its client port).
     last_snat = snat.sort_values("ts_ns").groupby("ct", observed=True).tail(1)
     masq = dict(zip(last_snat.ct, zip(last_snat.nat_saddr, last_snat.nat_sport, strict=True),
                     strict=True))
     captured = set()
-    for row in final.itertuples():
+    for row in in_conntrack(final).itertuples():
         node_ip, masq_port = masq[row.ct]
         captured.add(((row.saddr, row.sport, row.daddr, row.dport),
                       (row.nat_daddr, row.nat_dport, node_ip, masq_port)))

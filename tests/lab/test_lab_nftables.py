@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from tests.capture.lab_capture import capture, client_connections, sh
+from tests.capture.lab_capture import capture, client_connections, last_bindings, sh
 from tracer.capture_file import load
 from tracer.lab import controller, kubeproxy
 from tracer.lab.traffic import run_traffic
@@ -106,7 +106,7 @@ def test_capture_on_node_a_agrees_with_nft_counters_and_nginx(nft_lab, tmp_path)
     assert set(counted) <= set(chain_ip)
     assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in counted.items()})
     # Witness 2: nginx access logs, per pod (a connection's last binding carried it).
-    final = dnat.sort_values("ts_ns").groupby("sport", observed=True).tail(1)
+    final = last_bindings(dnat)
     assert Counter(final.nat_daddr.astype(str)) == Counter(
         {pod_ip[p]: n for p, n in result.served_by_pod.items()})
     # Both endpoints were chosen (numgen random mod 2; 60 draws).

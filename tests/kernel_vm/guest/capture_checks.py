@@ -37,6 +37,8 @@ from tests.capture.lab_capture import (
     captures,
     client_connections,
     conntrack_entries,
+    in_conntrack,
+    last_bindings,
     sep_counters,
     sh,
     wait_until,
@@ -268,7 +270,7 @@ def test_dnat_and_masquerade_agree_with_every_witness(run, name):
     assert Counter(dnat.nat_daddr.astype(str)) == Counter({chain_ip[c]: n for c, n in run["sep"].items()})
     # Witness 2: nginx access logs: the binding that carried each request is
     # its connection's last one.
-    final = dnat.sort_values("ts_ns").groupby("sport", observed=True).tail(1)
+    final = last_bindings(dnat)
     assert Counter(final.nat_daddr.astype(str)) == Counter(
         {pods[p]: n for p, n in traffic.served_by_pod.items()})
     # Witness 3: conntrack's original and reply tuples, per connection.
@@ -276,7 +278,7 @@ def test_dnat_and_masquerade_agree_with_every_witness(run, name):
     masq = dict(zip(last_snat.ct, zip(last_snat.nat_saddr.astype(str), last_snat.nat_sport, strict=True),
                     strict=True))
     captured = set()
-    for row in final.itertuples():
+    for row in in_conntrack(final).itertuples():
         node_ip, masq_port = masq[row.ct]
         captured.add(((str(row.saddr), row.sport, str(row.daddr), row.dport),
                       (str(row.nat_daddr), row.nat_dport, node_ip, masq_port)))
