@@ -5,15 +5,17 @@ A witness that misses packets makes those tests fail at random, so:
 
 - tcpdump writes a pcap file, not text to a pipe: a test reads its pipe only
   after the traffic, and once the pipe's 64 KiB are full tcpdump blocks on the
-  write, the rest waits in the socket and SIGTERM loses it ("268 packets
-  captured, 341 received by filter", seen in CI on 40 requests);
+  write, the rest waits in the socket and SIGTERM loses it (CI: 27 SYNs seen
+  for 29 connections; "268 packets captured, 341 received by filter" when
+  reproduced with 60 requests);
 - traffic starts only after tcpdump says "listening on" (its socket is bound),
   not after a fixed sleep;
 - `--immediate-mode` hands packets over as they come (a TPACKET_V3 block is
   retired only every second, and what sits in one is lost at SIGINT); a ring
   slot is as big as the snapshot length, so 256 bytes (every header, outer
   IPv4 + UDP + VXLAN + Ethernet + inner IPv4 + TCP) in a 16 MiB buffer hold a
-  whole burst;
+  whole burst (the default 256 KiB snapshot leaves 64 slots, and a burst of
+  60 connections overflows them);
 - it stops with SIGINT, and its own count must say it kept every packet the
   filter took: captured = received by filter, 0 dropped by kernel.
 """

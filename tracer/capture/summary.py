@@ -79,6 +79,7 @@ class CaptureSummary:
             hook, hook_names = _codes(b, "hook")
             hook = hook[nat]
             ns = _np(b.column("nat_ns"))[nat]
+            timed = ns > 0  # 0: the hook time was not measured (bpf/nat.bpf.h)
             _count(self.nat_by_kind, kind, kind_names)
             if first.any():
                 _count(self.nat_first_by_kind, kind[first], kind_names)
@@ -90,7 +91,7 @@ class CaptureSummary:
                     self.new_connections[f"{daddr_names[a]}:{p}"] += 1
             for h in np.unique(hook).tolist():
                 for f in (False, True):
-                    sel = (hook == h) & (first == f) & (ns > 0)  # 0: not measured
+                    sel = (hook == h) & (first == f) & timed
                     if sel.any():
                         key = (str(hook_names[h]), f)
                         self.latency.setdefault(key, StreamingHistogram()).add(ns[sel])

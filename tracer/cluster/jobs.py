@@ -95,10 +95,11 @@ def render_job(spec: JobSpec, template: string.Template) -> str:
         raise UsageError("the capture Job template does not render to one Job")
     # Names and label values must stay strings whatever they look like (a run
     # id of digits only, a numeric node name): the API server refuses numbers.
-    pod = doc.get("spec", {}).get("template", {})
-    labels = {**doc["metadata"].get("labels", {}), **pod.get("metadata", {}).get("labels", {})}
-    strings = [doc["metadata"].get("name"), doc["metadata"].get("namespace"),
-               pod.get("spec", {}).get("nodeName"), *labels.values()]
+    meta = doc.get("metadata") or {}
+    pod = (doc.get("spec") or {}).get("template") or {}
+    labels = {**(meta.get("labels") or {}), **((pod.get("metadata") or {}).get("labels") or {})}
+    strings = [meta.get("name"), meta.get("namespace"), (pod.get("spec") or {}).get("nodeName"),
+               *labels.values()]
     if not all(isinstance(v, str) for v in strings):
         raise UsageError("the capture Job template renders a name or label value that is not a "
                          "string (quote its field)")
