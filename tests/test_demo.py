@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.capture.lab_capture import client_connections, netfilter_links
-from tracer.capture_file import read_meta
+from tracer.capfile import read_meta
 from tracer.cli import main
 from tracer.errors import LabError
 

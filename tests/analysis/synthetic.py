@@ -34,8 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tracer.analysis.addresses import ints_to_strings, ip_to_int
-from tracer.capture.writer import CaptureWriter, prepare_directory, write_meta
-from tracer.capture_schema import COLUMN_NAMES, COLUMNS, SCHEMA
+from tracer.capfile import COLUMN_NAMES, COLUMNS, SCHEMA, CaptureWriter, prepare_directory, write_meta
 from tracer.histograms import log2_buckets_of
 
 NODE_A, NODE_B = "lab-node-a", "lab-node-b"
@@ -792,7 +791,7 @@ def event_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 def event_set(rows: Sequence[dict[str, Any]], metas: dict[str, dict[str, Any]] | None = None):
     """An EventSet of hand-written events (no files)."""
     from tracer.analysis.events import from_captures
-    from tracer.capture_file import Capture
+    from tracer.capfile import Capture
 
     frame = event_frame(rows)
     nodes = list(dict.fromkeys(frame["node"].astype(str)))

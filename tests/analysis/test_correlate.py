@@ -15,7 +15,7 @@ from tests.analysis.synthetic import NODE_A, NODE_B, Scenario, simulate
 from tracer.analysis.correlate import merge
 from tracer.analysis.events import load_events
 from tracer.analysis.packets import assemble
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.errors import CaptureFileError, UsageError
 
 ACCEPTANCE_NS = 20_000  # the offset must be recovered within 20 us

@@ -69,7 +69,7 @@ def test_no_capture_given():
 
 
 def test_empty_capture_loads(tmp_path):
-    from tracer.capture.writer import prepare_directory, write_meta
+    from tracer.capfile import prepare_directory, write_meta
 
     prepare_directory(tmp_path / "empty")
     write_meta(tmp_path / "empty", {"node": NODE_A, "mode": "hist"})

@@ -21,8 +21,7 @@ from tracer.analysis.correlate import merge
 from tracer.analysis.events import load_events
 from tracer.analysis.packets import assemble
 from tracer.analysis.pcap import export_pcapng
-from tracer.capture.writer import CaptureWriter, prepare_directory, write_meta
-from tracer.capture_file import load, read_meta, read_table
+from tracer.capfile import CaptureWriter, load, prepare_directory, read_meta, read_table, write_meta
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]

@@ -17,7 +17,7 @@ from tests.analysis.synthetic import NODE_A, NODE_B, NODE_NETNS_INO, event_set
 from tracer.analysis import timeline
 from tracer.analysis.events import load_events
 from tracer.analysis.packets import assemble
-from tracer.capture_schema import ADDED_COLUMNS, COLUMN_NAMES, SCHEMA
+from tracer.capfile import ADDED_COLUMNS, COLUMN_NAMES, SCHEMA
 
 CLIENT, VIP = "192.168.64.10", "192.168.64.57"
 NODE_A_IP, NODE_B_IP = "192.168.64.57", "192.168.64.58"
@@ -145,7 +145,7 @@ def test_version_1_capture_reads_with_empty_tunnel_columns(tmp_path):
     assert len(ev) == 4
     assert set(ev["encap"].astype(str)) == {""}
     assert (ev["outer_src"] == 0).all() and (ev["outer_dst"] == 0).all()
-    from tracer.capture_file import read_table
+    from tracer.capfile import read_table
 
     assert read_table(cap).schema == SCHEMA
     assert read_table(cap, ["ts_ns", "encap"]).column_names == ["ts_ns", "encap"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests import tcpdump_witness
 from tests.capture.lab_capture import capture, last_bindings, sep_counters, sh
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.lab.state import LabState
 from tracer.lab.traffic import TrafficResult, run_traffic
 

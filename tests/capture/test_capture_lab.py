@@ -30,7 +30,7 @@ from tests.capture.lab_capture import (
     wait_until,
 )
 from tracer.analysis import assemble, latency, load_events
-from tracer.capture_file import load, read_meta
+from tracer.capfile import load, read_meta
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]

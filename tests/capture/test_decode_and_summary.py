@@ -7,9 +7,9 @@ import socket
 
 import numpy as np
 
+from tracer.capfile import SCHEMA
 from tracer.capture.event_layout import EVENT_DTYPE, RECORD_DTYPE, EventDecoder
 from tracer.capture.summary import CaptureSummary, render_summary
-from tracer.capture_schema import SCHEMA
 
 
 def _be32(ip: str) -> int:

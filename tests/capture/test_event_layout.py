@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tracer.capfile import ENCAPS, NAT_KINDS, PROBES
 from tracer.capture import session
 from tracer.capture.event_layout import EVENT_DTYPE, EVENT_FIELDS, EVENT_SIZE, RECORD_SIZE
-from tracer.capture_schema import ENCAPS, NAT_KINDS, PROBES
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 

@@ -15,7 +15,7 @@ import yaml
 from tests.analysis.synthetic import two_node_captures
 from tests.cluster.fake_cluster import FakeCluster, make_fake_cluster
 from tracer.analysis.correlate import merge
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.cluster import jobs
 from tracer.cluster.capture import ClusterCaptureOptions, run_cluster_capture
 from tracer.errors import UsageError

@@ -12,7 +12,7 @@ import pytest
 from tests.capture.lab_capture import capture
 from tests.cluster.fake_cluster import make_fake_cluster
 from tracer.analysis.correlate import merge
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 
 from tests.capture.lab_capture import capture, client_connections, last_bindings, sh
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.lab import controller, kubeproxy
 from tracer.lab.traffic import run_traffic
 

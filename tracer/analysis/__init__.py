@@ -1,6 +1,6 @@
 """Analysis of capture files: packet journeys across nodes, NAT latency, Service fairness.
 
-Reads what ``tracer capture`` writes (tracer.capture_file); needs neither root
+Reads what ``tracer capture`` writes (tracer.capfile); needs neither root
 nor BCC. Modules, one job each:
 
 - events     load_events(paths) -> EventSet: captures as one normalized frame

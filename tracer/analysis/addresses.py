@@ -13,8 +13,7 @@ import ipaddress
 import numpy as np
 import pandas as pd
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
-PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+from tracer.capfile import PROTO_NAMES
 
 
 def ip_to_int(text: str) -> int:

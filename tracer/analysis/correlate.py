@@ -22,7 +22,7 @@ import numpy as np
 from tracer.analysis.clocks import ClockSolution
 from tracer.analysis.events import EventSet, load_events, to_capture_table
 from tracer.analysis.packets import PacketOptions, Packets, assemble
-from tracer.capture.writer import CaptureWriter, prepare_directory, write_meta
+from tracer.capfile import CaptureWriter, prepare_directory, write_meta
 from tracer.errors import UsageError
 
 PART_NS = 1_000_000_000  # about one second of events per part, like a live capture

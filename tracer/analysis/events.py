@@ -21,8 +21,7 @@ import pyarrow as pa
 from pandas.api.types import union_categoricals
 
 from tracer.analysis.addresses import column_to_int, ints_to_strings
-from tracer.capture_file import Capture, load
-from tracer.capture_schema import COLUMN_NAMES, PROBES, SCHEMA
+from tracer.capfile import COLUMN_NAMES, PROBES, SCHEMA, Capture, load
 from tracer.errors import CaptureFileError, UsageError
 
 PROBE_RX, PROBE_TX, PROBE_NAT, PROBE_DROP = (PROBES.index(p) for p in ("rx", "tx", "nat", "drop"))
@@ -196,7 +195,7 @@ _ADDRESS_SOURCES = {
 
 
 def to_capture_table(ev: pd.DataFrame) -> pa.Table:
-    """The capture-file table (tracer.capture_schema.SCHEMA) of a normalized
+    """The capture-file table (tracer.capfile.schema.SCHEMA) of a normalized
     frame, with time_ns taken from ``t`` (corrected, if it was)."""
     columns = {}
     for name in COLUMN_NAMES:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.addresses import PROTO_NUMBERS, int_to_ip, proto_name
+from tracer.analysis.addresses import int_to_ip, proto_name
+from tracer.capfile import PROTO_NUMBERS
 from tracer.errors import UsageError
 
 
@@ -88,7 +89,7 @@ def parse_flow(text: str) -> FlowSpec:
             proto = int(proto_text)
         else:
             raise UsageError(
-                f"--flow {whole!r}: unknown protocol {proto_text!r} (tcp, udp, icmp or 0-255)"
+                f"--flow {whole!r}: unknown protocol {proto_text!r} (tcp, udp, sctp, icmp or 0-255)"
             )
     if text.count("->") > 1:
         raise UsageError(f"--flow {whole!r}: more than one '->'")

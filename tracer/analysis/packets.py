@@ -31,7 +31,7 @@ the segment it was linked from, then by time within the node).
 
 Tunnels change nothing here: where a node's uplink carries the packet inside
 Calico's VXLAN or IPIP tunnel, the capture engine reports the *inner* headers
-(tracer.capture_schema, ``encap``), so the sender's last tx (encapsulated) and
+(tracer.capfile.schema, ``encap``), so the sender's last tx (encapsulated) and
 the receiver's first rx (still encapsulated) carry the same tuple and
 fingerprint as without a tunnel, and the decapsulated hops that follow on the
 tunnel device continue the receiver's segment (same skb, same fingerprint).

@@ -30,7 +30,7 @@ from tracer import __version__
 from tracer.analysis.addresses import ints_to_strings
 from tracer.analysis.events import EventSet, load_events
 from tracer.analysis.packets import Packets, assemble
-from tracer.capture_file import Capture
+from tracer.capfile import Capture
 from tracer.errors import CaptureFileError
 
 # Raw IPv4, no link-layer header. Not LINKTYPE_RAW (101): libpcap 1.10 maps

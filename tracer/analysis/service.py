@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from tracer.analysis.addresses import PROTO_NUMBERS, ip_to_int
+from tracer.analysis.addresses import ip_to_int
+from tracer.capfile import PROTO_NUMBERS
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tracer.capture_schema import ENCAPS, HOOKS, NAT_KINDS, PROBES, SCHEMA
+from tracer.capfile import ENCAPS, HOOKS, NAT_KINDS, PROBES, SCHEMA
 
 # (name, numpy type, offset) in struct tracer_event. Fields in network byte
 # order are declared big-endian ('>') so numpy does the byte swapping.

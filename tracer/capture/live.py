@@ -6,8 +6,9 @@ import time
 
 import pyarrow as pa
 
+from tracer.capfile import PROTO_NAMES
+
 FLAG_NAMES = ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "."), (32, "U"))
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
 def tcp_flags(value: int) -> str:

@@ -10,12 +10,11 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from tracer.capfile import PROTO_NUMBERS
 from tracer.kube.iptables_parse import ResolvedService
 
 ROLE_FRONTEND = 1  # bpf/tracer.h TRACER_ROLE_*
 ROLE_ENDPOINT = 2
-
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1}
 
 Key = tuple[str, int, int]  # (ip, port, protocol number)
 

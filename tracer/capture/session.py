@@ -25,6 +25,14 @@ import pyarrow.parquet as pq
 
 from tracer import netns
 from tracer.btf import Btf
+from tracer.capfile import (
+    HOOKS,
+    PARQUET_OPTIONS,
+    PROTO_NUMBERS,
+    CaptureWriter,
+    prepare_directory,
+    write_meta,
+)
 from tracer.capture import scope as node_scope
 from tracer.capture.backends import POINTS, parse_backend_option, select_backends
 from tracer.capture.event_layout import EVENT_DTYPE, GATHER_CHUNK, EventColumns, EventDecoder
@@ -33,10 +41,8 @@ from tracer.capture.live import RateLimitedPrinter
 from tracer.capture.offsets import drop_reason_names
 from tracer.capture.program import LoadedProgram, ProgramSettings, load_and_attach
 from tracer.capture.ringbuf import RingBufferReader
-from tracer.capture.service_filter import PROTO_NUMBERS, ServiceKeyMap, service_keys
+from tracer.capture.service_filter import ServiceKeyMap, service_keys
 from tracer.capture.summary import CaptureSummary, render_summary
-from tracer.capture.writer import PARQUET_OPTIONS, CaptureWriter, prepare_directory, write_meta
-from tracer.capture_schema import HOOKS
 from tracer.errors import UsageError
 from tracer.histograms import log2_buckets
 from tracer.kube.iptables_parse import ResolvedService, parse_nat_rules

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tracer.capture_schema import HOOKS
+from tracer.capfile import HOOKS
 from tracer.histograms import StreamingHistogram, fill_bucket_gaps, format_buckets
 
 _NP_TYPES = {pa.int32(): np.int32, pa.uint8(): np.uint8, pa.uint16(): np.uint16,

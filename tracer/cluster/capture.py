@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.capture_file import read_meta
+from tracer.capfile import read_meta
 from tracer.cluster.jobs import (
     DEFAULT_IMAGE,
     DEFAULT_NAMESPACE,

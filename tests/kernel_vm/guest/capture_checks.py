@@ -44,7 +44,7 @@ from tests.capture.lab_capture import (
     wait_until,
 )
 from tests.kernel_vm.guest.vm_report import in_the_vm, record  # noqa: F401 (session fixture)
-from tracer.capture_file import load
+from tracer.capfile import load
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]

@@ -1,11 +1,10 @@
-"""Writes a capture directory (format in tracer.capture_schema): Parquet parts,
+"""Writes a capture directory (format in tracer.capfile.schema): Parquet parts,
 each complete on disk before it is visible, and a metadata file replaced
 atomically. A background thread does the Parquet encoding so the ring-buffer
 consumer never waits on the disk."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -15,7 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracer.capture_schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, SCHEMA
+from tracer.capfile.meta import META_FILE
+from tracer.capfile.schema import SCHEMA
 from tracer.errors import CaptureFileError
 
 _STOP = object()
@@ -45,14 +45,6 @@ def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
         raise CaptureFileError(f"cannot write capture to {path}: {exc.strerror}") from exc
 
 
-def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    """Replace the metadata file atomically (rename), so a reader never sees half of it."""
-    body = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
-    tmp = path / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path / META_FILE)
-
-
 # Parquet settings, chosen by measurement on this project's 2-core machines
 # (bench/, docs/benchmarks.md). Dictionary encoding only for the columns
 # that are dictionaries already (Arrow hands their indices over as they
@@ -69,7 +61,7 @@ PARQUET_OPTIONS: dict[str, Any] = {
 
 
 class CaptureWriter:
-    """Accepts Arrow tables (schema tracer.capture_schema.SCHEMA) and writes
+    """Accepts Arrow tables (schema tracer.capfile.schema.SCHEMA) and writes
     Parquet parts from a worker thread: append() adds a table to the part
     being written (one row group each), end_part() completes it (renamed
     into place, visible to readers), submit() is both at once."""

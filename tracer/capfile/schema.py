@@ -1,12 +1,13 @@
-"""The capture file's columns: one row per event. Shared by the writer (capture
-engine) and every reader (analysis, notebooks); imports neither BCC nor
-anything kernel-side, so analysis runs anywhere.
+"""The capture file's vocabulary and columns: one row per event. Shared by
+the writer (capture engine) and every reader (analysis, notebooks); imports
+neither BCC nor anything kernel-side, so analysis runs anywhere.
 
 A capture is a directory:
 
     <capture>/part-000000.parquet   one file per ~second of capture, each complete
     <capture>/part-000001.parquet   (written under a dot-name, then renamed)
     <capture>/_tracer_meta.json     metadata, rewritten atomically every second
+                                    (tracer.capfile.meta)
 
 pandas reads it as ``pd.read_parquet("<capture>")`` and DuckDB as
 ``SELECT * FROM read_parquet('<capture>/*.parquet')``; both ignore the
@@ -22,7 +23,6 @@ FORMAT_NAME = "tracer-capture"
 # 2 added the tunnel columns (encap, outer_saddr, outer_daddr); readers fill
 # them in for version 1 captures (ADDED_COLUMNS).
 FORMAT_VERSION = 2
-META_FILE = "_tracer_meta.json"
 PART_GLOB = "part-*.parquet"
 
 # Probe points, as users see them.
@@ -36,6 +36,10 @@ NAT_KINDS = ("dnat", "snat", "rev_dnat", "rev_snat")
 # Tunnels whose inner packet an event describes (bpf/encap.bpf.h): Calico's
 # VXLAN mode (vxlan.calico, UDP 4789) and IPIP mode (tunl0, IPv4 protocol 4).
 ENCAPS = ("vxlan", "ipip")
+# IP protocols by the names users give them (--proto, --flow, a Service's
+# ports) and the numbers the proto column stores.
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1}
+PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
 
 _str = pa.dictionary(pa.int32(), pa.string())
 
