@@ -182,7 +182,7 @@ _ENCAP_DICT = string_array(["", *ENCAPS])
 
 class EventDecoder:
     """Turns events (EVENT_DTYPE records or EventColumns) into Arrow tables
-    with tracer.capture_schema.SCHEMA."""
+    with tracer.capfile.SCHEMA."""
 
     def __init__(
         self,
