@@ -21,10 +21,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tracer.capture.live import READY_PREFIX
 from tracer.errors import TracerError
 
-READY_PREFIX = "tracer: capturing"
 _PR_SET_PDEATHSIG = 1
+# A child whose stderr has ended is exiting; how long to wait for its status.
+EXIT_AFTER_EOF_S = 5.0
 # Loaded here, not in the child: between fork and exec only async-signal-safe
 # work is wise (another thread may hold the loader's lock at fork time).
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -43,6 +45,8 @@ class CaptureProcess:
     summary) goes to `log`; stderr is read line by line to see it get ready,
     and appended to the log at the end."""
 
+    command: tuple[str, ...] = (sys.executable, "-m", "tracer", "capture")
+
     def __init__(self, name: str, args: Sequence[str], output: Path, log: Path,
                  *, max_duration_s: float = 300.0):
         self.name = name
@@ -51,7 +55,7 @@ class CaptureProcess:
         self.stderr_lines: list[str] = []
         self.returncode: int | None = None
         self._ready = threading.Event()
-        argv = [sys.executable, "-m", "tracer", "capture", *args, "--quiet",
+        argv = [*self.command, *args, "--quiet",
                 "-o", str(output), "--force", "--duration", f"{max_duration_s:g}"]
         try:
             self._log_file = log.open("w")
@@ -96,12 +100,17 @@ class CaptureProcess:
     def wait_ready(self, deadline: float) -> None:
         """Until the child says its probes are attached (raises if it exits
         first or the monotonic deadline passes)."""
-        self._ready.wait(max(0.0, deadline - time.monotonic()))
-        if self.proc.poll() is not None or not self.ready_line:
-            if self.proc.poll() is None:
-                raise CaptureProcessError(f"capture on {self.name} not ready in time")
-            self._pump.join(2)
-            raise CaptureProcessError(f"capture on {self.name} failed: {self.last_error()}")
+        if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+            raise CaptureProcessError(f"capture on {self.name} not ready in time")
+        if self.ready_line and self.proc.poll() is None:
+            return
+        # Its stderr ended without the ready line (or it exited right after
+        # it): the child has exited or is exiting, and may not be reaped yet.
+        # Wait for it briefly, so that its own error is what gets reported.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(EXIT_AFTER_EOF_S)
+        self._pump.join(2)
+        raise CaptureProcessError(f"capture on {self.name} failed: {self.last_error()}")
 
     def signal(self, sig: int = signal.SIGINT) -> None:
         if self.proc.poll() is None:

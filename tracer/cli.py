@@ -113,11 +113,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         status.end_line()
     click.echo(result.text)
     if summary_json is not None:
-        doc = {"summary": result.summary.to_dict(), "stats": result.stats,
-               "backends": result.meta.get("backends"), "node": result.meta.get("node"),
-               "startup": result.meta.get("startup"),
-               "histograms": result.meta.get("histograms")}
-        summary_json.write_text(json.dumps(doc, indent=1, default=str))
+        result.write_summary_json(summary_json)
 
 
 @cli.command("doctor")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests import tcpdump_witness
-from tests.capture.lab_capture import capture, last_bindings, sep_counters, sh
+from tests.capture.lab_capture import captures, last_bindings, sep_counters, sh
 from tracer.capfile import load
 from tracer.lab.state import LabState
 from tracer.lab.traffic import TrafficResult, run_traffic
@@ -44,15 +44,20 @@ class Run:
     sep: Counter  # endpoint IP -> DNAT rule hits on node A during the run
 
 
-def run(state: LabState, kind: str, tmp: Path, requests: int = 60) -> Run:
+def run(state: LabState, kind: str, tmp: Path, requests: int = 60, ready_timeout: float = 60) -> Run:
+    """Both captures start together, so that their BCC compiles overlap; under
+    qemu without KVM one compile alone can take a minute, so the VM guest
+    passes a longer `ready_timeout`."""
     assert state.encap == kind, f"the lab is in {state.encap} mode, not {kind}"
     sh("lab-node-a", "conntrack", "-F")
     before = sep_counters("lab-node-a")
     pcap = tmp / "node-a-eth0.pcap"
-    with capture(["--svc", "nginx-demo-1", "--netns", "lab-node-a"], tmp / "a") as a, \
-            capture(["--svc", "nginx-demo-1", "--netns", "lab-node-b"], tmp / "b") as b, \
+    specs = {node: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{node}"], tmp / node)
+             for node in ("a", "b")}
+    with captures(specs, ready_timeout=ready_timeout) as runs, \
             tcpdump_witness.recording("lab-node-a", "eth0", "not tcp port 179", pcap):
         result = run_traffic(requests=requests, concurrency=4, target="external-ip")
+    a, b = runs["a"], runs["b"]
     assert a.returncode == 0 and b.returncode == 0, a.stderr_lines + b.stderr_lines
     assert result.ok == requests and result.failed == 0
     meta = load(tmp / "a").meta

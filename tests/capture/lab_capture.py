@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tracer.capture.live import READY_PREFIX
+
 TRACER = [sys.executable, "-m", "tracer"]
 
 
@@ -46,7 +48,7 @@ class CaptureRun:
 def _pump(stream, lines: list[str], ready: threading.Event) -> None:
     for line in iter(stream.readline, ""):
         lines.append(line.rstrip("\n"))
-        if line.startswith("tracer: capturing"):
+        if line.startswith(READY_PREFIX):
             ready.set()
     ready.set()
 
@@ -67,9 +69,16 @@ def _start(args: list[str], output: Path | None, summary_json: Path | None
 
 
 def _wait_ready(run: CaptureRun, ready: threading.Event, deadline: float) -> None:
-    if not ready.wait(max(0.0, deadline - time.monotonic())) or run.proc.poll() is not None:
+    started = time.monotonic()
+    if not ready.wait(max(0.0, deadline - started)) or run.proc.poll() is not None:
+        exited = run.proc.poll()
         run.stop(signal.SIGKILL)
-        pytest.fail("capture did not start: " + "\n".join(run.stderr_lines), pytrace=False)
+        # Say which it was: a capture that exited (its code; a negative one is
+        # the signal that killed it, e.g. -9 from the OOM killer) or one still
+        # compiling when the deadline passed.
+        how = (f"exited {exited}" if exited is not None
+               else f"not ready after {time.monotonic() - started:.0f} s")
+        pytest.fail(f"capture did not start ({how}): " + "\n".join(run.stderr_lines), pytrace=False)
 
 
 def _end(run: CaptureRun, pump: threading.Thread, stop_signal: int | None, summary_json: Path | None

@@ -75,11 +75,11 @@ def test_btf_typed_tracepoints_come_first_and_carry_their_typedef_id():
     chosen = bk.select_backends(kf, points=("rx", "tx", "nat"))
     assert {p: b.name for p, b in chosen.items()} == {"rx": "tp_btf", "tx": "tp_btf", "nat": "netfilter"}
     assert chosen["rx"].macros == {"RX_TP_BTF": None}
-    assert chosen["rx"].probes == (bk.Probe("tp_btf", "netif_receive_skb", "trc_rx_btf", 5000),)
-    assert chosen["tx"].probes == (bk.Probe("tp_btf", "net_dev_queue", "trc_tx_btf", 5001),)
+    assert chosen["rx"].programs == (bk.ProgramTarget("tp_btf", "netif_receive_skb", "trc_rx_btf", 5000),)
+    assert chosen["tx"].programs == (bk.ProgramTarget("tp_btf", "net_dev_queue", "trc_tx_btf", 5001),)
     # Where tp_btf programs do not load, the untyped raw tracepoint.
     plain = bk.select_backends(FakeKernel(netfilter=True), points=("rx",))
-    assert plain["rx"].name == "raw_tracepoint" and plain["rx"].probes == ()
+    assert plain["rx"].name == "raw_tracepoint" and plain["rx"].programs == ()
     with pytest.raises(KernelFeatureError, match=r"tp_btf for rx is not available.*Invalid argument"):
         bk.select_backends(FakeKernel(), points=("rx",), forced={"rx": "tp_btf"})
 
@@ -97,26 +97,26 @@ def test_distro_6_1_prefers_fentry_then_kprobe(monkeypatch):
     chosen = bk.select_backends(kf)
     nat, rx = chosen["nat"], chosen["rx"]
     assert nat.name == "fentry" and nat.target == "nf_nat_inet_fn [nf_nat]"
-    assert [(p.kind, p.function, p.program, p.btf_module) for p in nat.probes] == [
+    assert [(p.kind, p.function, p.program, p.btf_module) for p in nat.programs] == [
         ("fentry", "nf_nat_inet_fn", "trc_nat_fentry", "nf_nat"),
         ("fexit", "nf_nat_inet_fn", "trc_nat_fexit", "nf_nat")]
     assert rx.name == "fentry"
-    assert [(p.kind, p.function, p.btf_module) for p in rx.probes] == [
+    assert [(p.kind, p.function, p.btf_module) for p in rx.programs] == [
         ("fentry", "__netif_receive_skb_one_core", None), ("fentry", "__netif_receive_skb_list_core", None)]
     assert rx.macros == {"RX_FENTRY": None, "RX_PSKB": 0, "RX_LIST": None}
     forced = bk.select_backends(kf, forced=bk.parse_backend_option("kprobe"))
     assert forced["nat"].name == "kprobe" and forced["rx"].name == "kprobe"
     assert forced["rx"].target == "__netif_receive_skb_one_core + __netif_receive_skb_list_core"
-    assert [p.program for p in forced["rx"].probes] == ["trc_rx_kprobe", "trc_rx_list_kp"]
+    assert [p.program for p in forced["rx"].programs] == ["trc_rx_kprobe", "trc_rx_list_kp"]
     assert forced["rx"].macros["RX_PSKB"] == 0
-    assert [p.kind for p in forced["nat"].probes] == ["kprobe", "kretprobe"]
+    assert [p.kind for p in forced["nat"].programs] == ["kprobe", "kretprobe"]
 
 
 def test_receive_core_by_name_is_one_kprobe_on_its_pskb():
     kf = FakeKernel(kprobe_funcs=("__netif_receive_skb_core", *DEBIAN_6_1))
     rx = bk.select_backends(kf, points=("rx",), forced={"rx": "kprobe"})["rx"]
     assert rx.target == "__netif_receive_skb_core" and rx.macros["RX_PSKB"] == 1
-    assert [p.program for p in rx.probes] == ["trc_rx_kprobe"]
+    assert [p.program for p in rx.programs] == ["trc_rx_kprobe"]
 
 
 def test_one_skb_path_falls_back_to_netif_receive_skb_when_one_core_is_inlined():
@@ -124,7 +124,7 @@ def test_one_skb_path_falls_back_to_netif_receive_skb_when_one_core_is_inlined()
     kf = FakeKernel(fentry_funcs=funcs, kprobe_funcs=funcs)
     for name in ("fentry", "kprobe"):
         rx = bk.select_backends(kf, points=("rx",), forced={"rx": name})["rx"]
-        assert [p.function for p in rx.probes] == list(funcs)
+        assert [p.function for p in rx.programs] == list(funcs)
 
 
 def test_rx_by_function_needs_the_list_path_too(monkeypatch):

@@ -8,7 +8,8 @@ import socket
 import numpy as np
 
 from tracer.capfile import SCHEMA
-from tracer.capture.event_layout import EVENT_DTYPE, RECORD_DTYPE, EventDecoder
+from tracer.capture.abi import EVENT_DTYPE, RECORD_DTYPE
+from tracer.capture.decode import EventDecoder
 from tracer.capture.summary import CaptureSummary, render_summary
 
 

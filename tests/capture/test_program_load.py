@@ -14,7 +14,7 @@ import pytest
 
 from tracer.btf import KIND_FUNC, Btf
 from tracer.capture import program
-from tracer.capture.backends import POINTS, Backend, Probe, select_backends
+from tracer.capture.backends import POINTS, Backend, ProgramTarget, select_backends
 from tracer.capture.features import KernelFeatures
 from tracer.capture.program import ProgramSettings, compile_program, load_tracing
 from tracer.errors import KernelFeatureError, TracerError
@@ -92,10 +92,10 @@ def test_settings_variants_pass_the_verifier(settings):
 
 
 def _fentry_backends(btf: Btf) -> list[Backend]:
-    def probe(kind: str, fn: str, program: str) -> Probe:
+    def probe(kind: str, fn: str, program: str) -> ProgramTarget:
         btf_id = btf.find(fn, (KIND_FUNC,))
         assert btf_id is not None, fn
-        return Probe(kind, fn, program, btf_id, None)
+        return ProgramTarget(kind, fn, program, btf_id, None)
 
     nat = Backend("nat", "fentry", "nf_nat_inet_fn", "nat_fentry", {"NAT_FENTRY": None},
                   (probe("fentry", "nf_nat_inet_fn", "trc_nat_fentry"),
@@ -116,7 +116,7 @@ def test_fentry_compiles_with_every_family_and_this_kernel_refuses_to_load_it():
         assert not getattr(bpf, "kfunc_entry_fds", {}) and not getattr(bpf, "kfunc_exit_fds", {})
         # The other families in the same source still pass the verifier.
         assert bpf.load_func(b"trc_tx_tp", 5).fd >= 0
-        for probe in backends[0].probes + backends[3].probes:
+        for probe in backends[0].programs + backends[3].programs:
             insns = bpf.dump_func(probe.program.encode())
             assert len(insns) % 8 == 0 and len(insns) > 8 * 10
             # The real load path, up to the kernel's refusal of TRACING programs.
@@ -188,7 +188,7 @@ def test_plain_loads_of_btf_typed_pointers_pass_the_verifier(settings):
     fds = []
     try:
         for b in backends:
-            for probe in b.probes:
+            for probe in b.programs:
                 fds.append(load_tracing(bpf, probe))
             if b.name == "netfilter":
                 for fn in (b"trc_nat_nf_enter", b"trc_nat_nf_exit"):

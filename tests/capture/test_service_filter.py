@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-from tracer.capture.service_filter import (
-    ROLE_ENDPOINT,
-    ROLE_FRONTEND,
-    ServiceKeyMap,
-    _be16_value,
-    _be32_value,
-    service_keys,
-)
+from tracer.capture.abi import ROLE_ENDPOINT, ROLE_FRONTEND
+from tracer.capture.abi import be16_as_loaded as _be16_value
+from tracer.capture.abi import be32_as_loaded as _be32_value
+from tracer.capture.service_filter import ServiceKeyMap, service_keys
 from tracer.kube.iptables_parse import ResolvedEndpoint, ResolvedService, ResolvedServicePort
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tracer.capture.abi import POINTS
 from tracer.capture.features import KernelFeatures, parse_tracepoint_format
 from tracer.capture.offsets import drop_reason_names
 from tracer.errors import KernelFeatureError, UsageError
-
-POINTS = ("rx", "nat", "tx", "drop")
 
 # point -> candidate backends, best first
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -57,7 +56,7 @@ TRACEPOINTS = {"rx": ("net", "netif_receive_skb"), "tx": ("net", "net_dev_queue"
 
 
 @dataclass(frozen=True)
-class Probe:
+class ProgramTarget:
     """One BPF program of a backend and the kernel function it attaches to."""
 
     kind: str  # "kprobe", "kretprobe", "fentry", "fexit" or "tp_btf"
@@ -66,6 +65,7 @@ class Probe:
     btf_id: int = 0  # fentry/fexit: the function's id (tp_btf: its typedef's) in ...
     btf_module: str | None = None  # ... this module's BTF (None: vmlinux's)
 
+
 @dataclass(frozen=True)
 class Backend:
     point: str
@@ -73,20 +73,20 @@ class Backend:
     target: str  # function(s) or tracepoint it attaches to
     family: str  # bpf/<family>.bpf.c
     macros: dict[str, int | str | None] = field(default_factory=dict, hash=False, compare=False)
-    probes: tuple[Probe, ...] = ()  # kprobe, fentry and tp_btf backends: what to attach
+    programs: tuple[ProgramTarget, ...] = ()  # kprobe, fentry and tp_btf backends: what to attach
 
     def describe(self) -> str:
         return f"{self.name} ({self.target})"
 
 
-def _where(probe: Probe) -> str:
-    return f"{probe.function} [{probe.btf_module}]" if probe.btf_module else probe.function
+def _where(target: ProgramTarget) -> str:
+    return f"{target.function} [{target.btf_module}]" if target.btf_module else target.function
 
 
-def _fentry_probe(kf: KernelFeatures, kind: str, function: str, program: str) -> Probe:
+def _fentry_target(kf: KernelFeatures, kind: str, function: str, program: str) -> ProgramTarget:
     where = kf.kernel_function(function)
     assert not isinstance(where, str), where  # fentry_function() found it
-    return Probe(kind, function, program, where.btf_id, where.module)
+    return ProgramTarget(kind, function, program, where.btf_id, where.module)
 
 
 def _nat_backend(name: str, kf: KernelFeatures) -> Backend | str:
@@ -98,16 +98,16 @@ def _nat_backend(name: str, kf: KernelFeatures) -> Backend | str:
         f = kf.fentry_function(NAT_FUNCTIONS)
         if not f:
             return f.detail
-        probes = (_fentry_probe(kf, "fentry", f.detail, "trc_nat_fentry"),
-                  _fentry_probe(kf, "fexit", f.detail, "trc_nat_fexit"))
-        return Backend("nat", name, _where(probes[0]), "nat_fentry", {"NAT_FENTRY": None}, probes)
+        targets = (_fentry_target(kf, "fentry", f.detail, "trc_nat_fentry"),
+                  _fentry_target(kf, "fexit", f.detail, "trc_nat_fexit"))
+        return Backend("nat", name, _where(targets[0]), "nat_fentry", {"NAT_FENTRY": None}, targets)
     if name == "kprobe":
         f = kf.kprobe_function(NAT_FUNCTIONS)
         if not f:
             return f.detail
-        probes = (Probe("kprobe", f.detail, "trc_nat_kprobe"),
-                  Probe("kretprobe", f.detail, "trc_nat_kretprobe"))
-        return Backend("nat", name, f.detail, "nat_kprobe", {"NAT_KPROBE": None}, probes)
+        targets = (ProgramTarget("kprobe", f.detail, "trc_nat_kprobe"),
+                  ProgramTarget("kretprobe", f.detail, "trc_nat_kretprobe"))
+        return Backend("nat", name, f.detail, "nat_kprobe", {"NAT_KPROBE": None}, targets)
     return f"nat has no backend {name!r}"
 
 
@@ -119,7 +119,7 @@ def _rx_function_backend(name: str, kf: KernelFeatures) -> Backend | str:
             # It takes struct sk_buff **pskb since 5.7 (commit 88eb1944e18c);
             # the ring buffer the tracer needs is 5.8+.
             return Backend("rx", name, RX_CORE, "rx", {"RX_KPROBE": None, "RX_PSKB": 1},
-                           (Probe("kprobe", RX_CORE, "trc_rx_kprobe"),))
+                           (ProgramTarget("kprobe", RX_CORE, "trc_rx_kprobe"),))
         one, many = kf.kprobe_function(RX_ONE), kf.kprobe_function((RX_LIST,))
         kinds = ("kprobe", "kprobe")
         programs = ("trc_rx_kprobe", "trc_rx_list_kp")
@@ -138,10 +138,11 @@ def _rx_function_backend(name: str, kf: KernelFeatures) -> Backend | str:
         return f"{many.detail} (needed for packets received in lists, e.g. after GRO)"
     functions = (one.detail, many.detail)
     if name == "fentry":
-        probes = tuple(_fentry_probe(kf, k, f, p) for k, f, p in zip(kinds, functions, programs, strict=True))
+        targets = tuple(_fentry_target(kf, k, f, p)
+                        for k, f, p in zip(kinds, functions, programs, strict=True))
     else:
-        probes = tuple(Probe(k, f, p) for k, f, p in zip(kinds, functions, programs, strict=True))
-    return Backend("rx", name, " + ".join(_where(p) for p in probes), "rx", macros, probes)
+        targets = tuple(ProgramTarget(k, f, p) for k, f, p in zip(kinds, functions, programs, strict=True))
+    return Backend("rx", name, " + ".join(_where(p) for p in targets), "rx", macros, targets)
 
 
 def _try(point: str, name: str, kf: KernelFeatures) -> Backend | str:
@@ -159,12 +160,12 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
     category, event = TRACEPOINTS[point]
     prefix = point.upper()
     if name in ("tp_btf", "raw_tracepoint"):
-        probes: tuple[Probe, ...] = ()
+        targets: tuple[ProgramTarget, ...] = ()
         if name == "tp_btf":
             typedef = kf.tp_btf(event)
             if isinstance(typedef, str):
                 return typedef
-            probes = (Probe("tp_btf", event, f"trc_{point}_btf", typedef),)
+            targets = (ProgramTarget("tp_btf", event, f"trc_{point}_btf", typedef),)
         elif not (f := kf.raw_tracepoint(event)):
             return f.detail
         macros: dict[str, int | str | None] = {
@@ -177,7 +178,7 @@ def _tracepoint_backend(point: str, name: str, kf: KernelFeatures) -> Backend | 
             if "struct sock *" in args:  # rx_sk, 6.12+
                 macros["DROP_RAW_RX_SK_ARG"] = args.index("struct sock *")
             macros.update(_consumed_macro(kf))
-        return Backend(point, name, event, point, macros, probes)
+        return Backend(point, name, event, point, macros, targets)
     fmt = kf.tracepoint_format(category, event)
     if fmt is None:
         return f"no tracepoint {category}:{event} (or tracefs not mounted)"

@@ -5,7 +5,6 @@ the kernel publishes it. Used by backend selection and `tracer doctor`."""
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -215,6 +214,3 @@ def parse_tracepoint_format(path: Path) -> dict[str, tuple[int, int]]:
         fields[name] = (int(parts["offset"]), int(parts["size"]))
     return fields
 
-
-def is_root() -> bool:
-    return os.geteuid() == 0

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from tracer.btf import Btf
 from tracer.capture import bpf_syscall
-from tracer.capture.backends import Backend, Probe
+from tracer.capture.abi import be16_as_loaded, be32_as_loaded
+from tracer.capture.backends import Backend, ProgramTarget
 from tracer.capture.kheaders import find_kernel_headers
 from tracer.capture.offsets import kernel_offsets
 from tracer.errors import EnvironmentProblem, KernelFeatureError, PrivilegeError, TracerError
@@ -68,43 +69,43 @@ def link_at_free_priority(prog_fd: int, hook: int, priorities: range) -> tuple[i
     )
 
 
-def load_tracing(bpf: object, probe: Probe) -> int:
+def load_tracing(bpf: object, target: ProgramTarget) -> int:
     """Load one fentry/fexit/tp_btf program from BCC's compiled bytecode
     against its target's BTF id (vmlinux's or its module's). Returns the
     program fd; the kernel's refusal is a KernelFeatureError with the
     verifier's words."""
-    insns = bpf.dump_func(probe.program.encode())  # type: ignore[attr-defined]
+    insns = bpf.dump_func(target.program.encode())  # type: ignore[attr-defined]
     try:
         return bpf_syscall.tracing_load(
-            insns, probe.btf_id, kind=probe.kind, btf_module=probe.btf_module,
-            name=probe.program.encode(),
+            insns, target.btf_id, kind=target.kind, btf_module=target.btf_module,
+            name=target.program.encode(),
         )
     except (OSError, LookupError) as exc:
-        where = f"{probe.function} [{probe.btf_module or 'vmlinux'}]"
+        where = f"{target.function} [{target.btf_module or 'vmlinux'}]"
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise KernelFeatureError(f"{probe.kind} program {probe.program} on {where} "
+        raise KernelFeatureError(f"{target.kind} program {target.program} on {where} "
                                  f"not loaded: {why}") from exc
 
 
-def _attach_probe(prog: LoadedProgram, probe: Probe) -> None:
+def _attach_target(prog: LoadedProgram, target: ProgramTarget) -> None:
     bpf = prog.bpf
-    function, program = probe.function.encode(), probe.program.encode()
-    if probe.kind == "kprobe":
+    function, program = target.function.encode(), target.program.encode()
+    if target.kind == "kprobe":
         bpf.attach_kprobe(event=function, fn_name=program)  # type: ignore[attr-defined]
         prog.attachments.append(("kprobe", function, program))
-    elif probe.kind == "kretprobe":
+    elif target.kind == "kretprobe":
         bpf.attach_kretprobe(event=function, fn_name=program)  # type: ignore[attr-defined]
         prog.attachments.append(("kretprobe", function, program))
-    elif probe.kind in ("fentry", "fexit", "tp_btf"):
-        fd = load_tracing(bpf, probe)
+    elif target.kind in ("fentry", "fexit", "tp_btf"):
+        fd = load_tracing(bpf, target)
         prog.prog_fds.append(fd)
         try:
             prog.links.append(bpf_syscall.tracing_attach(fd))
         except OSError as exc:
             raise KernelFeatureError(
-                f"{probe.kind} on {probe.function} did not attach: {exc.strerror}") from exc
+                f"{target.kind} on {target.function} did not attach: {exc.strerror}") from exc
     else:
-        raise TracerError(f"no attach rule for probe kind {probe.kind}")
+        raise TracerError(f"no attach rule for probe kind {target.kind}")
 
 
 @dataclass
@@ -141,24 +142,14 @@ class ProgramSettings:
         if self.filter_proto is not None:
             out["FILTER_PROTO"] = self.filter_proto
         if self.filter_client:
-            out["FILTER_CLIENT"] = _be32(self.filter_client)
+            out["FILTER_CLIENT"] = hex(be32_as_loaded(self.filter_client))
         if self.filter_endpoint:
-            out["FILTER_ENDPOINT"] = _be32(self.filter_endpoint)
+            out["FILTER_ENDPOINT"] = hex(be32_as_loaded(self.filter_endpoint))
         if self.filter_port is not None:
-            out["FILTER_PORT"] = _be16(self.filter_port)
+            out["FILTER_PORT"] = hex(be16_as_loaded(self.filter_port))
         if self.filter_client or self.filter_endpoint or self.filter_port is not None:
             out["TRACK_FLOWS"] = None
         return out
-
-
-def _be32(ip: str) -> str:
-    """The address as the C sees a network-order u32 loaded on little-endian x86."""
-    a, b, c, d = (int(x) for x in ip.split("."))
-    return hex(a | b << 8 | c << 16 | d << 24)
-
-
-def _be16(port: int) -> str:
-    return hex(((port & 0xFF) << 8) | (port >> 8))
 
 
 def compose_source(backends: list[Backend]) -> str:
@@ -301,8 +292,8 @@ def load_and_attach(
                 bpf.attach_tracepoint(tp=target, fn_name=fn)
                 prog.attachments.append(("tracepoint", target, fn))
             elif b.name in ("kprobe", "fentry", "tp_btf"):
-                for probe in b.probes:
-                    _attach_probe(prog, probe)
+                for target in b.programs:
+                    _attach_target(prog, target)
             elif b.name == "netfilter":
                 enter = bpf.load_func(b"trc_nat_nf_enter", bpf_syscall.BPF_PROG_TYPE_NETFILTER,
                                       attach_type=bpf_syscall.BPF_NETFILTER)

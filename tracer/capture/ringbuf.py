@@ -1,8 +1,8 @@
 """A bulk consumer of a BPF ring buffer (BPF_MAP_TYPE_RINGBUF), reading the
 map's memory directly instead of through BCC's per-event callback.
 
-BCC's consumer calls Python once per event (~0.85 M events/s on this
-project's 2-core machines). The tracer's events all have one size, so the
+BCC's consumer calls Python once per event (~0.85 M events/s on a
+2-core x86-64 machine). The tracer's events all have one size, so the
 records between the consumer and producer positions form a regular array:
 numpy finds the first record still being written (BUSY bit) and copies
 everything before it in one go.
@@ -20,13 +20,8 @@ import select
 
 import numpy as np
 
-from tracer.capture.event_layout import (
-    EVENT_SIZE,
-    GATHER_CHUNK,
-    RECORD_DTYPE,
-    RECORD_SIZE,
-    EventColumns,
-)
+from tracer.capture.abi import EVENT_SIZE, RECORD_DTYPE, RECORD_SIZE
+from tracer.capture.decode import GATHER_CHUNK, EventColumns
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -58,7 +53,6 @@ class RingBufferReader:
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self.records_read = 0
-        self.discarded = 0
 
     def _positions(self) -> tuple[int, int]:
         return int(self._cons_pos[0]), int(self._prod_pos[0])
@@ -89,12 +83,11 @@ class RingBufferReader:
                 records, hdr = records[:n], hdr[:n]
             if ((hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)) != EVENT_SIZE).any():
                 raise RuntimeError("ring buffer holds a record that is not a tracer event")
+            # No program of ours discards a reserved record (bpf/ has no
+            # bpf_ringbuf_discard), but one that did would leave its slot
+            # marked: skip it, it never was an event.
             keep = (hdr & DISCARD_BIT) == 0
-            if keep.all():
-                cols.append(records["ev"])
-            else:
-                cols.append(records["ev"][keep])
-                self.discarded += int(n - keep.sum())
+            cols.append(records["ev"] if keep.all() else records["ev"][keep])
             # Release the space only after the copy (x86: stores are not
             # reordered before earlier loads).
             self._release(cons + n * RECORD_SIZE)

@@ -6,15 +6,12 @@ to the map."""
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tracer.capfile import PROTO_NUMBERS
+from tracer.capture.abi import ROLE_ENDPOINT, ROLE_FRONTEND, be16_as_loaded, be32_as_loaded
 from tracer.kube.iptables_parse import ResolvedService
-
-ROLE_FRONTEND = 1  # bpf/tracer.h TRACER_ROLE_*
-ROLE_ENDPOINT = 2
 
 Key = tuple[str, int, int]  # (ip, port, protocol number)
 
@@ -39,15 +36,6 @@ def service_keys(svc: ResolvedService, node_addresses: Iterable[str]) -> dict[Ke
     return keys
 
 
-def _be32_value(ip: str) -> int:
-    """A network-order address as the BPF program reads it into a u32 on x86."""
-    return int.from_bytes(socket.inet_aton(ip), "little")
-
-
-def _be16_value(port: int) -> int:
-    return int.from_bytes(port.to_bytes(2, "big"), "little")
-
-
 @dataclass
 class SyncResult:
     added: int
@@ -66,8 +54,8 @@ class ServiceKeyMap:
 
     def _ckey(self, key: Key):
         k = self.table.Key()
-        k.addr = _be32_value(key[0])
-        k.port = _be16_value(key[1])
+        k.addr = be32_as_loaded(key[0])
+        k.port = be16_as_loaded(key[1])
         k.proto = key[2]
         return k
 

@@ -54,7 +54,7 @@ def test_ipip_lab_is_programmed_as_calico_does(ipip_lab):
 
 def test_capture_follows_packets_through_the_ipip_tunnel(ipip_lab, tmp_path):
     t0 = time.monotonic()
-    run = encap_capture.run(ipip_lab, "ipip", tmp_path, requests=40)
+    run = encap_capture.run(ipip_lab, "ipip", tmp_path, requests=40, ready_timeout=600)
     record(capture_seconds=round(time.monotonic() - t0, 1), served_by_pod=run.traffic.served_by_pod,
            sep=dict(run.sep))
     t1 = time.monotonic()

@@ -1,5 +1,5 @@
-"""Python's view of struct tracer_event (bpf/tracer.h), as a numpy dtype, and
-its bulk decoding into the capture file's Arrow columns.
+"""Bulk decoding of struct tracer_event records (their layout: abi.py) into
+the capture file's Arrow columns.
 
 Decoding works on whole arrays of events at once: the ring buffer hands over
 thousands of fixed-size records per read and every column is converted with
@@ -16,65 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer.capfile import ENCAPS, HOOKS, NAT_KINDS, PROBES, SCHEMA
-
-# (name, numpy type, offset) in struct tracer_event. Fields in network byte
-# order are declared big-endian ('>') so numpy does the byte swapping.
-EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
-    ("ts_ns", "<u8", 0),
-    ("skb", "<u8", 8),
-    ("ct", "<u8", 16),
-    ("netns_ino", "<u4", 24),
-    ("ifindex", "<u4", 28),
-    ("ifname", "S16", 32),
-    ("saddr", ">u4", 48),
-    ("daddr", ">u4", 52),
-    ("nat_saddr", ">u4", 56),
-    ("nat_daddr", ">u4", 60),
-    ("seq", ">u4", 64),
-    ("ack", ">u4", 68),
-    ("nat_ns", "<u4", 72),
-    ("drop_reason", "<u4", 76),
-    ("sport", ">u2", 80),
-    ("dport", ">u2", 82),
-    ("nat_sport", ">u2", 84),
-    ("nat_dport", ">u2", 86),
-    ("ip_id", ">u2", 88),
-    ("len", ">u2", 90),
-    ("cpu", "<u2", 92),
-    ("probe", "u1", 94),
-    ("hook", "u1", 95),
-    ("proto", "u1", 96),
-    ("ttl", "u1", 97),
-    ("tcp_flags", "u1", 98),
-    ("nat_kind", "u1", 99),
-    ("nat_first", "u1", 100),
-    ("ip_hlen", "u1", 101),
-    ("tcp_hlen", "u1", 102),
-    ("encap", "u1", 103),
-    ("outer_saddr", ">u4", 104),
-    ("outer_daddr", ">u4", 108),
-)
-EVENT_SIZE = 112
-
-EVENT_DTYPE = np.dtype(
-    {
-        "names": [n for n, _, _ in EVENT_FIELDS],
-        "formats": [t for _, t, _ in EVENT_FIELDS],
-        "offsets": [o for _, _, o in EVENT_FIELDS],
-        "itemsize": EVENT_SIZE,
-    }
-)
-
-# A ring buffer record: 8-byte header (length with BUSY/DISCARD bits, page
-# offset), then the event; records are 8-byte aligned (kernel/bpf/ringbuf.c).
-RINGBUF_HDR = 8
-RECORD_SIZE = (RINGBUF_HDR + EVENT_SIZE + 7) & ~7
-RECORD_DTYPE = np.dtype(
-    {"names": ["hdr_len", "ev"], "formats": ["<u4", EVENT_DTYPE], "offsets": [0, 8],
-     "itemsize": RECORD_SIZE}
-)
-
-HOOK_NONE = 255
+from tracer.capture.abi import EVENT_FIELDS, PROBE_DROP, PROBE_NAT
 
 # Events are gathered out of the ring in chunks of at most this many records
 # (~1.7 MB): pulling 31 strided fields out of a chunk that sits in the CPU's
@@ -220,8 +162,8 @@ class EventDecoder:
         n = len(c)
         ts = c["ts_ns"].view(np.int64)
         probe, hook, nat_kind = c["probe"], c["hook"], c["nat_kind"]
-        is_nat = probe == 3
-        is_drop = probe == 4
+        is_nat = probe == PROBE_NAT
+        is_drop = probe == PROBE_DROP
         netns_ino = _numeric(c["netns_ino"])
         # Addresses of non-NAT events are -1 before encoding: they read ''.
         nat_saddr = np.where(is_nat, c["nat_saddr"].astype(np.int64), -1)

@@ -1,9 +1,12 @@
-"""The Python decoder must agree with bpf/tracer.h: compile the header with gcc
-and compare every field's offset and size, and every shared constant."""
+"""tracer.capture.abi must agree with bpf/tracer.h: compile the header with
+gcc and compare every field's offset and size, and every #define the header
+makes (TRACER_X in C is X in abi), so no value crossing the boundary can
+have a second Python face that drifts."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,20 +15,13 @@ import numpy as np
 import pytest
 
 from tracer.capfile import ENCAPS, NAT_KINDS, PROBES
-from tracer.capture import session
-from tracer.capture.event_layout import EVENT_DTYPE, EVENT_FIELDS, EVENT_SIZE, RECORD_SIZE
+from tracer.capture import abi
+from tracer.capture.abi import EVENT_DTYPE, EVENT_FIELDS, EVENT_SIZE, RECORD_SIZE, SVC_KEY_FIELDS
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-
-CONSTANTS = [
-    "TRACER_PROBE_RX", "TRACER_PROBE_TX", "TRACER_PROBE_NAT", "TRACER_PROBE_DROP",
-    "TRACER_NAT_DNAT", "TRACER_NAT_SNAT", "TRACER_NAT_REV_DNAT", "TRACER_NAT_REV_SNAT",
-    "TRACER_HOOK_NONE", "TRACER_STAT_EVENTS", "TRACER_STAT_LOST", "TRACER_STAT_FLOW_OVERFLOW",
-    "TRACER_STAT_IPV6_SKIPPED", "TRACER_STAT_NON_IP", "TRACER_STAT_NAT_UNPAIRED",
-    "TRACER_STAT_PARSE_ERROR", "TRACER_STAT_NAT_UNTIMED", "TRACER_STAT_LOST_BASE", "TRACER_STAT_NR",
-    "TRACER_HIST_HOOKS", "TRACER_HIST_SLOTS", "TRACER_ROLE_FRONTEND", "TRACER_ROLE_ENDPOINT",
-    "TRACER_ENCAP_NONE", "TRACER_ENCAP_VXLAN", "TRACER_ENCAP_IPIP",
-]
+HEADER = BPF_DIR / "tracer.h"
+# Every constant the header defines (the include guard excepted).
+CONSTANTS = sorted(set(re.findall(r"^#define (TRACER_[A-Z0-9_]+)[ \t]+\S", HEADER.read_text(), re.M)))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +36,9 @@ def c_layout(tmp_path_factory) -> dict:
             "#define C(c) printf(\"\\\"%s\\\": %d,\", #c, (int)(c));",
             "int main(void) {", 'printf("{\\"fields\\": {");']
     body += [f"F({f})" for f in fields]
+    body += ["#define K(f) printf(\"\\\"key.%s\\\": [%zu, %zu],\", #f, offsetof(struct tracer_svc_key, f),"
+             " sizeof(((struct tracer_svc_key *)0)->f));"]
+    body += [f"K({name})" for name, _, _ in SVC_KEY_FIELDS]
     body += ['printf("\\"_\\": [0, 0]}, \\"constants\\": {");']
     body += [f"C({c})" for c in CONSTANTS]
     body += ['printf("\\"_\\": 0}, \\"size\\": %zu, \\"svc_key\\": %zu}\\n", '
@@ -62,7 +61,18 @@ def test_struct_size_and_ring_record(c_layout):
     assert c_layout["size"] == EVENT_SIZE == EVENT_DTYPE.itemsize
     # kernel/bpf/ringbuf.c: 8-byte header, records rounded up to 8 bytes.
     assert (EVENT_SIZE + 8 + 7) // 8 * 8 == RECORD_SIZE
-    assert c_layout["svc_key"] == 8
+    assert c_layout["svc_key"] == abi.SVC_KEY_SIZE == 8
+
+
+def test_every_svc_key_field_has_the_c_offset_and_size(c_layout):
+    for name, typ, offset in SVC_KEY_FIELDS:
+        assert c_layout["fields"][f"key.{name}"] == [offset, np.dtype(typ).itemsize], name
+
+
+def test_every_constant_of_the_header_is_in_abi_with_its_value(c_layout):
+    assert len(CONSTANTS) >= 29, CONSTANTS  # the regex found the header's defines
+    for name in CONSTANTS:
+        assert getattr(abi, name.removeprefix("TRACER_")) == c_layout["constants"][name], name
 
 
 def test_enumerations_match_the_schema(c_layout):
@@ -71,17 +81,15 @@ def test_enumerations_match_the_schema(c_layout):
     assert [c[f"TRACER_NAT_{k.upper()}"] for k in NAT_KINDS] == [1, 2, 3, 4]
     assert c["TRACER_ENCAP_NONE"] == 0
     assert [c[f"TRACER_ENCAP_{k.upper()}"] for k in ENCAPS] == [1, 2]
-    assert session.POINTS_BY_ID == PROBES
-    assert c["TRACER_STAT_EVENTS"] == session.STAT_EVENTS
-    assert c["TRACER_STAT_LOST"] == session.STAT_LOST
-    assert c["TRACER_STAT_FLOW_OVERFLOW"] == session.STAT_FLOW_OVERFLOW
-    assert c["TRACER_STAT_IPV6_SKIPPED"] == session.STAT_IPV6
-    assert c["TRACER_STAT_NON_IP"] == session.STAT_NON_IP
-    assert c["TRACER_STAT_NAT_UNPAIRED"] == session.STAT_NAT_UNPAIRED
-    assert c["TRACER_STAT_PARSE_ERROR"] == session.STAT_PARSE_ERROR
-    assert c["TRACER_STAT_NAT_UNTIMED"] == session.STAT_NAT_UNTIMED
-    assert c["TRACER_STAT_LOST_BASE"] == session.STAT_LOST_BASE
-    assert c["TRACER_STAT_NR"] == session.STAT_NR
-    assert c["TRACER_HIST_HOOKS"] == session.HIST_HOOKS
-    assert c["TRACER_HIST_SLOTS"] == session.HIST_SLOTS
+    assert abi.POINTS == PROBES
+    assert c["TRACER_STAT_IPV6_SKIPPED"] == abi.STAT_IPV6_SKIPPED
+    assert c["TRACER_STAT_LOST_BASE"] + c["TRACER_PROBE_NR"] - 1 < c["TRACER_STAT_NR"]
+    assert c["TRACER_HIST_NR"] == abi.HIST_HOOKS * 2 * abi.HIST_SLOTS
     assert c["TRACER_HOOK_NONE"] == 255
+
+
+def test_addresses_as_the_c_loads_them():
+    # bpf/tracer.h keeps addresses and ports in network order; a little-endian
+    # load of 192.168.64.10 reads 0x0A40A8C0, of port 8088 (0x1F98) 0x981F.
+    assert abi.be32_as_loaded("192.168.64.10") == 0x0A40A8C0
+    assert abi.be16_as_loaded(8088) == 0x981F

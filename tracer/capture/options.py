@@ -1,0 +1,77 @@
+"""What the user asked a capture to do, checked before anything is attached."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.capfile import PROTO_NUMBERS
+from tracer.capture.abi import POINTS
+from tracer.capture.backends import parse_backend_option
+from tracer.errors import UsageError
+
+
+@dataclass
+class CaptureOptions:
+    service: str
+    netns: str | None = None
+    node: str | None = None
+    output: Path | None = None
+    force: bool = False
+    mode: str = "events"
+    duration: float | None = None
+    count: int | None = None
+    quiet: bool = False
+    backend: str | None = None
+    probes: tuple[str, ...] = POINTS
+    client: str | None = None
+    endpoint: str | None = None
+    port: int | None = None
+    proto: str | None = None
+    ringbuf_mb: int = 16
+    refresh_s: float = 2.0
+    max_lines_per_s: int = 2000
+    fault_nat_entry_one_in: int = 1  # tests only: ProgramSettings.nat_entry_one_in
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """The probe points to attach, in POINTS order: --mode hist needs only nat."""
+        return ("nat",) if self.mode == "hist" else tuple(p for p in POINTS if p in self.probes)
+
+    @property
+    def filters(self) -> dict[str, str | int]:
+        """The narrowing filters given, as the metadata records them."""
+        given = (("client", self.client), ("endpoint", self.endpoint), ("port", self.port),
+                 ("proto", self.proto))
+        return {k: v for k, v in given if v is not None}
+
+
+def validate_options(opts: CaptureOptions) -> None:
+    """Raise UsageError for the first option that cannot work."""
+    if opts.mode not in ("events", "hist"):
+        raise UsageError(f"--mode must be events or hist, not {opts.mode!r}")
+    for name in ("client", "endpoint"):
+        value = getattr(opts, name)
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError as exc:
+                raise UsageError(f"--{name}: {value!r} is not an IPv4 address") from exc
+    if opts.port is not None and not 0 < opts.port < 65536:
+        raise UsageError(f"--port: {opts.port} is not a port number")
+    if opts.proto is not None and opts.proto.lower() not in PROTO_NUMBERS:
+        raise UsageError(f"--proto: {opts.proto!r} is not one of {', '.join(PROTO_NUMBERS)}")
+    unknown = [p for p in opts.probes if p not in POINTS]
+    if unknown:
+        raise UsageError(f"--probes: unknown probe point {unknown[0]!r} (points: {', '.join(POINTS)})")
+    if opts.duration is not None and opts.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if opts.count is not None and opts.count <= 0:
+        raise UsageError("--count must be positive")
+    bad_size = not 1 <= opts.ringbuf_mb <= 1024 or opts.ringbuf_mb & (opts.ringbuf_mb - 1)
+    if bad_size and opts.ringbuf_mb != 0:  # 0 = one page, for tests of loss accounting
+        raise UsageError("--ringbuf-mb must be a power of two between 1 and 1024")
+    if opts.fault_nat_entry_one_in < 1:
+        raise UsageError("--fault-nat-entry-one-in must be at least 1")
+    parse_backend_option(opts.backend)
