@@ -45,8 +45,8 @@ from tracer.capture.service_filter import ServiceKeyMap, service_keys
 from tracer.capture.summary import CaptureSummary, render_summary
 from tracer.errors import UsageError
 from tracer.histograms import log2_buckets
-from tracer.kube.iptables_parse import ResolvedService, parse_nat_rules
-from tracer.kube.rules_source import find_service, read_nat_rules
+from tracer.kube.resolved import ResolvedService
+from tracer.kube.rules_source import find_service, read_kube_proxy_rules
 from tracer.system import require_root
 
 # bpf/tracer.h TRACER_STAT_*
@@ -183,8 +183,7 @@ class CaptureSession:
 
     # -- set-up -------------------------------------------------------------
     def _resolve_service(self) -> ResolvedService:
-        services = parse_nat_rules(read_nat_rules())
-        return find_service(services, self.opts.service)
+        return find_service(read_kube_proxy_rules().services, self.opts.service)
 
     def _settings(self) -> ProgramSettings:
         o = self.opts

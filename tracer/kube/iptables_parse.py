@@ -31,9 +31,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from tracer.kube.nftables_parse import parse_kube_proxy_table
-from tracer.kube.nftables_table import looks_like_nft
-
 # The result types live in tracer.kube.resolved (shared with the nftables
 # parser); they are re-exported here, where callers have always found them.
 from tracer.kube.resolved import (
@@ -53,7 +50,6 @@ __all__ = [
     "ResolvedServicePort",
     "Rule",
     "parse_iptables_nat_rules",
-    "parse_nat_rules",
     "read_nat_table",
 ]
 
@@ -274,21 +270,12 @@ class _PortDraft(PortDraft):
             self.names.append(text)
 
 
-def parse_nat_rules(text: str) -> list[ResolvedService]:
+def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
     """Every service port kube-proxy programmed, grouped into services, from
-    whatever rules_source.read_nat_rules returned: iptables-save text, or in
-    nftables mode nft's JSON or text of table ip kube-proxy (handed to
-    tracer.kube.nftables_parse). Callers that only hold the text need not know
-    which mode the node runs.
+    iptables-save (or iptables-restore) text. (rules_source.parse_kube_proxy_rules
+    takes nftables mode's rules too.)
 
     Sorted by namespace and name (chain-named services last, by chain)."""
-    if looks_like_nft(text):
-        return parse_kube_proxy_table(text)
-    return parse_iptables_nat_rules(text)
-
-
-def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
-    """parse_nat_rules for iptables-save (or iptables-restore) text only."""
     table = read_nat_table(iptables_save_text)
     drafts: dict[str, _PortDraft] = {}
 
