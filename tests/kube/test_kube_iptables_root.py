@@ -16,8 +16,9 @@ import pytest
 
 from tracer import cli as cli_module
 from tracer import netns
-from tracer.kube.iptables_parse import ResolvedService, parse_iptables_nat_rules, read_nat_table
+from tracer.kube.iptables_parse import ResolvedService, parse_iptables_nat_rules
 from tracer.kube.iptables_render import render_nat_table
+from tracer.kube.iptables_table import read_nat_table
 from tracer.kube.model import Endpoint, Manifest, Service, ServicePort
 from tracer.kube.rules_source import read_kube_proxy_rules
 

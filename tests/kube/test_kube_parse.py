@@ -14,9 +14,9 @@ from tracer.kube import naming
 from tracer.kube.iptables_parse import (
     ResolvedService,
     parse_iptables_nat_rules,
-    read_nat_table,
 )
 from tracer.kube.iptables_render import render_nat_table
+from tracer.kube.iptables_table import read_nat_table
 from tracer.kube.model import Endpoint, Manifest
 
 DATA = Path(__file__).parent / "data"

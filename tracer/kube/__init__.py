@@ -9,7 +9,8 @@ Modules, one job each:
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
     iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
-    iptables_parse   `iptables-save -t nat` text -> ResolvedService list
+    iptables_table   `iptables-save -t nat` text -> NatTable (chains of tokenized rules)
+    iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
     nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction
                      for table ip kube-proxy (nftables mode)
     nftables_table   nft JSON / `nft list` text / transaction -> NftTable facts
