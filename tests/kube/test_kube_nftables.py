@@ -26,9 +26,9 @@ from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.iptables_render import render_nat_table
 from tracer.kube.manifest import parse_manifest
 from tracer.kube.model import Endpoint, Manifest
-from tracer.kube.nftables_parse import parse_chain_base, parse_kube_proxy_table
+from tracer.kube.nftables_parse import parse_chain_base, parse_kube_proxy_table, read_nft
 from tracer.kube.nftables_render import render_kube_proxy_table
-from tracer.kube.nftables_table import NftablesParseError, looks_like_nft, read_nft
+from tracer.kube.nftables_table import NftablesParseError, looks_like_nft
 from tracer.kube.resolved import ResolvedService
 from tracer.kube.rules_source import find_service, parse_kube_proxy_rules, read_kube_proxy_rules
 

@@ -13,7 +13,8 @@ Modules, one job each:
     iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
     nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction
                      for table ip kube-proxy (nftables mode)
-    nftables_table   nft JSON / `nft list` text / transaction -> NftTable facts
-    nftables_parse   NftTable -> ResolvedService list
+    nftables_table   NftTable facts (chains, rules, map elements); nft JSON -> NftTable
+    nftables_text    `nft list` text / knftables transaction -> NftTable
+    nftables_parse   nft JSON or text (read_nft) -> NftTable -> ResolvedService list
     rules_source     read a node's kube-proxy rules (either mode); find a service by name
 """
