@@ -5,6 +5,7 @@ a node's real rules) for the capture engine.
 Modules, one job each:
     model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
     manifest         YAML -> Manifest, with one-line errors that say where
+    manifest_fields  the YAML documents and typed fields manifest reads, located errors
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
