@@ -9,6 +9,8 @@ Modules, one job each:
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
+    proxy_plan       what kube-proxy decides per service port in either mode (addresses
+                     checked, endpoints ordered and categorized), before any rule
     iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
     iptables_table   `iptables-save -t nat` text -> NatTable (chains of tokenized rules)
     iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
