@@ -35,19 +35,9 @@ def services_command(as_json: bool, netns: str | None) -> None:
     """List the Services kube-proxy programmed in the nat table."""
     import json
 
-    from tracer import netns as netns_lib
-    from tracer.kube.iptables_parse import parse_nat_rules
-    from tracer.kube.rules_source import format_services_table, read_nat_rules
-    from tracer.system import require_root
+    from tracer.kube.rules_source import format_services_table, services_in_netns
 
-    if netns:
-        path = netns_lib.resolve(netns)
-        require_root("tracer services --netns")
-        with netns_lib.entered(path):
-            text = read_nat_rules()
-    else:
-        text = read_nat_rules()
-    services = parse_nat_rules(text)
+    services = services_in_netns(netns)
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in services], indent=2))
     else:

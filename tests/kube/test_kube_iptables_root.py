@@ -16,10 +16,11 @@ import pytest
 
 from tracer import cli as cli_module
 from tracer import netns
-from tracer.kube.iptables_parse import ResolvedService, parse_nat_rules, read_nat_table
+from tracer.kube.iptables_parse import ResolvedService, parse_iptables_nat_rules
 from tracer.kube.iptables_render import render_nat_table
+from tracer.kube.iptables_table import read_nat_table
 from tracer.kube.model import Endpoint, Manifest, Service, ServicePort
-from tracer.kube.rules_source import read_nat_rules
+from tracer.kube.rules_source import read_kube_proxy_rules
 
 pytestmark = pytest.mark.root
 
@@ -89,25 +90,26 @@ def test_seed_rules_load_and_parse_back(kube_netns: str, backend: str, seed_mani
     portals = '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
     assert f"-A PREROUTING {portals}" in saved and f"-A OUTPUT {portals}" in saved
 
-    expected = comparable(parse_nat_rules(text))
+    expected = comparable(parse_iptables_nat_rules(text))
     assert [s["name"] for s in expected] == ["nginx-demo-1", "nginx-demo-2"]
-    assert comparable(parse_nat_rules(saved)) == expected
+    assert comparable(parse_iptables_nat_rules(saved)) == expected
     with_counters = save(kube_netns, backend, "-c")
     assert "[0:0] -A KUBE-SERVICES" in with_counters
-    assert comparable(parse_nat_rules(with_counters)) == expected
+    assert comparable(parse_iptables_nat_rules(with_counters)) == expected
 
-    # read_nat_rules, run inside the namespace, finds this backend's rules.
+    # read_kube_proxy_rules, run inside the namespace, finds this backend's rules.
     with netns.entered(netns.resolve(kube_netns)):
-        from_source = read_nat_rules()
-    assert comparable(parse_nat_rules(from_source)) == expected
+        from_source = read_kube_proxy_rules()
+    assert comparable(from_source.services) == expected
+    assert from_source.source == BACKENDS[backend][1]
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_large_cluster_mode_parses_back(kube_netns: str, backend: str, seed_manifest) -> None:
     text = seed_rules(seed_manifest, 2, large_cluster_mode=True)
     restore(kube_netns, backend, text)
-    parsed = parse_nat_rules(save(kube_netns, backend))
-    assert comparable(parsed) == comparable(parse_nat_rules(text))
+    parsed = parse_iptables_nat_rules(save(kube_netns, backend))
+    assert comparable(parsed) == comparable(parse_iptables_nat_rules(text))
     assert "-> " not in save(kube_netns, backend)
 
 
@@ -148,8 +150,8 @@ def test_every_rule_form_loads(kube_netns: str, backend: str) -> None:
     )
     restore(kube_netns, backend, text)
     saved = save(kube_netns, backend)
-    (resolved,) = parse_nat_rules(saved)
-    assert comparable([resolved]) == comparable(parse_nat_rules(text))
+    (resolved,) = parse_iptables_nat_rules(saved)
+    assert comparable([resolved]) == comparable(parse_iptables_nat_rules(text))
     by_name = {p.port_name: p for p in resolved.ports}
     assert {name: p.protocol for name, p in by_name.items()} == {
         "http": "tcp",
@@ -173,7 +175,7 @@ def test_resync_without_jump_rules(kube_netns: str, seed_manifest) -> None:
     restore(kube_netns, "nft", seed_rules(seed_manifest, 4, jump_rules=False))
     saved = save(kube_netns, "nft")
     assert saved.count("-j KUBE-SERVICES") == 2  # PREROUTING and OUTPUT, once each
-    for service in parse_nat_rules(saved):
+    for service in parse_iptables_nat_rules(saved):
         (port,) = service.ports
         assert len(port.endpoints) == 4
 

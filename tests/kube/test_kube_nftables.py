@@ -22,15 +22,15 @@ import pytest
 from tests.kube.conftest import SEED_ENDPOINTS
 from tracer.errors import TracerError, UsageError
 from tracer.kube import naming, rules_source
-from tracer.kube.iptables_parse import parse_iptables_nat_rules, parse_nat_rules
+from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.iptables_render import render_nat_table
 from tracer.kube.manifest import parse_manifest
 from tracer.kube.model import Endpoint, Manifest
-from tracer.kube.nftables_parse import parse_chain_base, parse_kube_proxy_table
+from tracer.kube.nftables_parse import parse_chain_base, parse_kube_proxy_table, read_nft
 from tracer.kube.nftables_render import render_kube_proxy_table
-from tracer.kube.nftables_table import NftablesParseError, looks_like_nft, read_nft
+from tracer.kube.nftables_table import NftablesParseError, looks_like_nft
 from tracer.kube.resolved import ResolvedService
-from tracer.kube.rules_source import find_service, read_nat_rules
+from tracer.kube.rules_source import find_service, parse_kube_proxy_rules, read_kube_proxy_rules
 
 DATA = Path(__file__).parent / "data"
 SEED_JSON = (DATA / "kube_proxy_nft_seed.json").read_text()
@@ -284,11 +284,11 @@ def test_chain_base_names() -> None:
     assert parse_chain_base("ABCDEFGH-" + "a" * 300 + "...") is None
 
 
-# --- finding a service; parse_nat_rules dispatches ----------------------------------------
+# --- finding a service; parse_kube_proxy_rules dispatches ----------------------------------
 
 
 def test_find_service_by_nftables_chain(seed_manifest: Manifest) -> None:
-    services = parse_nat_rules(seed_nft(seed_manifest))  # the capture session's call
+    services = parse_kube_proxy_rules(seed_nft(seed_manifest))  # the capture session's call
     assert [s.full_name for s in services] == ["default/nginx-demo-1", "default/nginx-demo-2"]
     chain = naming.nft_external_chain("default", "nginx-demo-2", "tcp", "")
     assert find_service(services, chain).name == "nginx-demo-2"
@@ -315,9 +315,11 @@ def fake_programs(monkeypatch, outputs: dict[str, tuple[int, str]]) -> list[list
 EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
 
 
-def test_read_nat_rules_prefers_the_mode_with_services(monkeypatch, seed_manifest) -> None:
+def test_read_kube_proxy_rules_prefers_the_mode_with_services(monkeypatch, seed_manifest) -> None:
     calls = fake_programs(monkeypatch, {"iptables-save": (0, EMPTY_NAT), "nft": (0, SEED_JSON)})
-    assert read_nat_rules() == SEED_JSON
+    rules = read_kube_proxy_rules()
+    assert rules.text == SEED_JSON
+    assert (rules.source, len(rules.services)) == ("nft", 2)
     assert ["nft", "-j", "list", "table", "ip", "kube-proxy"] in calls
     # iptables mode with services and a leftover empty nft table: iptables.
     ipt = render_nat_table(seed_manifest.services, {}, node_ips=["192.168.64.57"])
@@ -327,21 +329,25 @@ def test_read_nat_rules_prefers_the_mode_with_services(monkeypatch, seed_manifes
         node_ips=["192.168.64.57"])
     empty_table = '{"nftables": [{"table": {"family": "ip", "name": "kube-proxy", "handle": 1}}]}'
     fake_programs(monkeypatch, {"iptables-save": (0, ipt_with), "nft": (0, empty_table)})
-    assert read_nat_rules() == ipt_with
+    rules = read_kube_proxy_rules()
+    assert rules.text == ipt_with
+    assert (rules.source, len(rules.services)) == ("iptables-save", 2)
     # Neither has services: the iptables text (the caller reports "no services").
     fake_programs(monkeypatch, {"iptables-save": (0, ipt), "nft": (0, empty_table)})
-    assert read_nat_rules() == ipt
+    rules = read_kube_proxy_rules()
+    assert rules.text == ipt
+    assert (rules.source, rules.services) == ("iptables-save", [])
     # No table ip kube-proxy is not an error.
     fake_programs(monkeypatch, {"iptables-save": (0, EMPTY_NAT),
                                 "nft": (1, "Error: No such file or directory")})
-    assert read_nat_rules() == EMPTY_NAT
+    assert read_kube_proxy_rules().text == EMPTY_NAT
     # A node with nft only (no iptables at all) in nftables mode.
     fake_programs(monkeypatch, {"nft": (0, SEED_JSON)})
-    assert [s.name for s in rules_source.read_services()] == ["nginx-demo-1", "nginx-demo-2"]
+    assert [s.name for s in rules_source.read_kube_proxy_rules().services] == ["nginx-demo-1", "nginx-demo-2"]
 
 
-def test_read_nat_rules_failures_name_both(monkeypatch) -> None:
+def test_read_kube_proxy_rules_failures_name_both(monkeypatch) -> None:
     monkeypatch.setattr(rules_source.os, "geteuid", lambda: 0)
     fake_programs(monkeypatch, {"iptables-save": (1, "iptables gone"), "nft": (1, "Error: netlink busy")})
     with pytest.raises(TracerError, match=r"iptables gone.*nft: Error: netlink busy"):
-        read_nat_rules()
+        read_kube_proxy_rules()

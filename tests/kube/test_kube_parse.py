@@ -13,10 +13,10 @@ import pytest
 from tracer.kube import naming
 from tracer.kube.iptables_parse import (
     ResolvedService,
-    parse_nat_rules,
-    read_nat_table,
+    parse_iptables_nat_rules,
 )
 from tracer.kube.iptables_render import render_nat_table
+from tracer.kube.iptables_table import read_nat_table
 from tracer.kube.model import Endpoint, Manifest
 
 DATA = Path(__file__).parent / "data"
@@ -70,7 +70,7 @@ def check_seed_services(services: list[ResolvedService], n: int = 2) -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_round_trip_with_comments(seed_manifest, n: int) -> None:
-    services = parse_nat_rules(seed_text(seed_manifest, n))
+    services = parse_iptables_nat_rules(seed_text(seed_manifest, n))
     check_seed_services(services, n)
     assert all(s.name_source == "comment" for s in services)
 
@@ -79,7 +79,7 @@ def test_round_trip_large_cluster_mode(seed_manifest) -> None:
     # Endpoint comments are gone, KUBE-SERVICES still names the services.
     text = seed_text(seed_manifest, 3, large_cluster_mode=True)
     assert "-> 10.217" not in text
-    services = parse_nat_rules(text)
+    services = parse_iptables_nat_rules(text)
     check_seed_services(services, 3)
     assert all(s.name_source == "comment" for s in services)
 
@@ -91,7 +91,7 @@ def strip_comments(text: str) -> str:
 def test_round_trip_without_any_comment(seed_manifest) -> None:
     text = strip_comments(seed_text(seed_manifest, 3))
     assert "--comment" not in text
-    services = parse_nat_rules(text)
+    services = parse_iptables_nat_rules(text)
     assert all(s.name_source == "chain" and s.namespace is None for s in services)
     chains = {naming.service_chain(f"default/nginx-demo-{i}", "tcp"): i for i in (1, 2)}
     assert sorted(s.name for s in services) == sorted(chains)
@@ -130,7 +130,7 @@ def as_iptables_save(text: str, *, counters: bool) -> str:
 def test_iptables_save_format_and_counters(seed_manifest, counters: bool) -> None:
     text = as_iptables_save(seed_text(seed_manifest, 2), counters=counters)
     assert ("[7:420] -A KUBE-SERVICES" in text) == counters
-    check_seed_services(parse_nat_rules(text), 2)
+    check_seed_services(parse_iptables_nat_rules(text), 2)
 
 
 
@@ -141,22 +141,22 @@ def test_unrelated_chains_and_tables(seed_manifest) -> None:
     head, _, tail = UNRELATED.rpartition("COMMIT\n")
     kube_body = "\n".join(kube.splitlines()[1:-1])  # without "*nat" and "COMMIT"
     text = head + kube_body + "\nCOMMIT\n" + tail
-    services = parse_nat_rules(text)
+    services = parse_iptables_nat_rules(text)
     check_seed_services(services, 2)
     # The filter table's KUBE-SERVICES REJECT rule is not a nat service.
     assert "ns9/ghost" not in by_name(services)
-    assert parse_nat_rules(UNRELATED) == []
+    assert parse_iptables_nat_rules(UNRELATED) == []
 
 
 def test_no_kube_proxy_rules() -> None:
-    assert parse_nat_rules("") == []
-    assert parse_nat_rules("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") == []
+    assert parse_iptables_nat_rules("") == []
+    assert parse_iptables_nat_rules("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") == []
 
 
 def test_kube_proxy_expected_output() -> None:
     """kube-proxy's own TestOverallIPTablesRules nat table, including ns5
     (load balancer source ranges via KUBE-FW, ClientIP session affinity)."""
-    services = by_name(parse_nat_rules((DATA / "kube_proxy_overall_nat.txt").read_text()))
+    services = by_name(parse_iptables_nat_rules((DATA / "kube_proxy_overall_nat.txt").read_text()))
     assert sorted(services) == [f"ns{i}/svc{i}" for i in range(1, 6)]  # ns6 has no endpoints
 
     (p1,) = services["ns1/svc1"].ports
@@ -221,7 +221,7 @@ def test_local_policy_round_trip() -> None:
         ]
     }
     text = render_nat_table([service], endpoints, node_ips=[], node_name="node-a")
-    (resolved,) = parse_nat_rules(text)
+    (resolved,) = parse_iptables_nat_rules(text)
     (port,) = resolved.ports
     assert port.port_name == "http"
     assert port.load_balancer_ips == ("203.0.113.7",)
@@ -237,7 +237,7 @@ def test_local_policy_round_trip() -> None:
 def test_seed_era_rules() -> None:
     # The seed article's chain names, in the older format: external IPs jump
     # straight to KUBE-SVC, node ports too, comments read "ns/name:".
-    services = by_name(parse_nat_rules((DATA / "seed_era_nat.txt").read_text()))
+    services = by_name(parse_iptables_nat_rules((DATA / "seed_era_nat.txt").read_text()))
     (p1,) = services["default/nginx-demo-1"].ports
     assert p1.port_name == ""
     assert p1.cluster_ips == ("10.96.88.88",)
@@ -252,13 +252,13 @@ def test_seed_era_rules() -> None:
 
 
 def test_json_round_trip(seed_manifest) -> None:
-    services = parse_nat_rules(seed_text(seed_manifest, 3))
+    services = parse_iptables_nat_rules(seed_text(seed_manifest, 3))
     data = json.loads(json.dumps([s.to_dict() for s in services]))
     assert [ResolvedService.from_dict(d) for d in data] == services
 
 
 def test_address_helpers(seed_manifest) -> None:
-    demo1, demo2 = parse_nat_rules(seed_text(seed_manifest, 2))
+    demo1, demo2 = parse_iptables_nat_rules(seed_text(seed_manifest, 2))
     assert demo1.service_addresses() == [
         ("10.96.88.88", 8088, "tcp"),
         ("192.168.64.57", 8088, "tcp"),

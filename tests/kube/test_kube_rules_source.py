@@ -1,5 +1,5 @@
 """Finding a service, the services table, choosing the iptables backend, and
-the `tracer services` command (with the rules source replaced by text)."""
+the `tracer services` command (with stand-in iptables-save and nft programs)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from tracer import cli as cli_module
 from tracer.errors import MissingPackageError, TracerError, UsageError
 from tracer.kube import naming, rules_source
-from tracer.kube.iptables_parse import parse_nat_rules
 from tracer.kube.iptables_render import render_nat_table
 from tracer.kube.model import Endpoint, Service, ServicePort
 from tracer.kube.rules_source import (
     find_service,
     format_services_table,
-    read_nat_rules,
+    parse_kube_proxy_rules,
+    read_kube_proxy_rules,
     services_table,
 )
 
@@ -49,7 +49,7 @@ def text() -> str:
 
 
 def test_find_service_by_name_namespace_and_chain(text: str) -> None:
-    services = parse_nat_rules(text)
+    services = parse_kube_proxy_rules(text)
     assert find_service(services, "cart").full_name == "shop/cart"
     assert find_service(services, "shop/web").full_name == "shop/web"
     assert find_service(services, "default/web").full_name == "default/web"
@@ -60,7 +60,7 @@ def test_find_service_by_name_namespace_and_chain(text: str) -> None:
 
 
 def test_find_service_errors(text: str) -> None:
-    services = parse_nat_rules(text)
+    services = parse_kube_proxy_rules(text)
     with pytest.raises(UsageError) as info:
         find_service(services, "web")
     assert str(info.value) == (
@@ -81,14 +81,14 @@ def test_find_service_errors(text: str) -> None:
 
 def test_find_service_named_by_chain(text: str) -> None:
     stripped = re.sub(r' -m comment --comment ("[^"]*"|\S+)', "", text)
-    services = parse_nat_rules(stripped)
+    services = parse_kube_proxy_rules(stripped)
     chain = naming.service_chain("shop/cart", "tcp")
     found = find_service(services, chain)
     assert (found.name, found.name_source) == (chain, "chain")
 
 
 def test_services_table(text: str) -> None:
-    rows = services_table(parse_nat_rules(text))
+    rows = services_table(parse_kube_proxy_rules(text))
     assert rows[0] == {
         "service": "default/web",
         "port": "80/tcp",
@@ -98,7 +98,7 @@ def test_services_table(text: str) -> None:
         "endpoints": "10.217.120.72:8080(50%) 10.217.121.8:8080(50%)",
         "chain": naming.service_chain("default/web", "tcp"),
     }
-    table = format_services_table(parse_nat_rules(text))
+    table = format_services_table(parse_kube_proxy_rules(text))
     header, *lines = table.splitlines()
     assert header.split() == [
         "SERVICE", "PORT", "CLUSTER-IP", "EXTERNAL-IP", "NODE-PORT", "ENDPOINTS", "(share)", "CHAIN"
@@ -109,7 +109,7 @@ def test_services_table(text: str) -> None:
     )
 
 
-# --- read_nat_rules with stand-in programs -------------------------------------------------
+# --- read_kube_proxy_rules with stand-in programs -----------------------------------------
 
 
 def fake_programs(monkeypatch, outputs: dict[str, tuple[int, str]]) -> list[list[str]]:
@@ -125,45 +125,49 @@ def fake_programs(monkeypatch, outputs: dict[str, tuple[int, str]]) -> list[list
     return calls
 
 
-def test_read_nat_rules_picks_the_backend_with_kube_services(monkeypatch, text: str) -> None:
+def test_read_kube_proxy_rules_picks_the_backend_with_kube_services(monkeypatch, text: str) -> None:
     empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
     calls = fake_programs(
         monkeypatch, {"iptables-save": (0, empty), "iptables-legacy-save": (0, text)}
     )
-    assert read_nat_rules() == text
+    rules = read_kube_proxy_rules()
+    assert (rules.text, rules.source) == (text, "iptables-legacy-save")
+    assert [s.name for s in rules.services] == ["web", "cart", "web"]
     assert calls == [["iptables-save", "-t", "nat"], ["iptables-legacy-save", "-t", "nat"]]
     fake_programs(monkeypatch, {"iptables-save": (0, text), "iptables-legacy-save": (0, empty)})
-    assert read_nat_rules() == text
+    rules = read_kube_proxy_rules()
+    assert (rules.text, rules.source) == (text, "iptables-save")
 
 
-def test_read_nat_rules_without_kube_proxy_returns_the_text(monkeypatch) -> None:
+def test_read_kube_proxy_rules_without_kube_proxy_returns_the_text(monkeypatch) -> None:
     empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
     fake_programs(monkeypatch, {"iptables-save": (0, empty)})
-    assert read_nat_rules() == empty
-    assert parse_nat_rules(read_nat_rules()) == []
+    rules = read_kube_proxy_rules()
+    assert rules.text == empty
+    assert rules.services == []
 
 
-def test_read_nat_rules_errors(monkeypatch) -> None:
+def test_read_kube_proxy_rules_errors(monkeypatch) -> None:
     fake_programs(monkeypatch, {})
     with pytest.raises(MissingPackageError, match="iptables"):
-        read_nat_rules()
+        read_kube_proxy_rules()
     fake_programs(monkeypatch, {"iptables-save": (1, "iptables-save: table gone")})
     monkeypatch.setattr(rules_source.os, "geteuid", lambda: 0)
     with pytest.raises(TracerError, match="iptables-save: table gone"):
-        read_nat_rules()
+        read_kube_proxy_rules()
     # One backend failing is fine when the other answers.
     fake_programs(
         monkeypatch,
         {"iptables-save": (1, "broken"), "iptables-legacy-save": (0, "*nat\nCOMMIT\n")},
     )
-    assert read_nat_rules() == "*nat\nCOMMIT\n"
+    assert read_kube_proxy_rules().text == "*nat\nCOMMIT\n"
 
 
 # --- the command ------------------------------------------------------------------------
 
 
 def test_services_command(monkeypatch, text: str) -> None:
-    monkeypatch.setattr(rules_source, "read_nat_rules", lambda: text)
+    fake_programs(monkeypatch, {"iptables-save": (0, text)})
     runner = CliRunner()
     result = runner.invoke(cli_module.cli, ["services", "--json"])
     assert result.exit_code == 0, result.output

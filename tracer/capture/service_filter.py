@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tracer.capfile import PROTO_NUMBERS
 from tracer.capture.abi import ROLE_ENDPOINT, ROLE_FRONTEND, be16_as_loaded, be32_as_loaded
-from tracer.kube.iptables_parse import ResolvedService
+from tracer.kube.resolved import ResolvedService
 
 Key = tuple[str, int, int]  # (ip, port, protocol number)
 

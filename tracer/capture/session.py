@@ -39,8 +39,8 @@ from tracer.capture.sink import BATCH_EVENTS, EventSink
 from tracer.capture.stopper import Stopper
 from tracer.capture.summary import CaptureSummary, render_summary
 from tracer.errors import UsageError
-from tracer.kube.iptables_parse import ResolvedService, parse_nat_rules
-from tracer.kube.rules_source import find_service, read_nat_rules
+from tracer.kube.resolved import ResolvedService
+from tracer.kube.rules_source import find_service, read_kube_proxy_rules
 from tracer.system import require_root
 
 __all__ = ["Callbacks", "CaptureOptions", "CaptureResult", "CaptureSession", "run_capture"]
@@ -99,8 +99,7 @@ class CaptureSession:
 
     # -- set-up -------------------------------------------------------------
     def _resolve_service(self) -> ResolvedService:
-        services = parse_nat_rules(read_nat_rules())
-        return find_service(services, self.opts.service)
+        return find_service(read_kube_proxy_rules().services, self.opts.service)
 
     def _settings(self) -> ProgramSettings:
         o = self.opts

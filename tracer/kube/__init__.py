@@ -5,14 +5,19 @@ a node's real rules) for the capture engine.
 Modules, one job each:
     model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
     manifest         YAML -> Manifest, with one-line errors that say where
+    manifest_fields  the YAML documents and typed fields manifest reads, located errors
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
+    proxy_plan       what kube-proxy decides per service port in either mode (addresses
+                     checked, endpoints ordered and categorized), before any rule
     iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
-    iptables_parse   `iptables-save -t nat` text -> ResolvedService list
+    iptables_table   `iptables-save -t nat` text -> NatTable (chains of tokenized rules)
+    iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
     nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction
                      for table ip kube-proxy (nftables mode)
-    nftables_table   nft JSON / `nft list` text / transaction -> NftTable facts
-    nftables_parse   NftTable -> ResolvedService list
+    nftables_table   NftTable facts (chains, rules, map elements); nft JSON -> NftTable
+    nftables_text    `nft list` text / knftables transaction -> NftTable
+    nftables_parse   nft JSON or text (read_nft) -> NftTable -> ResolvedService list
     rules_source     read a node's kube-proxy rules (either mode); find a service by name
 """

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
 from dataclasses import dataclass, field
 
-from tracer.kube.nftables_parse import parse_kube_proxy_table
-from tracer.kube.nftables_table import looks_like_nft
+from tracer.kube.iptables_table import NatTable, Rule, read_nat_table
 
 # The result types live in tracer.kube.resolved (shared with the nftables
 # parser); they are re-exported here, where callers have always found them.
@@ -47,14 +45,10 @@ from tracer.kube.resolved import (
 
 __all__ = [
     "Address",
-    "NatTable",
     "ResolvedEndpoint",
     "ResolvedService",
     "ResolvedServicePort",
-    "Rule",
     "parse_iptables_nat_rules",
-    "parse_nat_rules",
-    "read_nat_table",
 ]
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -80,141 +74,6 @@ _EXT_COMMENT = re.compile(
 _FW_COMMENT = re.compile(r"^other traffic to (\S+) will be dropped by KUBE-PROXY-FIREWALL$")
 # ServicePortName.String(): "ns/name" or "ns/name:port" ("ns/name:" on old releases).
 _SERVICE_PORT_NAME = re.compile(r"^([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*)(?::([-a-z0-9]*))?$")
-
-# Options that take exactly this many values; any other option takes the
-# following tokens up to the next one that starts with "-" or is "!".
-_LONG_TO_SHORT = {
-    "--append": "-A",
-    "--insert": "-I",
-    "--source": "-s",
-    "--src": "-s",
-    "--destination": "-d",
-    "--dst": "-d",
-    "--protocol": "-p",
-    "--jump": "-j",
-    "--goto": "-g",
-    "--match": "-m",
-    "--in-interface": "-i",
-    "--out-interface": "-o",
-    "--destination-port": "--dport",
-    "--source-port": "--sport",
-}
-_VALUE_COUNT = {
-    "-A": 1, "-I": 1, "-s": 1, "-d": 1, "-p": 1, "-m": 1, "-j": 1, "-g": 1, "-i": 1, "-o": 1,
-    "-c": 2, "--dport": 1, "--sport": 1, "--comment": 1, "--mode": 1, "--probability": 1,
-    "--to-destination": 1, "--to-source": 1, "--src-type": 1, "--dst-type": 1, "--name": 1,
-    "--seconds": 1, "--mark": 1, "--set-xmark": 1, "--or-mark": 1, "--xor-mark": 1,
-    "--nfacct-name": 1, "--ctstate": 1, "--every": 1, "--packet": 1, "--to-ports": 1,
-}
-
-
-# --- reading the table -------------------------------------------------------------------
-
-
-@dataclass
-class Rule:
-    """One `-A` line, reduced to the options the walk needs."""
-
-    chain: str
-    options: dict[str, str] = field(default_factory=dict)  # first value of each option
-    negated: set[str] = field(default_factory=set)
-    flags: set[str] = field(default_factory=set)  # options given without a value
-
-    @property
-    def target(self) -> str | None:
-        return self.options.get("-j") or self.options.get("-g")
-
-    @property
-    def comment(self) -> str | None:
-        return self.options.get("--comment")
-
-    def get(self, option: str) -> str | None:
-        return self.options.get(option)
-
-
-@dataclass
-class NatTable:
-    chains: dict[str, list[Rule]] = field(default_factory=dict)
-
-    def rules(self, chain: str | None) -> list[Rule]:
-        return self.chains.get(chain, []) if chain else []
-
-    def has(self, chain: str) -> bool:
-        return chain in self.chains
-
-
-def read_nat_table(text: str) -> NatTable:
-    """The nat table of iptables-save (or iptables-restore) text.
-
-    Lines before any "*table" header count as nat, so a bare list of rules
-    works too. Lines that do not tokenize are skipped."""
-    table = NatTable()
-    current: str | None = "nat"
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("*"):
-            current = line[1:].strip()
-            continue
-        if line == "COMMIT":
-            current = None
-            continue
-        if current != "nat":
-            continue
-        if line.startswith(":"):
-            table.chains.setdefault(line[1:].split()[0], [])
-            continue
-        rule = _parse_rule(line)
-        if rule is not None:
-            table.chains.setdefault(rule.chain, []).append(rule)
-    return table
-
-
-def _parse_rule(line: str) -> Rule | None:
-    if line.startswith("["):  # iptables-save -c: "[packets:bytes] -A ..."
-        line = line.partition("]")[2].strip()
-    try:
-        tokens = shlex.split(line)
-    except ValueError:
-        return None
-    rule: Rule | None = None
-    negate = False
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        i += 1
-        if token == "!":
-            negate = True
-            continue
-        if not token.startswith("-"):
-            continue  # a stray value
-        option = _LONG_TO_SHORT.get(token, token)
-        count = _VALUE_COUNT.get(option)
-        values: list[str] = []
-        if count is None:
-            while i < len(tokens) and not tokens[i].startswith("-") and tokens[i] != "!":
-                values.append(tokens[i])
-                i += 1
-        else:
-            values = tokens[i : i + count]
-            i += count
-        if option in ("-A", "-I"):
-            if not values:
-                return None
-            rule = Rule(chain=values[0])
-            if option == "-I" and i < len(tokens) and tokens[i].isdigit():
-                i += 1  # "-I CHAIN 1 ..."
-        elif rule is not None:
-            if values:
-                rule.options.setdefault(option, values[0])
-            else:
-                rule.flags.add(option)
-            if negate:
-                rule.negated.add(option)
-        negate = False
-    return rule
-
 
 # --- resolving ---------------------------------------------------------------------------
 
@@ -274,21 +133,12 @@ class _PortDraft(PortDraft):
             self.names.append(text)
 
 
-def parse_nat_rules(text: str) -> list[ResolvedService]:
+def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
     """Every service port kube-proxy programmed, grouped into services, from
-    whatever rules_source.read_nat_rules returned: iptables-save text, or in
-    nftables mode nft's JSON or text of table ip kube-proxy (handed to
-    tracer.kube.nftables_parse). Callers that only hold the text need not know
-    which mode the node runs.
+    iptables-save (or iptables-restore) text. (rules_source.parse_kube_proxy_rules
+    takes nftables mode's rules too.)
 
     Sorted by namespace and name (chain-named services last, by chain)."""
-    if looks_like_nft(text):
-        return parse_kube_proxy_table(text)
-    return parse_iptables_nat_rules(text)
-
-
-def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
-    """parse_nat_rules for iptables-save (or iptables-restore) text only."""
     table = read_nat_table(iptables_save_text)
     drafts: dict[str, _PortDraft] = {}
 

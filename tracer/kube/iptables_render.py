@@ -33,9 +33,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tracer.errors import UsageError
 from tracer.kube import naming
-from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+from tracer.kube.model import Endpoint, Service, ServicePort
+from tracer.kube.proxy_plan import PortPlan, check_node_options, plan_service_port, port_endpoints
 
 # The chains kube-proxy declares on every sync, in its order.
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -166,7 +166,18 @@ def render_nat_table(
         for source, target, comment in JUMP_RULES:
             out.rule("-I", source, "-m", "comment", "--comment", f'"{comment}"', "-j", target)
 
-    mark = masquerade_mark
+    _write_masquerading(out, masquerade_mark, random_fully)
+    for service, port, chosen in plan:
+        _render_service_port(out, service, port, chosen, options)
+    # The tail call to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
+    _write_nodeports_jump(
+        out, node_addresses if nodeport_addresses == "node-ips" else None, localhost_nodeports
+    )
+    return "\n".join(["*nat", *out.chains, *out.rules, "COMMIT", ""])
+
+
+def _write_masquerading(out: _Restore, mark: str, random_fully: bool) -> None:
+    """KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked."""
     out.rule("-A", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", f"{mark}/{mark}", "-j", "RETURN")
     # Clear the mark so a packet that traverses the stack again is not re-masqueraded.
     out.rule("-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark)
@@ -177,75 +188,26 @@ def render_nat_table(
     )
     out.rule("-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark)
 
-    for service, port, chosen in plan:
-        _render_service_port(out, service, port, chosen, options)
 
-    # The tail call to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
-    if nodeport_addresses == "all":
+def _write_nodeports_jump(
+    out: _Restore, node_addresses: list[ipaddress.IPv4Address] | None, localhost_nodeports: bool
+) -> None:
+    """KUBE-SERVICES -> KUBE-NODEPORTS: for any local destination (node
+    addresses None, nodeport_addresses "all"), else for each node address."""
+    if node_addresses is None:
         not_localhost = () if localhost_nodeports else ("!", "-d", "127.0.0.0/8")
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
             "-m", "addrtype", "--dst-type", "LOCAL", *not_localhost, "-j", KUBE_NODEPORTS,
         )
-    else:
-        for address in node_addresses:
-            if address.is_loopback and not localhost_nodeports:
-                continue
-            out.rule(
-                "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
-                "-d", str(address), "-j", KUBE_NODEPORTS,
-            )
-
-    return "\n".join(["*nat", *out.chains, *out.rules, "COMMIT", ""])
-
-
-def check_node_options(
-    node_ips: Sequence[str], nodeport_addresses: str, cluster_cidr: str | None
-) -> tuple[list[ipaddress.IPv4Address], str | None]:
-    """The node settings both of kube-proxy's modes take, checked: the node's
-    addresses and the cluster CIDR in canonical form."""
-    if nodeport_addresses not in ("all", "node-ips"):
-        raise UsageError(
-            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
+        return
+    for address in node_addresses:
+        if address.is_loopback and not localhost_nodeports:
+            continue
+        out.rule(
+            "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
+            "-d", str(address), "-j", KUBE_NODEPORTS,
         )
-    node_addresses = [ipv4(ip, "node IP") for ip in node_ips]
-    if nodeport_addresses == "node-ips" and not node_addresses:
-        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
-    if cluster_cidr is not None:
-        try:
-            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
-        except ValueError as exc:
-            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
-    return node_addresses, cluster_cidr
-
-
-def ipv4(value: str, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(value)
-    except ValueError:
-        raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
-
-
-def port_endpoints(
-    service: Service, port: ServicePort, endpoints: Sequence[Endpoint]
-) -> list[Endpoint]:
-    """The endpoints of one service port, deduplicated and in kube-proxy's order.
-
-    kube-proxy keeps endpoints in a set keyed by "ip:port" and sorts them by
-    that string (pkg/proxy/endpointslicecache.go, byEndpoint), so 10.0.0.10
-    comes before 10.0.0.9: string order, not numeric."""
-    if len(service.ports) > 1:
-        if not isinstance(port.target_port, int):
-            raise UsageError(
-                f"{service.full_name}: targetPort {port.target_port!r} of port {port.name!r} "
-                "is a name; resolve it to a number first (load_manifest does)"
-            )
-        endpoints = [e for e in endpoints if e.port == port.target_port]
-    unique: dict[str, Endpoint] = {}
-    for endpoint in endpoints:
-        ipv4(endpoint.ip, f"{service.full_name}: endpoint")
-        unique.setdefault(naming.endpoint_string(endpoint.ip, endpoint.port), endpoint)
-    return [unique[key] for key in sorted(unique)]
 
 
 def _render_service_port(
@@ -255,63 +217,74 @@ def _render_service_port(
     endpoints: list[Endpoint],
     options: _Options,
 ) -> None:
-    if port.protocol not in PROTOCOLS:
-        raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
-    assert service.cluster_ip is not None
-    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
-    external_ips = [
-        str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
-    ]
-    lb_ips = [
-        str(ipv4(ip, f"{service.full_name}: load-balancer IP"))
-        for ip in service.load_balancer_ips
-    ]
-
-    spn = naming.service_port_name(service.namespace, service.name, port.name)
-    proto = port.protocol.lower()
+    plan = plan_service_port(service, port, endpoints, options.node_name)
+    if not plan.has_endpoints:
+        return  # kube-proxy writes only filter-table REJECT rules for it
+    spn, proto = plan.spn, plan.proto
     svc_chain = naming.service_chain(spn, proto)
     svl_chain = naming.service_local_chain(spn, proto)
     ext_chain = naming.external_chain(spn, proto)
 
-    # pkg/proxy/topology.go CategorizeEndpoints, without topology or
-    # terminating endpoints: cluster endpoints are the ready ones, local ones
-    # are the ready ones on this node.
-    cluster_endpoints = [e for e in endpoints if e.ready]
-    has_endpoints = bool(cluster_endpoints)
-    if not has_endpoints:
-        return  # kube-proxy writes only filter-table REJECT rules for it
-    externally_accessible = bool(port.node_port or external_ips or lb_ips)
-    # ExternalPolicyLocal (pkg/api/v1/service): only NodePort/LoadBalancer.
-    external_policy_local = (
-        service.external_traffic_policy == "Local"
-        and service.type in ("NodePort", "LoadBalancer")
-    )
-    local_endpoints = [
-        e
-        for e in cluster_endpoints
-        if options.node_name is not None and e.node == options.node_name
-    ]
-    uses_local_chain = external_policy_local and externally_accessible and bool(local_endpoints)
-    external_policy_chain = svl_chain if external_policy_local else svc_chain
-    has_external_endpoints = bool(local_endpoints) if external_policy_local else True
+    _write_entry_rules(out, plan, port, svc_chain, ext_chain, options)
+    # Internal traffic: masquerade what comes from outside the pod network
+    # (a node routing the service range to itself, say), since the reply
+    # might otherwise leave by another node.
+    if options.cluster_cidr is not None:
+        out.rule(
+            "-A", svc_chain, "-m", "comment", "--comment", f'"{spn} cluster IP"', *_match(proto),
+            "-d", plan.cluster_ip, "--dport", str(port.port), "!", "-s", options.cluster_cidr,
+            "-j", KUBE_MARK_MASQ,
+        )
+    if plan.externally_accessible:
+        out.chain(ext_chain)
+        _write_external_chain(out, plan, ext_chain, svc_chain, svl_chain, options)
 
-    match = ("-m", proto, "-p", proto)
-    # Capture the cluster IP, external IPs, load-balancer IPs.
+    out.chain(svc_chain)
+    _write_load_balancing(out, spn, proto, svc_chain, plan.cluster_endpoints, options)
+    if plan.uses_local_chain:
+        out.chain(svl_chain)
+        _write_load_balancing(out, spn, proto, svl_chain, plan.local_endpoints, options)
+
+    for endpoint in plan.cluster_endpoints:
+        ep = naming.endpoint_string(endpoint.ip, endpoint.port)
+        sep_chain = naming.endpoint_chain(spn, proto, ep)
+        out.chain(sep_chain)
+        comment = _service_comment(spn, options)
+        # Hairpin: a pod reaching itself through the service must be
+        # masqueraded, or it would answer itself directly.
+        out.rule("-A", sep_chain, *comment, "-s", endpoint.ip, "-j", KUBE_MARK_MASQ)
+        out.rule("-A", sep_chain, *comment, *_match(proto), "-j", "DNAT", "--to-destination", ep)
+
+
+def _match(proto: str) -> tuple[str, ...]:
+    return ("-m", proto, "-p", proto)
+
+
+def _write_entry_rules(
+    out: _Restore,
+    plan: PortPlan,
+    port: ServicePort,
+    svc_chain: str,
+    ext_chain: str,
+    options: _Options,
+) -> None:
+    """The port's rules in KUBE-SERVICES (cluster IP -> KUBE-SVC, external and
+    load-balancer IPs -> KUBE-EXT) and KUBE-NODEPORTS (node port -> KUBE-EXT)."""
+    spn, match = plan.spn, _match(plan.proto)
     out.rule(
         "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
-        "-d", cluster_ip, "--dport", str(port.port), "-j", svc_chain,
+        "-d", plan.cluster_ip, "--dport", str(port.port), "-j", svc_chain,
     )
-    for ip in external_ips:
+    for ip in plan.external_ips:
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} external IP"', *match,
             "-d", ip, "--dport", str(port.port), "-j", ext_chain,
         )
-    for ip in lb_ips:
+    for ip in plan.lb_ips:
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} loadbalancer IP"', *match,
             "-d", ip, "--dport", str(port.port), "-j", ext_chain,
         )
-    # Capture the node port.
     if port.node_port:
         if options.nfacct_localhost:
             out.rule(
@@ -324,62 +297,44 @@ def _render_service_port(
             "--dport", str(port.node_port), "-j", ext_chain,
         )
 
-    # Internal traffic: masquerade what comes from outside the pod network
-    # (a node routing the service range to itself, say), since the reply
-    # might otherwise leave by another node.
-    if options.cluster_cidr is not None:
+
+def _write_external_chain(
+    out: _Restore,
+    plan: PortPlan,
+    ext_chain: str,
+    svc_chain: str,
+    svl_chain: str,
+    options: _Options,
+) -> None:
+    """KUBE-EXT, where every external destination of the port goes."""
+    spn = plan.spn
+    if not plan.external_policy_local:
+        # Endpoints may be on another node: masquerade so replies come back here.
         out.rule(
-            "-A", svc_chain, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
-            "-d", cluster_ip, "--dport", str(port.port), "!", "-s", options.cluster_cidr,
-            "-j", KUBE_MARK_MASQ,
+            "-A", ext_chain, "-m", "comment", "--comment",
+            f'"masquerade traffic for {spn} external destinations"', "-j", KUBE_MARK_MASQ,
         )
-
-    # External traffic: every external destination jumps to KUBE-EXT.
-    if externally_accessible:
-        out.chain(ext_chain)
-        if not external_policy_local:
-            # Endpoints may be on another node: masquerade so replies come back here.
+    else:
+        if options.cluster_cidr is not None:
+            # Pods reaching an external IP are treated as if they went out
+            # to a load balancer and came back: cluster policy.
             out.rule(
                 "-A", ext_chain, "-m", "comment", "--comment",
-                f'"masquerade traffic for {spn} external destinations"', "-j", KUBE_MARK_MASQ,
+                f'"pod traffic for {spn} external destinations"',
+                "-s", options.cluster_cidr, "-j", svc_chain,
             )
-        else:
-            if options.cluster_cidr is not None:
-                # Pods reaching an external IP are treated as if they went out
-                # to a load balancer and came back: cluster policy.
-                out.rule(
-                    "-A", ext_chain, "-m", "comment", "--comment",
-                    f'"pod traffic for {spn} external destinations"',
-                    "-s", options.cluster_cidr, "-j", svc_chain,
-                )
-            out.rule(
-                "-A", ext_chain, "-m", "comment", "--comment",
-                f'"masquerade LOCAL traffic for {spn} external destinations"',
-                "-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ,
-            )
-            out.rule(
-                "-A", ext_chain, "-m", "comment", "--comment",
-                f'"route LOCAL traffic for {spn} external destinations"',
-                "-m", "addrtype", "--src-type", "LOCAL", "-j", svc_chain,
-            )
-        if has_external_endpoints:
-            out.rule("-A", ext_chain, "-j", external_policy_chain)
-
-    out.chain(svc_chain)
-    _write_load_balancing(out, spn, proto, svc_chain, cluster_endpoints, options)
-    if uses_local_chain:
-        out.chain(svl_chain)
-        _write_load_balancing(out, spn, proto, svl_chain, local_endpoints, options)
-
-    for endpoint in cluster_endpoints:
-        ep = naming.endpoint_string(endpoint.ip, endpoint.port)
-        sep_chain = naming.endpoint_chain(spn, proto, ep)
-        out.chain(sep_chain)
-        comment = _service_comment(spn, options)
-        # Hairpin: a pod reaching itself through the service must be
-        # masqueraded, or it would answer itself directly.
-        out.rule("-A", sep_chain, *comment, "-s", endpoint.ip, "-j", KUBE_MARK_MASQ)
-        out.rule("-A", sep_chain, *comment, *match, "-j", "DNAT", "--to-destination", ep)
+        out.rule(
+            "-A", ext_chain, "-m", "comment", "--comment",
+            f'"masquerade LOCAL traffic for {spn} external destinations"',
+            "-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ,
+        )
+        out.rule(
+            "-A", ext_chain, "-m", "comment", "--comment",
+            f'"route LOCAL traffic for {spn} external destinations"',
+            "-m", "addrtype", "--src-type", "LOCAL", "-j", svc_chain,
+        )
+    if plan.has_external_endpoints:
+        out.rule("-A", ext_chain, "-j", svl_chain if plan.external_policy_local else svc_chain)
 
 
 def _service_comment(text: str, options: _Options) -> tuple[str, ...]:

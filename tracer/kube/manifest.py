@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tracer.errors import ManifestError
+from tracer.kube import manifest_fields as fields
 from tracer.kube.model import (
     PROTOCOLS,
     SERVICE_TYPES,
@@ -34,7 +32,6 @@ from tracer.kube.model import (
     Manifest,
     Service,
     ServicePort,
-    labels_from_mapping,
 )
 
 # kubeadm's default --service-cluster-ip-range; the first address belongs to
@@ -45,33 +42,10 @@ NODE_PORT_RANGE = range(30000, 32768)
 
 SHIPPED_MANIFEST = Path(__file__).resolve().parent.parent / "lab" / "manifests" / "nginx-demo.yaml"
 
-# Kubernetes name rules, as far as the lab depends on them: DNS-1123 labels for
-# port names, IANA service names (<= 15 chars, at least one letter) for
-# containerPort names and named targetPorts.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
-
-
-class _Problem(Exception):
-    """Raised inside one document; turned into ManifestError with the location."""
-
-
-@dataclass(frozen=True)
-class _Where:
-    source: str
-    document: int
-    kind: str | None = None
-    name: str | None = None
-
-    def error(self, problem: str) -> ManifestError:
-        what = " ".join(p for p in (self.kind, self.name) if p)
-        where = f"document {self.document}" + (f" ({what})" if what else "")
-        return ManifestError(f"{self.source}: {where}: {problem}")
-
 
 @dataclass
 class _ServiceDraft:
-    where: _Where
+    where: fields.Where
     namespace: str
     name: str
     type: str
@@ -95,20 +69,20 @@ def parse_manifest(
     text: str, source: str = "<string>", *, service_cidr: str = SERVICE_CIDR
 ) -> Manifest:
     cidr = ipaddress.IPv4Network(service_cidr)
-    deployments: list[tuple[_Where, Deployment]] = []
+    deployments: list[tuple[fields.Where, Deployment]] = []
     drafts: list[_ServiceDraft] = []
-    for number, doc in _documents(text, source):
+    for number, doc in fields.yaml_documents(text, source):
         if doc is None:
             continue
-        where = _Where(source, number)
+        where = fields.Where(source, number)
         if not isinstance(doc, dict):
-            raise where.error(f"expected a mapping (an object), got {_yaml_type(doc)}")
+            raise where.error(f"expected a mapping (an object), got {fields.yaml_type(doc)}")
         kind = doc.get("kind")
         if not isinstance(kind, str) or not kind:
             raise where.error("has no 'kind'")
         metadata = doc.get("metadata")
         name = metadata.get("name") if isinstance(metadata, dict) else None
-        where = _Where(source, number, kind, name if isinstance(name, str) else None)
+        where = fields.Where(source, number, kind, name if isinstance(name, str) else None)
         if kind not in ("Deployment", "Service"):
             continue  # ConfigMaps, Ingresses, ...: not the lab's business
         try:
@@ -116,7 +90,7 @@ def parse_manifest(
                 deployments.append((where, _deployment(doc)))
             else:
                 drafts.append(_service_draft(doc, where, cidr))
-        except _Problem as exc:
+        except fields.Problem as exc:
             raise where.error(str(exc)) from None
 
     _reject_duplicates(
@@ -128,157 +102,66 @@ def parse_manifest(
     return Manifest(deployments=deployment_list, services=services, source=source)
 
 
-# --- YAML documents ------------------------------------------------------------
-
-
-def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
-    """(1-based document number, parsed document); YAML errors name the line."""
-    number = 0
-    loader = yaml.safe_load_all(text)
-    while True:
-        try:
-            doc = next(loader)
-        except StopIteration:
-            return
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" at line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ManifestError(
-                f"{source}: document {number + 1}: invalid YAML{line}: {problem}"
-            ) from None
-        number += 1
-        yield number, doc
-
-
-def _yaml_type(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
-
-
-# --- field helpers -----------------------------------------------------------------
-
-
-def _mapping(value: Any, what: str, *, required: bool = True) -> dict[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        if value is None:
-            raise _Problem(f"{what} is missing")
-        raise _Problem(f"{what} must be a mapping, not {_yaml_type(value)}")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _Problem(f"{what} must be a list, not {_yaml_type(value)}")
-    return value
-
-
-def _number(value: Any, what: str, low: int, high: int) -> int:
-    # bool is an int in Python; YAML's `true` is not a port.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Problem(f"{what} must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise _Problem(f"{what} {value} is out of range ({low}-{high})")
-    return value
-
-
-def _labels(value: Any, what: str) -> Labels:
-    mapping = _mapping(value, what)
-    for key, val in mapping.items():
-        if not isinstance(key, str) or not isinstance(val, str):
-            raise _Problem(f"{what} must map strings to strings ({key!r}: {val!r})")
-    return labels_from_mapping(mapping)
-
-
-def _ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(value))
-    except ValueError:
-        raise _Problem(f"{what} {value!r} is not an IPv4 address") from None
-
-
-def _name_and_namespace(doc: Mapping[str, Any]) -> tuple[str, str]:
-    metadata = _mapping(doc.get("metadata"), "metadata")
-    name = metadata.get("name")
-    if not isinstance(name, str) or not name:
-        raise _Problem("metadata.name is missing")
-    namespace = metadata.get("namespace", "default")
-    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-        raise _Problem(f"metadata.namespace {namespace!r} is not a valid namespace name")
-    return namespace, name
-
-
-def _require_api_version(doc: Mapping[str, Any], expected: str) -> None:
-    version = doc.get("apiVersion")
-    if version != expected:
-        raise _Problem(f"apiVersion {version!r} is not supported (expected {expected})")
-
-
 # --- Deployment ------------------------------------------------------------------------
 
 
 def _deployment(doc: Mapping[str, Any]) -> Deployment:
-    _require_api_version(doc, "apps/v1")
-    namespace, name = _name_and_namespace(doc)
-    spec = _mapping(doc.get("spec"), "spec")
+    fields.require_api_version(doc, "apps/v1")
+    namespace, name = fields.name_and_namespace(doc)
+    spec = fields.mapping(doc.get("spec"), "spec")
     replicas = spec.get("replicas", 1)  # the API server's default
-    replicas = _number(replicas, "spec.replicas", 0, 1000)
-    template = _mapping(spec.get("template"), "spec.template")
-    template_meta = _mapping(template.get("metadata"), "spec.template.metadata")
-    pod_labels = _labels(template_meta.get("labels"), "spec.template.metadata.labels")
+    replicas = fields.number(replicas, "spec.replicas", 0, 1000)
+    template = fields.mapping(spec.get("template"), "spec.template")
+    template_meta = fields.mapping(template.get("metadata"), "spec.template.metadata")
+    pod_labels = fields.labels(template_meta.get("labels"), "spec.template.metadata.labels")
     if not pod_labels:
-        raise _Problem("spec.template.metadata.labels is empty: a Service could never select it")
+        raise fields.Problem("spec.template.metadata.labels is empty: a Service could never select it")
     # apps/v1 requires spec.selector, but the seed article's manifest omits it
     # (extensions/v1beta1 defaulted it to the template labels). Accept both;
     # a selector that is present must match the template, as the API demands.
     selector_spec = spec.get("selector")
     if selector_spec is not None:
-        match = _labels(
-            _mapping(selector_spec, "spec.selector").get("matchLabels"),
+        match = fields.labels(
+            fields.mapping(selector_spec, "spec.selector").get("matchLabels"),
             "spec.selector.matchLabels",
         )
         if not set(match) <= set(pod_labels):
-            raise _Problem("spec.selector.matchLabels does not match the template labels")
+            raise fields.Problem("spec.selector.matchLabels does not match the template labels")
 
-    pod_spec = _mapping(template.get("spec"), "spec.template.spec")
-    containers = _list(pod_spec.get("containers"), "spec.template.spec.containers")
+    pod_spec = fields.mapping(template.get("spec"), "spec.template.spec")
+    containers = fields.sequence(pod_spec.get("containers"), "spec.template.spec.containers")
     if not containers:
-        raise _Problem("spec.template.spec.containers is empty")
+        raise fields.Problem("spec.template.spec.containers is empty")
     image = None
     numbers: list[int] = []
     named: dict[str, int] = {}
     liveness: tuple[str | None, Any] = (None, None)
     for i, raw in enumerate(containers):
         where = f"containers[{i}]"
-        container = _mapping(raw, where)
+        container = fields.mapping(raw, where)
         if not isinstance(container.get("image"), str) or not container["image"]:
-            raise _Problem(f"{where}.image is missing")
+            raise fields.Problem(f"{where}.image is missing")
         image = image or container["image"]
-        for j, raw_port in enumerate(_list(container.get("ports"), f"{where}.ports")):
-            port = _mapping(raw_port, f"{where}.ports[{j}]")
+        for j, raw_port in enumerate(fields.sequence(container.get("ports"), f"{where}.ports")):
+            port = fields.mapping(raw_port, f"{where}.ports[{j}]")
             what = f"{where}.ports[{j}]"
-            number = _number(port.get("containerPort"), f"{what}.containerPort", 1, 65535)
+            number = fields.number(port.get("containerPort"), f"{what}.containerPort", 1, 65535)
             if number not in numbers:
                 numbers.append(number)
             port_name = port.get("name")
             if port_name is not None:
-                if not isinstance(port_name, str) or not _IANA_SVC_NAME.match(port_name):
-                    raise _Problem(f"{what}.name {port_name!r} is not a valid port name")
+                if not isinstance(port_name, str) or not fields.IANA_SVC_NAME.match(port_name):
+                    raise fields.Problem(f"{what}.name {port_name!r} is not a valid port name")
                 named[port_name] = number
-        probe = _mapping(container.get("livenessProbe"), f"{where}.livenessProbe", required=False)
-        http_get = _mapping(probe.get("httpGet"), f"{where}.livenessProbe.httpGet", required=False)
+        probe = fields.mapping(container.get("livenessProbe"), f"{where}.livenessProbe", required=False)
+        http_get = fields.mapping(probe.get("httpGet"), f"{where}.livenessProbe.httpGet", required=False)
         if http_get and liveness == (None, None):
             liveness = (http_get.get("path", "/"), http_get.get("port"))
     path, probe_port = liveness
     if isinstance(probe_port, str):
         probe_port = named.get(probe_port)
     elif probe_port is not None:
-        probe_port = _number(probe_port, "livenessProbe.httpGet.port", 1, 65535)
+        probe_port = fields.number(probe_port, "livenessProbe.httpGet.port", 1, 65535)
     assert image is not None
     return Deployment(
         namespace=namespace,
@@ -297,47 +180,47 @@ def _deployment(doc: Mapping[str, Any]) -> Deployment:
 
 
 def _service_draft(
-    doc: Mapping[str, Any], where: _Where, cidr: ipaddress.IPv4Network
+    doc: Mapping[str, Any], where: fields.Where, cidr: ipaddress.IPv4Network
 ) -> _ServiceDraft:
-    _require_api_version(doc, "v1")
-    namespace, name = _name_and_namespace(doc)
-    spec = _mapping(doc.get("spec"), "spec")
+    fields.require_api_version(doc, "v1")
+    namespace, name = fields.name_and_namespace(doc)
+    spec = fields.mapping(doc.get("spec"), "spec")
     service_type = spec.get("type", "ClusterIP")
     if service_type == "ExternalName":
-        raise _Problem("type ExternalName is a DNS alias that kube-proxy does not program")
+        raise fields.Problem("type ExternalName is a DNS alias that kube-proxy does not program")
     if service_type not in SERVICE_TYPES:
-        raise _Problem(
+        raise fields.Problem(
             f"unknown Service type {service_type!r} (expected {', '.join(SERVICE_TYPES)})"
         )
     cluster_ip = _cluster_ip(spec.get("clusterIP"), cidr)
     external_ips = tuple(
-        str(_ipv4(ip, "spec.externalIPs entry"))
-        for ip in _list(spec.get("externalIPs"), "spec.externalIPs")
+        str(fields.ipv4(ip, "spec.externalIPs entry"))
+        for ip in fields.sequence(spec.get("externalIPs"), "spec.externalIPs")
     )
     if spec.get("selector") is None:
-        raise _Problem(
+        raise fields.Problem(
             "spec.selector is missing: the lab finds a Service's pods through its selector"
         )
-    selector = _labels(spec.get("selector"), "spec.selector")
+    selector = fields.labels(spec.get("selector"), "spec.selector")
     if not selector:
-        raise _Problem("spec.selector is empty: it would select no pods")
+        raise fields.Problem("spec.selector is empty: it would select no pods")
     policy = spec.get("externalTrafficPolicy", "Cluster")
     if policy not in TRAFFIC_POLICIES:
-        raise _Problem(
+        raise fields.Problem(
             f"spec.externalTrafficPolicy {policy!r} is not one of {', '.join(TRAFFIC_POLICIES)}"
         )
     if policy == "Local" and service_type == "ClusterIP":
-        raise _Problem("spec.externalTrafficPolicy Local applies to NodePort and LoadBalancer only")
-    raw_ports = _list(spec.get("ports"), "spec.ports")
+        raise fields.Problem("spec.externalTrafficPolicy Local applies to NodePort and LoadBalancer only")
+    raw_ports = fields.sequence(spec.get("ports"), "spec.ports")
     if not raw_ports:
-        raise _Problem("spec.ports is missing or empty")
+        raise fields.Problem("spec.ports is missing or empty")
     ports = [
         _service_port(raw, i, service_type, len(raw_ports)) for i, raw in enumerate(raw_ports)
     ]
     names = [p.name for p in ports]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
-        raise _Problem(f"spec.ports has duplicate port name {sorted(duplicates)[0]!r}")
+        raise fields.Problem(f"spec.ports has duplicate port name {sorted(duplicates)[0]!r}")
     return _ServiceDraft(
         where=where,
         namespace=namespace,
@@ -355,42 +238,42 @@ def _cluster_ip(value: Any, cidr: ipaddress.IPv4Network) -> str | None:
     if value is None or value == "":
         return None
     if value == "None":
-        raise _Problem("headless Services (clusterIP: None) are not proxied by kube-proxy")
-    address = _ipv4(value, "spec.clusterIP")
+        raise fields.Problem("headless Services (clusterIP: None) are not proxied by kube-proxy")
+    address = fields.ipv4(value, "spec.clusterIP")
     if address not in cidr:
-        raise _Problem(f"spec.clusterIP {address} is outside the service CIDR {cidr}")
+        raise fields.Problem(f"spec.clusterIP {address} is outside the service CIDR {cidr}")
     if address in (cidr.network_address, cidr.broadcast_address):
-        raise _Problem(f"spec.clusterIP {address} is not allocatable in {cidr}")
+        raise fields.Problem(f"spec.clusterIP {address} is not allocatable in {cidr}")
     if address == cidr.network_address + 1:
-        raise _Problem(f"spec.clusterIP {address} belongs to the default/kubernetes Service")
+        raise fields.Problem(f"spec.clusterIP {address} belongs to the default/kubernetes Service")
     return str(address)
 
 
 def _service_port(raw: Any, index: int, service_type: str, count: int) -> ServicePort:
     where = f"spec.ports[{index}]"
-    port = _mapping(raw, where)
+    port = fields.mapping(raw, where)
     name = port.get("name", "")
-    if not isinstance(name, str) or (name and not _DNS_LABEL.match(name)):
-        raise _Problem(f"{where}.name {name!r} is not a valid port name")
+    if not isinstance(name, str) or (name and not fields.DNS_LABEL.match(name)):
+        raise fields.Problem(f"{where}.name {name!r} is not a valid port name")
     if count > 1 and not name:
-        raise _Problem(f"{where}.name is required when a Service has more than one port")
+        raise fields.Problem(f"{where}.name is required when a Service has more than one port")
     protocol = port.get("protocol", "TCP")
     if protocol not in PROTOCOLS:
-        raise _Problem(f"{where}.protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        raise fields.Problem(f"{where}.protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if "port" not in port:
-        raise _Problem(f"{where}.port is missing")
-    number = _number(port["port"], f"{where}.port", 1, 65535)
+        raise fields.Problem(f"{where}.port is missing")
+    number = fields.number(port["port"], f"{where}.port", 1, 65535)
     target = port.get("targetPort", number)  # the API server's default
     if isinstance(target, str):
-        if not _IANA_SVC_NAME.match(target):
-            raise _Problem(f"{where}.targetPort {target!r} is neither a number nor a port name")
+        if not fields.IANA_SVC_NAME.match(target):
+            raise fields.Problem(f"{where}.targetPort {target!r} is neither a number nor a port name")
     else:
-        target = _number(target, f"{where}.targetPort", 1, 65535)
+        target = fields.number(target, f"{where}.targetPort", 1, 65535)
     node_port = port.get("nodePort")
     if node_port is not None:
         if service_type == "ClusterIP":
-            raise _Problem(f"{where}.nodePort is set but the Service type is ClusterIP")
-        node_port = _number(
+            raise fields.Problem(f"{where}.nodePort is set but the Service type is ClusterIP")
+        node_port = fields.number(
             node_port, f"{where}.nodePort", NODE_PORT_RANGE.start, NODE_PORT_RANGE.stop - 1
         )
     return ServicePort(
@@ -401,8 +284,8 @@ def _service_port(raw: Any, index: int, service_type: str, count: int) -> Servic
 # --- cross-document checks, target ports, allocation -------------------------------------------
 
 
-def _reject_duplicates(items: list[tuple[_Where, str, str]], kind: str) -> None:
-    seen: dict[tuple[str, str], _Where] = {}
+def _reject_duplicates(items: list[tuple[fields.Where, str, str]], kind: str) -> None:
+    seen: dict[tuple[str, str], fields.Where] = {}
     for where, namespace, name in items:
         first = seen.setdefault((namespace, name), where)
         if first is not where:

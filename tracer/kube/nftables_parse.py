@@ -40,7 +40,8 @@ from tracer.kube.naming import (
     NFT_LOCAL_CHAIN_PREFIX,
     NFT_SERVICE_CHAIN_PREFIX,
 )
-from tracer.kube.nftables_table import NftTable, read_nft
+from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, NftTable, read_nft_json
+from tracer.kube.nftables_text import read_nft_text
 from tracer.kube.resolved import (
     PortDraft,
     ResolvedEndpoint,
@@ -88,6 +89,14 @@ def parse_chain_base(base: str) -> tuple[str, str, str, str] | None:
 @dataclass(kw_only=True)
 class _PortDraft(PortDraft):
     base: str
+
+
+def read_nft(text: str, family: str = KUBE_PROXY_FAMILY, table: str = KUBE_PROXY_TABLE) -> NftTable:
+    """The table family/table from nft JSON or nft text (either kind)."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return read_nft_json(text, family, table)
+    return read_nft_text(text, family, table)
 
 
 def parse_kube_proxy_table(text: str) -> list[ResolvedService]:

@@ -34,9 +34,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tracer.errors import UsageError
 from tracer.kube import naming
-from tracer.kube.iptables_render import check_node_options, ipv4, port_endpoints
-from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+from tracer.kube.model import Endpoint, Service, ServicePort
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE
+from tracer.kube.proxy_plan import PortPlan, check_node_options, plan_service_port, port_endpoints
 
 # fmt.Sprintf("%#08x", 1 << 14): kube-proxy's default --masquerade-bit.
 MASQUERADE_MARK = "0x004000"
@@ -249,103 +249,103 @@ def _render_service_port(
     node_name: str | None,
     endpoint_counters: bool,
 ) -> None:
-    if port.protocol not in PROTOCOLS:
-        raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
-    assert service.cluster_ip is not None
-    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
-    external_ips = [str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips]
-    lb_ips = [str(ipv4(ip, f"{service.full_name}: load-balancer IP")) for ip in service.load_balancer_ips]
-    proto = port.protocol.lower()
-    spn = naming.service_port_name(service.namespace, service.name, port.name)
+    plan = plan_service_port(service, port, endpoints, node_name)
+    proto = plan.proto
     ns, name, pname = service.namespace, service.name, port.name
     cluster_chain = naming.nft_service_chain(ns, name, proto, pname)
     local_chain = naming.nft_local_chain(ns, name, proto, pname)
     external_chain = naming.nft_external_chain(ns, name, proto, pname)
-
-    # CategorizeEndpoints without topology or terminating endpoints.
-    cluster_endpoints = [e for e in endpoints if e.ready]
-    has_endpoints = bool(cluster_endpoints)
-    local_endpoints = [e for e in cluster_endpoints if node_name is not None and e.node == node_name]
-    externally_accessible = bool(port.node_port or external_ips or lb_ips)
-    external_policy_local = (
-        service.external_traffic_policy == "Local" and service.type in ("NodePort", "LoadBalancer")
-    )
-    uses_cluster_chain = has_endpoints  # UsesClusterEndpoints: always, without ITP Local
-    uses_local_chain = bool(local_endpoints) and external_policy_local and externally_accessible
-    external_policy_chain = local_chain if external_policy_local else cluster_chain
-    has_external_endpoints = has_endpoints and (bool(local_endpoints) or not external_policy_local)
-    uses_external_chain = has_endpoints and externally_accessible
-    # allLocallyReachableEndpoints: the cluster endpoints (plus local ones, a subset).
-    reachable = cluster_endpoints
+    uses_external_chain = plan.has_endpoints and plan.externally_accessible
 
     def endpoint_chain(e: Endpoint) -> str:
         return naming.nft_endpoint_chain(ns, name, proto, pname, e.ip, e.port)
 
-    for endpoint in reachable:
+    # allLocallyReachableEndpoints: the cluster endpoints (plus local ones, a subset).
+    for endpoint in plan.cluster_endpoints:
         tx.ensure_chain(endpoint_chain(endpoint))
-    if uses_cluster_chain:
+    if plan.has_endpoints:  # UsesClusterEndpoints: always, without ITP Local
         tx.ensure_chain(cluster_chain)
-    if uses_local_chain:
+    if plan.uses_local_chain:
         tx.ensure_chain(local_chain)
     if uses_external_chain:
         tx.ensure_chain(external_chain)
 
-    reject = f"goto {REJECT_CHAIN}"
-    external_filter = reject if not has_endpoints else "drop"
-    tx.element("cluster-ips", [cluster_ip])
-    if has_endpoints:
-        tx.element("service-ips", [cluster_ip, proto, port.port], f"goto {cluster_chain}")
-    else:
-        tx.element("no-endpoint-services", [cluster_ip, proto, port.port], reject, comment=spn)
-    for ip in external_ips:
-        if has_endpoints:
-            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
-        if not has_external_endpoints:
-            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
-    for ip in lb_ips:
-        if has_endpoints:
-            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
-    if not has_external_endpoints:
-        for ip in lb_ips:
-            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
-    if port.node_port:
-        if has_endpoints:
-            tx.element("service-nodeports", [proto, port.node_port], f"goto {external_chain}")
-        if not has_external_endpoints:
-            tx.element("no-endpoint-nodeports", [proto, port.node_port], external_filter,
-                       comment=spn)
+    _write_map_elements(tx, plan, port, cluster_chain, external_chain)
 
     # Internal traffic: masquerade what does not come from the pod network.
-    if has_endpoints and cluster_cidr is not None:
-        tx.rule(cluster_chain, "ip daddr", cluster_ip, proto, "dport", port.port,
+    if plan.has_endpoints and cluster_cidr is not None:
+        tx.rule(cluster_chain, "ip daddr", plan.cluster_ip, proto, "dport", port.port,
                 "ip saddr !=", cluster_cidr, "jump", MARK_MASQ)
-
     if uses_external_chain:
-        if not external_policy_local:
-            tx.rule(external_chain, "jump", MARK_MASQ)
-        else:
-            if cluster_cidr is not None:
-                tx.rule(external_chain, "ip saddr", cluster_cidr, "goto", cluster_chain,
-                        comment="short-circuit pod traffic")
-            tx.rule(external_chain, "fib saddr type local jump", MARK_MASQ,
-                    comment="masquerade local traffic")
-            tx.rule(external_chain, "fib saddr type local goto", cluster_chain,
-                    comment="short-circuit local traffic")
-        if has_external_endpoints:
-            tx.rule(external_chain, "goto", external_policy_chain)
+        _write_external_chain(tx, plan, cluster_cidr, external_chain, cluster_chain, local_chain)
 
-    if uses_cluster_chain:
-        _write_load_balancing(tx, cluster_chain, [endpoint_chain(e) for e in cluster_endpoints])
-    if uses_local_chain:
-        _write_load_balancing(tx, local_chain, [endpoint_chain(e) for e in local_endpoints])
+    if plan.has_endpoints:
+        _write_load_balancing(tx, cluster_chain, [endpoint_chain(e) for e in plan.cluster_endpoints])
+    if plan.uses_local_chain:
+        _write_load_balancing(tx, local_chain, [endpoint_chain(e) for e in plan.local_endpoints])
 
-    for endpoint in reachable:
+    for endpoint in plan.cluster_endpoints:
         chain = endpoint_chain(endpoint)
         # Hairpin: a pod reaching itself through the service is masqueraded.
         tx.rule(chain, "ip saddr", endpoint.ip, "jump", MARK_MASQ)
         counter = "counter" if endpoint_counters else ""
         tx.rule(chain, "meta l4proto", proto, counter, "dnat to",
                 naming.endpoint_string(endpoint.ip, endpoint.port))
+
+
+def _write_map_elements(
+    tx: _Transaction, plan: PortPlan, port: ServicePort, cluster_chain: str, external_chain: str
+) -> None:
+    """The port's elements in the dispatch maps (cluster-ips, service-ips,
+    service-nodeports), or in the no-endpoint-* maps for what has no endpoint."""
+    proto, spn, cluster_ip = plan.proto, plan.spn, plan.cluster_ip
+    reject = f"goto {REJECT_CHAIN}"
+    external_filter = reject if not plan.has_endpoints else "drop"
+    tx.element("cluster-ips", [cluster_ip])
+    if plan.has_endpoints:
+        tx.element("service-ips", [cluster_ip, proto, port.port], f"goto {cluster_chain}")
+    else:
+        tx.element("no-endpoint-services", [cluster_ip, proto, port.port], reject, comment=spn)
+    for ip in plan.external_ips:
+        if plan.has_endpoints:
+            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
+        if not plan.has_external_endpoints:
+            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
+    for ip in plan.lb_ips:
+        if plan.has_endpoints:
+            tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
+    if not plan.has_external_endpoints:
+        for ip in plan.lb_ips:
+            tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
+    if port.node_port:
+        if plan.has_endpoints:
+            tx.element("service-nodeports", [proto, port.node_port], f"goto {external_chain}")
+        if not plan.has_external_endpoints:
+            tx.element("no-endpoint-nodeports", [proto, port.node_port], external_filter,
+                       comment=spn)
+
+
+def _write_external_chain(
+    tx: _Transaction,
+    plan: PortPlan,
+    cluster_cidr: str | None,
+    external_chain: str,
+    cluster_chain: str,
+    local_chain: str,
+) -> None:
+    """external-<B>, where every external destination of the port goes."""
+    if not plan.external_policy_local:
+        tx.rule(external_chain, "jump", MARK_MASQ)
+    else:
+        if cluster_cidr is not None:
+            tx.rule(external_chain, "ip saddr", cluster_cidr, "goto", cluster_chain,
+                    comment="short-circuit pod traffic")
+        tx.rule(external_chain, "fib saddr type local jump", MARK_MASQ,
+                comment="masquerade local traffic")
+        tx.rule(external_chain, "fib saddr type local goto", cluster_chain,
+                comment="short-circuit local traffic")
+    if plan.has_external_endpoints:
+        tx.rule(external_chain, "goto", local_chain if plan.external_policy_local else cluster_chain)
 
 
 def _write_load_balancing(tx: _Transaction, chain: str, endpoint_chains: list[str]) -> None:

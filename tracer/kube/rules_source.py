@@ -8,9 +8,9 @@ mode writes them:
     already holds rules;
   - nftables mode (GA in v1.33): its own table `ip kube-proxy`, read with
     `nft -j list table ip kube-proxy`.
-read_nat_rules asks all three and returns the text that holds kube-proxy's
-services; parse_kube_proxy_rules (and iptables_parse.parse_nat_rules, which
-the capture session calls) tells the two kinds of text apart, so a capture
+read_kube_proxy_rules asks all three and returns the services of the one
+that holds kube-proxy's (with which it was and its text);
+parse_kube_proxy_rules tells the two kinds of text apart, so a capture
 resolves --svc on a node of either mode without being told which.
 """
 
@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 
+from tracer import netns as netns_lib
 from tracer.errors import MissingPackageError, PrivilegeError, TracerError, UsageError
+from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.nftables_parse import NFT_CHAIN_PREFIXES, parse_kube_proxy_table
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, looks_like_nft
 from tracer.kube.resolved import ResolvedService
-from tracer.system import PACKAGE_OF, run
+from tracer.system import PACKAGE_OF, require_root, run
 
 SAVE_PROGRAMS = ("iptables-save", "iptables-legacy-save")
 NFT = "nft"
@@ -35,26 +38,43 @@ def _find(program: str) -> str | None:
     return shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
 
 
-def read_nat_rules() -> str:
+@dataclass(frozen=True)
+class KubeProxyRules:
+    """kube-proxy's rules as read from one network namespace, parsed once.
+
+    services: what they resolve to (empty when kube-proxy programmed none);
+    source: the program whose output they are ("iptables-save",
+    "iptables-legacy-save" or "nft");
+    text: that output as read (iptables-save text, or nft's JSON)."""
+
+    services: list[ResolvedService]
+    source: str
+    text: str
+
+
+def read_kube_proxy_rules() -> KubeProxyRules:
     """kube-proxy's rules in the caller's network namespace (the calling
-    thread's: enter another with tracer.netns.entered first): `iptables-save
-    -t nat` text in iptables mode, `nft -j list table ip kube-proxy` JSON in
-    nftables mode. parse_kube_proxy_rules takes either.
+    thread's: enter another with tracer.netns.entered first), from
+    `iptables-save -t nat` in iptables mode or `nft -j list table ip
+    kube-proxy` in nftables mode, parsed.
 
     When both modes' rules are there (a node switching modes, before
     kube-proxy has cleaned up after the other), the one that resolves to
-    more services wins, iptables on a tie."""
-    iptables_text, iptables_failures = _read_iptables()
+    more services wins, iptables on a tie. When neither resolves to any
+    service, the iptables text is returned (with no services) if there was
+    one."""
+    iptables, iptables_failures = _read_iptables()
     nft_text, nft_failure = _read_nft()
-    candidates = [t for t in (iptables_text, nft_text) if t is not None]
-    with_services = [(len(parse_kube_proxy_rules(t)), -i, t) for i, t in enumerate(candidates)]
-    with_services = [c for c in with_services if c[0] > 0]
-    if with_services:
-        return max(with_services)[2]
-    if iptables_text is not None:
-        return iptables_text
+    candidates = [iptables] if iptables is not None else []
     if nft_text is not None:
-        return nft_text
+        candidates.append((NFT, nft_text))
+    parsed = [
+        KubeProxyRules(parse_kube_proxy_rules(text), source, text) for source, text in candidates
+    ]
+    if parsed:
+        # max keeps the first of equals: iptables on a tie, and when no
+        # candidate resolves to any service.
+        return max(parsed, key=lambda rules: len(rules.services))
     failures = [*iptables_failures, *([nft_failure] if nft_failure else [])]
     if not failures:
         raise MissingPackageError("iptables-save", PACKAGE_OF.get("iptables-save", "iptables"))
@@ -64,17 +84,26 @@ def read_nat_rules() -> str:
 
 
 def parse_kube_proxy_rules(text: str) -> list[ResolvedService]:
-    """Services from either mode's rules (what read_nat_rules returns)."""
+    """Services from either mode's rules: iptables-save (or iptables-restore)
+    text, or nft's JSON or text of table ip kube-proxy. Callers that only
+    hold the text need not know which mode the node runs.
+
+    Sorted by namespace and name (chain-named services last, by chain)."""
     if looks_like_nft(text):
         return parse_kube_proxy_table(text)
-    from tracer.kube.iptables_parse import parse_iptables_nat_rules
-
     return parse_iptables_nat_rules(text)
 
 
-def read_services() -> list[ResolvedService]:
-    """The Services kube-proxy programmed in the caller's namespace, either mode."""
-    return parse_kube_proxy_rules(read_nat_rules())
+def services_in_netns(netns: str | None = None) -> list[ResolvedService]:
+    """The Services kube-proxy programmed in network namespace NETNS (a name
+    under /run/netns, or a path; entering one needs root), or in the caller's
+    own when None. What `tracer services` lists."""
+    if not netns:
+        return read_kube_proxy_rules().services
+    path = netns_lib.resolve(netns)
+    require_root("tracer services --netns")
+    with netns_lib.entered(path):
+        return read_kube_proxy_rules().services
 
 
 def _read_nft() -> tuple[str | None, str | None]:
@@ -97,25 +126,25 @@ def _read_nft() -> tuple[str | None, str | None]:
     return None, f"nft: {message}"
 
 
-def _read_iptables() -> tuple[str | None, list[str]]:
-    """(`iptables-save -t nat` of the backend with kube-proxy's rules, or None;
-    failures). Prefers the backend with KUBE-SERVICES (more KUBE- lines if
-    both have it), else the first that answered."""
+def _read_iptables() -> tuple[tuple[str, str] | None, list[str]]:
+    """((program, its `-t nat` output) of the backend with kube-proxy's rules,
+    or None; failures). Prefers the backend with KUBE-SERVICES (more KUBE-
+    lines if both have it), else the first that answered."""
     available = [p for p in SAVE_PROGRAMS if _find(p)]
-    outputs: list[str] = []
+    outputs: list[tuple[str, str]] = []
     failures: list[str] = []
     for program in available:
         proc = run([program, "-t", "nat"], check=False)
         if proc.returncode == 0:
-            outputs.append(proc.stdout)
+            outputs.append((program, proc.stdout))
             continue
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         failures.append(f"{program}: {detail[-1] if detail else f'exit {proc.returncode}'}")
     if not outputs:
         return None, failures
-    with_kube = [text for text in outputs if ":KUBE-SERVICES" in text]
+    with_kube = [output for output in outputs if ":KUBE-SERVICES" in output[1]]
     if with_kube:
-        return max(with_kube, key=lambda text: text.count("KUBE-")), failures
+        return max(with_kube, key=lambda output: output[1].count("KUBE-")), failures
     return outputs[0], failures
 
 

@@ -1,0 +1,132 @@
+"""Reading Kubernetes manifest YAML for tracer.kube.manifest: the documents of
+a multi-document stream, and typed fields of one document, each check
+raising Problem with a one-line message; Where turns it into the
+ManifestError that says which document it was in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from tracer.errors import ManifestError
+from tracer.kube.model import Labels, labels_from_mapping
+
+# Kubernetes name rules, as far as the lab depends on them: DNS-1123 labels for
+# port names, IANA service names (<= 15 chars, at least one letter) for
+# containerPort names and named targetPorts.
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+
+
+class Problem(Exception):
+    """Raised inside one document; turned into ManifestError with the location."""
+
+
+@dataclass(frozen=True)
+class Where:
+    source: str
+    document: int
+    kind: str | None = None
+    name: str | None = None
+
+    def error(self, problem: str) -> ManifestError:
+        what = " ".join(p for p in (self.kind, self.name) if p)
+        where = f"document {self.document}" + (f" ({what})" if what else "")
+        return ManifestError(f"{self.source}: {where}: {problem}")
+
+
+# --- YAML documents ------------------------------------------------------------
+
+
+def yaml_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """(1-based document number, parsed document); YAML errors name the line."""
+    number = 0
+    loader = yaml.safe_load_all(text)
+    while True:
+        try:
+            doc = next(loader)
+        except StopIteration:
+            return
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ManifestError(
+                f"{source}: document {number + 1}: invalid YAML{line}: {problem}"
+            ) from None
+        number += 1
+        yield number, doc
+
+
+def yaml_type(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# --- field helpers -----------------------------------------------------------------
+
+
+def mapping(value: Any, what: str, *, required: bool = True) -> dict[str, Any]:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        if value is None:
+            raise Problem(f"{what} is missing")
+        raise Problem(f"{what} must be a mapping, not {yaml_type(value)}")
+    return value
+
+
+def sequence(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Problem(f"{what} must be a list, not {yaml_type(value)}")
+    return value
+
+
+def number(value: Any, what: str, low: int, high: int) -> int:
+    # bool is an int in Python; YAML's `true` is not a port.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Problem(f"{what} must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise Problem(f"{what} {value} is out of range ({low}-{high})")
+    return value
+
+
+def labels(value: Any, what: str) -> Labels:
+    given = mapping(value, what)
+    for key, val in given.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise Problem(f"{what} must map strings to strings ({key!r}: {val!r})")
+    return labels_from_mapping(given)
+
+
+def ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise Problem(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def name_and_namespace(doc: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = mapping(doc.get("metadata"), "metadata")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise Problem("metadata.name is missing")
+    namespace = metadata.get("namespace", "default")
+    if not isinstance(namespace, str) or not DNS_LABEL.match(namespace):
+        raise Problem(f"metadata.namespace {namespace!r} is not a valid namespace name")
+    return namespace, name
+
+
+def require_api_version(doc: Mapping[str, Any], expected: str) -> None:
+    version = doc.get("apiVersion")
+    if version != expected:
+        raise Problem(f"apiVersion {version!r} is not supported (expected {expected})")

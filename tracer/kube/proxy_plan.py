@@ -1,0 +1,140 @@
+"""What kube-proxy decides before it writes a rule, the same in its iptables
+and nftables modes (tracer.kube.iptables_render, tracer.kube.nftables_render):
+the node options checked, one service port's endpoints in kube-proxy's
+order, and which of them carry cluster and external traffic.
+
+PortPlan follows the part of syncProxyRules() that both proxiers share
+(pkg/proxy/iptables/proxier.go and pkg/proxy/nftables/proxier.go): the
+service's addresses, pkg/proxy/topology.go CategorizeEndpoints without
+topology hints or terminating endpoints, and the external traffic policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tracer.errors import UsageError
+from tracer.kube import naming
+from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+
+
+def check_node_options(
+    node_ips: Sequence[str], nodeport_addresses: str, cluster_cidr: str | None
+) -> tuple[list[ipaddress.IPv4Address], str | None]:
+    """The node settings both of kube-proxy's modes take, checked: the node's
+    addresses and the cluster CIDR in canonical form."""
+    if nodeport_addresses not in ("all", "node-ips"):
+        raise UsageError(
+            f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
+        )
+    node_addresses = [ipv4(ip, "node IP") for ip in node_ips]
+    if nodeport_addresses == "node-ips" and not node_addresses:
+        raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
+    if cluster_cidr is not None:
+        try:
+            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
+        except ValueError as exc:
+            raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
+    return node_addresses, cluster_cidr
+
+
+def ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def port_endpoints(
+    service: Service, port: ServicePort, endpoints: Sequence[Endpoint]
+) -> list[Endpoint]:
+    """The endpoints of one service port, deduplicated and in kube-proxy's order.
+
+    kube-proxy keeps endpoints in a set keyed by "ip:port" and sorts them by
+    that string (pkg/proxy/endpointslicecache.go, byEndpoint), so 10.0.0.10
+    comes before 10.0.0.9: string order, not numeric."""
+    if len(service.ports) > 1:
+        if not isinstance(port.target_port, int):
+            raise UsageError(
+                f"{service.full_name}: targetPort {port.target_port!r} of port {port.name!r} "
+                "is a name; resolve it to a number first (load_manifest does)"
+            )
+        endpoints = [e for e in endpoints if e.port == port.target_port]
+    unique: dict[str, Endpoint] = {}
+    for endpoint in endpoints:
+        ipv4(endpoint.ip, f"{service.full_name}: endpoint")
+        unique.setdefault(naming.endpoint_string(endpoint.ip, endpoint.port), endpoint)
+    return [unique[key] for key in sorted(unique)]
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """One service port as both proxiers see it before writing its rules."""
+
+    spn: str  # ServicePortName: "ns/name:port" ("ns/name" for an unnamed port)
+    proto: str  # "tcp", "udp" or "sctp"
+    cluster_ip: str
+    external_ips: list[str]
+    lb_ips: list[str]
+    cluster_endpoints: list[Endpoint]  # the ready ones
+    local_endpoints: list[Endpoint]  # the ready ones on this node
+    # Reachable from outside the cluster network: a node port, external or LB IPs.
+    externally_accessible: bool
+    # ExternalPolicyLocal (pkg/api/v1/service): only NodePort/LoadBalancer.
+    external_policy_local: bool
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self.cluster_endpoints)
+
+    @property
+    def has_external_endpoints(self) -> bool:
+        """External traffic has somewhere to go: any endpoint under Cluster
+        policy, a local one under Local policy."""
+        return self.has_endpoints and (
+            bool(self.local_endpoints) or not self.external_policy_local
+        )
+
+    @property
+    def uses_local_chain(self) -> bool:
+        """The Local-policy chain (KUBE-SVL / local-) exists."""
+        return self.external_policy_local and self.externally_accessible and bool(
+            self.local_endpoints
+        )
+
+
+def plan_service_port(
+    service: Service, port: ServicePort, endpoints: list[Endpoint], node_name: str | None
+) -> PortPlan:
+    """PortPlan of one port of service; endpoints as port_endpoints gives them.
+    Checks what a proxier would refuse (protocol, addresses) as UsageError."""
+    if port.protocol not in PROTOCOLS:
+        raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
+    assert service.cluster_ip is not None
+    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    external_ips = [
+        str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
+    ]
+    lb_ips = [
+        str(ipv4(ip, f"{service.full_name}: load-balancer IP"))
+        for ip in service.load_balancer_ips
+    ]
+    cluster_endpoints = [e for e in endpoints if e.ready]
+    return PortPlan(
+        spn=naming.service_port_name(service.namespace, service.name, port.name),
+        proto=port.protocol.lower(),
+        cluster_ip=cluster_ip,
+        external_ips=external_ips,
+        lb_ips=lb_ips,
+        cluster_endpoints=cluster_endpoints,
+        local_endpoints=[
+            e for e in cluster_endpoints if node_name is not None and e.node == node_name
+        ],
+        externally_accessible=bool(port.node_port or external_ips or lb_ips),
+        external_policy_local=(
+            service.external_traffic_policy == "Local"
+            and service.type in ("NodePort", "LoadBalancer")
+        ),
+    )
