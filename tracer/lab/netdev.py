@@ -179,3 +179,8 @@ def inode_of(netns: str) -> int | None:
         return os.stat(nsmod.NETNS_RUN_DIR / netns).st_ino
     except OSError:
         return None
+
+
+def inodes_of(names: Iterable[str]) -> set[int]:
+    """The inodes of the named namespaces that exist (the others are left out)."""
+    return {i for i in (inode_of(n) for n in names) if i is not None}
