@@ -1,5 +1,5 @@
-"""Network namespaces: resolve a name or path, enter one (setns), map inodes to
-names. Python 3.11 has no os.setns, so this calls libc's setns(2)."""
+"""Network namespaces: resolve a name or path, enter one (setns). Python 3.11
+has no os.setns, so this calls libc's setns(2)."""
 
 from __future__ import annotations
 
@@ -69,15 +69,3 @@ def enter(path: str | os.PathLike[str]) -> None:
         setns(fd)
     finally:
         os.close(fd)
-
-
-def names_by_inode() -> dict[int, str]:
-    """Inode -> name for every named namespace, plus the initial one as 'host'."""
-    out: dict[int, str] = {}
-    with contextlib.suppress(OSError):
-        out[inode("/proc/1/ns/net")] = "host"
-    if NETNS_RUN_DIR.is_dir():
-        for p in NETNS_RUN_DIR.iterdir():
-            with contextlib.suppress(OSError):
-                out[inode(p)] = p.name
-    return out

@@ -1,9 +1,10 @@
-"""Calico's IPIP mode, which this project's kernel lacks, proven on Debian's
-6.1 distro kernel: one VM boot runs tests/kernel_vm/guest/encap_checks.py as
-a pytest session inside (the lab up in the VM, switched to `--encap ipip`,
-checked as Felix programs it; node A and node B captured across the tunnel
-with the witnesses of tests/capture/encap_capture.py; back to no
-encapsulation). Each test here reads one guest result.
+"""Calico's IPIP mode, which needs CONFIG_NET_IPIP, proven on Debian's 6.1
+distro kernel (its ipip module): one VM boot runs
+tests/kernel_vm/guest/encap_checks.py as a pytest session inside (the lab up
+in the VM, switched to `--encap ipip`, checked as Felix programs it; node A
+and node B captured across the tunnel with the witnesses of
+tests/capture/encap_capture.py; back to no encapsulation). Each test here
+reads one guest result.
 
 Fails, never skips, when the kernel cannot be had or the VM cannot boot.
 """

@@ -1,5 +1,5 @@
 """Proof that the VM harness works: Debian's 6.1 kernel boots under qemu (TCG)
-with this machine's root filesystem, and BCC kprobes and fentry attach there.
+with the host's root filesystem, and BCC kprobes and fentry attach there.
 
 Two boots in all: one runs the whole in-VM pytest session
 (tests/kernel_vm/guest/in_vm_checks.py) and every check below reads its

@@ -250,7 +250,7 @@ def test_down_removes_the_tunnels(vxlan_lab):
 @pytest.mark.root
 @pytest.mark.lab
 def test_encap_refused_up_front_without_kernel_support(lab, monkeypatch, tmp_path):
-    """A kernel without the tunnel's module (this machine's has no IPIP): up
+    """A kernel without the tunnel's module (CONFIG_NET_IPIP unset): up
     says so before it changes anything. Simulated with an empty /sys/module
     and a modprobe that loads nothing, so it holds on any kernel."""
     before = controller.up()

@@ -1,4 +1,4 @@
-"""up / down / reconcile against the real machine: idempotence, recovery from
+"""up / down / reconcile against the running kernel: idempotence, recovery from
 half-failed builds, scaling, and that the host is left exactly as it was.
 
 Every test leaves the default lab up for the tests after it (the session's

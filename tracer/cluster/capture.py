@@ -77,7 +77,6 @@ class ClusterCaptureResult:
     nodes: list[NodeCapture] = field(default_factory=list)
     merged: Path | None = None
     merge_summary: list[str] = field(default_factory=list)
-    kubectl_calls: int = 0
 
     def lines(self) -> list[str]:
         out = [f"cluster capture {self.run_id}: {len(self.nodes)} nodes -> {self.output}"]
@@ -137,7 +136,6 @@ def run_cluster_capture(
             *merged.clocks.summary(),
             f"{merged.links} cross-node packet hops matched",
         ]
-    result.kubectl_calls = len(kubectl.calls)
     return result
 
 

@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tracer.errors import EnvironmentProblem, TracerError
@@ -36,7 +36,6 @@ class Kubectl:
     context: str | None = None
     namespace: str | None = None
     timeout: float = 120.0
-    calls: list[list[str]] = field(default_factory=list)  # argv of every call, for reports
 
     def _argv(self, args: Sequence[str], namespaced: bool) -> list[str]:
         path = shutil.which(self.program) if os.sep not in self.program else self.program
@@ -52,7 +51,6 @@ class Kubectl:
     def run_bytes(self, args: Sequence[str], *, input: bytes | None = None,
                   namespaced: bool = True, timeout: float | None = None) -> bytes:
         argv = self._argv(args, namespaced)
-        self.calls.append(argv[1:])
         what = "kubectl " + " ".join(args[:3])
         try:
             proc = subprocess.run(argv, input=input, capture_output=True,

@@ -10,7 +10,10 @@ Modules, one job each:
     nginx       per-pod nginx config, page and start
     kubeproxy   render the nat table per node and load it; read rules and counters
     procs       find and stop the lab's processes
-    controller  up / down / exec
+    build       make a whole lab from a plan: namespaces, LAN, pods, daemons, rules
+    reconcile   can the running infrastructure stay; make pods, rules, tunnels match
+    teardown    stop the lab's processes, delete its namespaces and run dir
+    controller  up / down / exec (serialised by a lock file)
     status      what runs: nodes, pods, BGP sessions and routes, services
     access_log  read the pods' nginx access logs
     traffic     real HTTP load from the client (or a pod), with exact counts

@@ -108,7 +108,8 @@ SYS_MODULE = Path("/sys/module")
 
 def require_kernel_support(mode: str) -> None:
     """Fail before anything changes when the kernel cannot make mode's tunnel
-    (this project's own kernel has no IPIP). Loads the module if it must."""
+    (IPIP needs CONFIG_NET_IPIP, which not every kernel sets). Loads the
+    module if it must."""
     module = KERNEL_MODULES.get(mode)
     if module is None or (SYS_MODULE / module).exists():
         return

@@ -38,7 +38,6 @@ SAVE = "iptables-nft-save"
 NFT = "nft"
 NFT_TABLE = ("ip", "kube-proxy")
 
-PROXY_MODES = ("iptables", "nftables")
 _PACKAGE = {RESTORE: "iptables", SAVE: "iptables", NFT: "nftables"}
 # An empty nat table: restoring it (without --noflush) removes every KUBE-
 # chain and jump, which is what kube-proxy's iptables cleanup amounts to here
@@ -56,6 +55,13 @@ def _require(program: str) -> str:
 # What loading and reading back the rules needs, in either mode: nft too in
 # iptables mode, to remove (or find no) table ip kube-proxy.
 REQUIRED_PROGRAMS = (RESTORE, SAVE, NFT)
+
+
+def require_programs() -> None:
+    """MissingPackageError (naming the Debian package) unless every program
+    of REQUIRED_PROGRAMS is installed."""
+    for program in REQUIRED_PROGRAMS:
+        _require(program)
 
 
 def endpoints(state: LabState) -> dict[tuple[str, str], list[KubeEndpoint]]:
@@ -110,8 +116,7 @@ def load(state: LabState, node: Node, text: str) -> str:
     the transaction starts by deleting table ip kube-proxy. The filter table
     and other nftables tables are not touched.
     """
-    for program in REQUIRED_PROGRAMS:
-        _require(program)
+    require_programs()
     path = rules_file(state, node)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

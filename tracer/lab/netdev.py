@@ -38,10 +38,6 @@ def existing_netns() -> set[str]:
         return set()
 
 
-def lab_netns_present(prefix: str = NETNS_PREFIX) -> set[str]:
-    return {n for n in existing_netns() if n.startswith(prefix)}
-
-
 def ip_batch(netns: str, lines: Sequence[str]) -> None:
     """Run `ip -n netns` commands, one per line, in one process."""
     if not lines:
@@ -124,12 +120,6 @@ def set_sysctls(
                 raise LabError(f"{netns}: cannot set {key}={value}: {exc.strerror}") from exc
 
 
-def read_sysctl(netns: str, key: str) -> str:
-    path = nsmod.resolve(_lab_only(netns))
-    with nsmod.entered(path):
-        return (Path("/proc/sys") / key).read_text().strip()
-
-
 def delete_links(netns: str, names: Iterable[str], timeout: float = 5.0) -> None:
     """Delete links by name and wait until they are gone. A link may vanish
     by itself meanwhile (its peer's namespace being freed): not an error."""
@@ -184,16 +174,13 @@ def routes(netns: str, *selector: str) -> list[dict]:
     return json.loads(proc.stdout or "[]")
 
 
-def pids_in(netns: str) -> list[int]:
-    """Processes whose network namespace is netns (`ip netns pids`)."""
-    if netns not in existing_netns():
-        return []
-    proc = run(["ip", "netns", "pids", _lab_only(netns)], check=False)
-    return [int(x) for x in proc.stdout.split() if x.isdigit()]
-
-
 def inode_of(netns: str) -> int | None:
     try:
         return os.stat(nsmod.NETNS_RUN_DIR / netns).st_ino
     except OSError:
         return None
+
+
+def inodes_of(names: Iterable[str]) -> set[int]:
+    """The inodes of the named namespaces that exist (the others are left out)."""
+    return {i for i in (inode_of(n) for n in names) if i is not None}

@@ -166,6 +166,14 @@ def resolve_target_port(
     )
 
 
+def check_modes(proxy_mode: str, encap: str) -> None:
+    """UsageError unless proxy_mode is one of PROXY_MODES and encap one of ENCAP_MODES."""
+    if proxy_mode not in PROXY_MODES:
+        raise UsageError(f"--proxy-mode must be one of {', '.join(PROXY_MODES)}, not {proxy_mode!r}")
+    if encap not in ENCAP_MODES:
+        raise UsageError(f"--encap must be one of {', '.join(ENCAP_MODES)}, not {encap!r}")
+
+
 def make_plan(
     manifest: Manifest,
     *,
@@ -184,13 +192,38 @@ def make_plan(
     """
     if replicas is not None and replicas < 0:
         raise UsageError(f"--replicas must be >= 0, got {replicas}")
-    if proxy_mode not in PROXY_MODES:
-        raise UsageError(f"--proxy-mode must be one of {', '.join(PROXY_MODES)}, not {proxy_mode!r}")
-    if encap not in ENCAP_MODES:
-        raise UsageError(f"--encap must be one of {', '.join(ENCAP_MODES)}, not {encap!r}")
+    check_modes(proxy_mode, encap)
     run_dir = Path(run_dir)
 
-    nodes = tuple(
+    nodes = _nodes(run_dir)
+    tor = Router(name="tor", netns=netns_name("tor"), ip=TOR_IP, bridge=BRIDGE,
+                 bird=bird_files(run_dir, "tor"))
+    client = Host(name="client", netns=netns_name("client"), ip=CLIENT_IP,
+                  lan_port=lan_port("client"))
+    pods = _pods(manifest, nodes, replicas, run_dir)
+    services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
+    return LabState(
+        run_dir=str(run_dir),
+        manifest=manifest_path or manifest.source,
+        manifest_sha256=manifest_sha256,
+        replicas=replicas,
+        lan_cidr=LAN_CIDR,
+        cluster_cidr=CLUSTER_CIDR,
+        asn=ASN,
+        pod_gateway=POD_GATEWAY,
+        tor=tor,
+        client=client,
+        nodes=nodes,
+        pods=tuple(pods),
+        services=services,
+        created=time.time(),
+        proxy_mode=proxy_mode,
+        encap=encap,
+    )
+
+
+def _nodes(run_dir: Path) -> tuple[Node, ...]:
+    return tuple(
         Node(
             name=spec.name,
             netns=netns_name(spec.name),
@@ -201,13 +234,11 @@ def make_plan(
         )
         for spec in NODE_SPECS
     )
-    tor = Router(name="tor", netns=netns_name("tor"), ip=TOR_IP, bridge=BRIDGE,
-                 bird=bird_files(run_dir, "tor"))
-    client = Host(name="client", netns=netns_name("client"), ip=CLIENT_IP,
-                  lan_port=lan_port("client"))
 
-    # Ports nginx must listen on, per Deployment: its container ports and every
-    # resolved targetPort of the Services that select it.
+
+def _listen_ports(manifest: Manifest) -> dict[tuple[str, str], set[int]]:
+    """Ports nginx must listen on, per Deployment: its container ports and
+    every resolved targetPort of the Services that select it."""
     listen: dict[tuple[str, str], set[int]] = {
         (d.namespace, d.name): set(d.container_ports) for d in manifest.deployments
     }
@@ -216,7 +247,14 @@ def make_plan(
             for sp in svc.ports:
                 if sp.protocol == "TCP":
                     listen[(d.namespace, d.name)].add(resolve_target_port(svc, sp.target_port, d))
+    return listen
 
+
+def _pods(
+    manifest: Manifest, nodes: tuple[Node, ...], replicas: int | None, run_dir: Path
+) -> list[Pod]:
+    """Every replica of every Deployment, round-robin over the nodes."""
+    listen = _listen_ports(manifest)
     pods: list[Pod] = []
     used_slots = {n.name: 0 for n in nodes}
     names: set[str] = set()
@@ -248,26 +286,7 @@ def make_plan(
                     nginx=nginx_files(run_dir, name),
                 )
             )
-
-    services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
-    return LabState(
-        run_dir=str(run_dir),
-        manifest=manifest_path or manifest.source,
-        manifest_sha256=manifest_sha256,
-        replicas=replicas,
-        lan_cidr=LAN_CIDR,
-        cluster_cidr=CLUSTER_CIDR,
-        asn=ASN,
-        pod_gateway=POD_GATEWAY,
-        tor=tor,
-        client=client,
-        nodes=nodes,
-        pods=tuple(pods),
-        services=services,
-        created=time.time(),
-        proxy_mode=proxy_mode,
-        encap=encap,
-    )
+    return pods
 
 
 def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from tracer.lab import netdev
+
 
 def status(pid: int) -> str | None:
     """The state letter of /proc/<pid>/stat (R, S, Z, ...); None if gone."""
@@ -108,7 +110,13 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
+def own_netns_inode() -> int:
+    """The inode of the network namespace tracer itself runs in (the host's):
+    never one to sweep."""
+    return os.stat("/proc/self/ns/net").st_ino
 
-def runs_in(pid: int | None, inode: int | None) -> bool:
-    """pid is alive and its network namespace is the one with this inode."""
+
+def runs_in(pid: int | None, netns: str) -> bool:
+    """pid is alive and its network namespace is the lab namespace netns."""
+    inode = netdev.inode_of(netns)
     return pid is not None and inode is not None and alive(pid) and netns_inode(pid) == inode

@@ -2,8 +2,11 @@
 
 `plan.make_plan` builds a LabState describing what to create (no pids yet);
 the controller fills in the process ids and writes it to
-/run/tracer-lab/state.json once the lab is up. Everything else (status, down,
-traffic, the capture engine, tests) reads it back with `load_state()`.
+/run/tracer-lab/state.json once the lab is up. `up`, `down`, `exec` and
+`status` read it back with `try_load_state()` (no lab is no error there);
+traffic, the access-log reader, the lab tests and bench/lab_env.py with
+`load_state()`. The capture engine never reads it: it is given a namespace
+(`tracer capture --netns`) like any other.
 
 The JSON is stable for scripts: field names only ever get added, and
 `schema` changes if a field changes meaning.

@@ -125,7 +125,7 @@ def _tunnel_routes(netns: str, present: bool) -> tuple[Route, ...]:
 def _router(name, netns, ip, pod_cidr, files: Bird, present: set[str],
             node: bool = False) -> RouterStatus:
     here = netns in present
-    running = here and procs.runs_in(files.pid, netdev.inode_of(netns))
+    running = here and procs.runs_in(files.pid, netns)
     return RouterStatus(
         name=name, netns=netns, ip=ip, pod_cidr=pod_cidr, netns_present=here,
         bird_pid=files.pid, bird_running=running,
@@ -156,7 +156,7 @@ def _collect(state: LabState) -> LabStatus:
         PodStatus(
             name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, netns=p.netns,
             veth=p.veth, netns_present=p.netns in present, nginx_pid=p.nginx.pid,
-            nginx_running=procs.runs_in(p.nginx.pid, netdev.inode_of(p.netns)),
+            nginx_running=procs.runs_in(p.nginx.pid, p.netns),
             access_log=p.nginx.access_log,
         )
         for p in state.pods

@@ -1,5 +1,7 @@
-"""Test support that is not a test: booting a second kernel for the backends
-the development machines' own kernel cannot run (kprobes, fentry).
+"""Test support that is not a test: booting a second kernel (Debian's 6.1,
+which has CONFIG_KPROBES and loads fentry programs) for the backends a kernel
+built without CONFIG_KPROBES cannot run (6.18.44 in docs/kernels.md, which
+also refuses fentry).
 
 Library only: nothing here imports BCC, so the host side of a VM test runs on
 any Python that has the project installed.

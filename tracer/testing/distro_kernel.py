@@ -1,9 +1,10 @@
 """Debian's distro kernel, unpacked into a cache, for booting under qemu.
 
-The development machines run a custom kernel without kprobes or fentry; real
-users run distro kernels that have both. To test those backends we boot the
-Debian kernel whose ABI matches the installed ``linux-headers-*-amd64`` (so
-BCC inside the VM compiles against headers describing *that* kernel).
+A kernel built without CONFIG_KPROBES has no kprobes, and some kernels refuse
+fentry programs (6.18.44 in docs/kernels.md does both); distro kernels have
+both. To test those backends we boot the Debian kernel whose ABI matches the
+installed ``linux-headers-*-amd64`` (so BCC inside the VM compiles against
+headers describing *that* kernel).
 
 Nothing here touches /lib/modules or any other system path: the package is
 unpacked under the cache directory, and its modules tree gets its own

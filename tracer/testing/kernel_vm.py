@@ -1,16 +1,17 @@
 """Run a command inside Debian's distro kernel, booted under qemu by virtme-ng.
 
 One boot = one command: `run_in_vm` boots the kernel from `ensure_kernel`
-with this machine's own root filesystem (read-only 9p, as virtme-ng shares
+with the host's own root filesystem (read-only 9p, as virtme-ng shares
 it), runs the command as root in the repository, and returns its exit code and
 output. Booting costs 15-25 s under TCG, so callers should put many checks in
 one command, e.g. a whole pytest session:
 
     run_in_vm([".venv/bin/python", "-m", "pytest", "tests/capture", "-m", "not kernel_vm"])
 
-Why files instead of the console: on these machines virtme-ng-init finds no
-udevd, so /dev/virtio-ports/virtme.* never appear, the guest falls back to the
-serial console for the script's I/O, and the exit code is lost (vng exits 255).
+Why files instead of the console: virtme-ng-init needs a udevd on the shared
+root filesystem to make /dev/virtio-ports/virtme.*; a host without one (no
+systemd-udevd installed) leaves the guest on the serial console for the
+script's I/O, and the exit code is lost (vng exits 255). Files work either way.
 The command's stdout, stderr and exit status therefore go to files in a private
 --rwdir directory; vng's own output is kept only as the console log.
 """
@@ -148,12 +149,30 @@ def run_in_vm(
     script = io / "guest.sh"
     script.write_text(_guest_script(io, command, Path(cwd).resolve(), env or {}, modules))
     console_log = run_dir / "console.log"
+    argv = _vng_argv(vng, kernel, io, shared, script, memory=memory, cpus=cpus)
+    ok = False
+    try:
+        boot_seconds, wall_seconds = _run_vng(vng, argv, io, console_log, timeout)
+        result = _collect(io, console_log, boot_seconds, wall_seconds, modules)
+        ok = True
+        return result
+    finally:
+        if ok and not keep_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _vng_argv(
+    vng: str, kernel: KernelImage, io: Path, shared: Sequence[Path], script: Path, *,
+    memory: str, cpus: int,
+) -> list[str]:
+    """The vng command line: boot `kernel`, share the repository (overlay),
+    io and `shared`, run `script`."""
     argv = [
         vng,
         "--run",
         str(kernel.vmlinuz),
-        # /dev/kvm exists here but qemu with KVM hangs or fails on MSRs (nested
-        # virtualisation): always emulate (TCG).
+        # /dev/kvm may exist while qemu with KVM hangs or fails on MSRs
+        # (nested virtualisation): always emulate (TCG).
         "--disable-kvm",
         "--verbose",  # kernel log to stderr = our console log, for diagnosis
         "--memory",
@@ -173,45 +192,44 @@ def run_in_vm(
     for d in shared:
         argv += ["--rwdir", str(d)]
     argv += ["--exec", f"bash {shlex.quote(str(script))}"]
+    return argv
 
+
+def _run_vng(
+    vng: str, argv: Sequence[str], io: Path, console_log: Path, timeout: float
+) -> tuple[float | None, float]:
+    """Run vng to its end (VmTimeout past timeout), its output to console_log;
+    returns (seconds until the guest script started, or None; wall seconds)."""
     host_env = dict(os.environ)
     # vng starts its helper virtme-run through PATH.
     host_env["PATH"] = f"{Path(vng).parent}:{host_env.get('PATH', '/usr/bin:/bin')}"
     started = time.monotonic()
     boot_seconds = None
-    ok = False
-    try:
-        with console_log.open("wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=host_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                while proc.poll() is None:
-                    if boot_seconds is None and (io / "started").exists():
-                        boot_seconds = time.monotonic() - started
-                    if time.monotonic() - started > timeout:
-                        _kill_group(proc)
-                        raise VmTimeout(
-                            f"VM still running after {timeout:.0f}s; killed (console: {console_log})",
-                            console_log,
-                        )
-                    time.sleep(0.1)
-            except BaseException:
-                _kill_group(proc)
-                raise
-        wall_seconds = time.monotonic() - started
-        result = _collect(io, console_log, boot_seconds, wall_seconds, modules)
-        ok = True
-        return result
-    finally:
-        if ok and not keep_run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    with console_log.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=host_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while proc.poll() is None:
+                if boot_seconds is None and (io / "started").exists():
+                    boot_seconds = time.monotonic() - started
+                if time.monotonic() - started > timeout:
+                    _kill_group(proc)
+                    raise VmTimeout(
+                        f"VM still running after {timeout:.0f}s; killed (console: {console_log})",
+                        console_log,
+                    )
+                time.sleep(0.1)
+        except BaseException:
+            _kill_group(proc)
+            raise
+    return boot_seconds, time.monotonic() - started
 
 
 def _find_vng() -> str:

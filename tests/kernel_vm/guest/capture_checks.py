@@ -1,5 +1,6 @@
 """`tracer capture` INSIDE the Debian 6.1 VM, on the lab, with the kprobe and
-fentry backends this project's own kernel cannot run.
+fentry backends, which a kernel built without CONFIG_KPROBES, or one that
+refuses fentry programs, cannot run.
 
 Started by tests/kernel_vm/test_vm_capture.py through run_in_vm (one boot, one
 pytest session); the name does not match test_*.py, so the host never collects

@@ -1,6 +1,6 @@
 """Calico's IPIP mode in the lab and `tracer capture` across it, INSIDE the
-Debian 6.1 VM: this project's own kernel has no IPIP (CONFIG_NET_IPIP), the
-distro kernel does (the ipip module, loaded by run_in_vm).
+Debian 6.1 VM: a kernel built without CONFIG_NET_IPIP has no IPIP tunnels;
+the distro kernel has them (the ipip module, loaded by run_in_vm).
 
 Started by tests/kernel_vm/test_vm_encap.py through run_in_vm (one boot, one
 pytest session); the name does not match test_*.py, so the host never
