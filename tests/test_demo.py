@@ -133,7 +133,7 @@ def test_demo_stops_the_captures_when_a_step_fails(lab, tmp_path, monkeypatch, c
 @pytest.mark.root
 @pytest.mark.lab
 def test_capture_child_error_is_one_line(lab, tmp_path):
-    from tracer.capture_process import CaptureProcess, CaptureProcessError
+    from tracer.capture.child_process import CaptureProcess, CaptureProcessError
 
     child = CaptureProcess("lab-node-a", ["--svc", "no-such-service", "--netns", "lab-node-a"],
                            tmp_path / "cap", tmp_path / "cap.log")

@@ -2,9 +2,9 @@
 split BTF of modules in /sys/kernel/btf/<module>).
 
 The tracer compiles its BPF C against whatever kernel headers BCC can find,
-which on this project's machines are Debian's 6.1 headers while the running
-kernel may be 6.18: every struct offset written in C against those headers
-could be wrong. So the BPF C never dereferences kernel structs by name; the
+which need not be the running kernel's (a 6.18 kernel without a headers
+package compiles against Debian 12's 6.1 headers): every struct offset
+written in C against those headers could be wrong. So the BPF C never dereferences kernel structs by name; the
 offsets it needs come from here, from the running kernel's own BTF, and are
 passed to the compiler as macros.
 

@@ -1,7 +1,7 @@
 """Capturing across Calico's tunnel (lab `--encap vxlan` or `ipip`), shared by
 the host test (tests/capture/test_capture_encap.py, VXLAN) and the kernel VM
-guest (tests/kernel_vm/guest/encap_checks.py, IPIP: this project's kernel
-has none).
+guest (tests/kernel_vm/guest/encap_checks.py, IPIP: kernels built without
+CONFIG_NET_IPIP have none).
 
 `run()` captures node A and node B side by side while the client talks to the
 external IP (DNATed on node A, half of it to the pod on node B through the

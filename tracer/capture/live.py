@@ -9,7 +9,7 @@ import pyarrow as pa
 from tracer.capfile import PROTO_NAMES
 
 # The capture's line on stderr once every probe is attached; what starts a
-# capture as a child process waits for it (tracer.capture_process).
+# capture as a child process waits for it (tracer.capture.child_process).
 READY_PREFIX = "tracer: capturing"
 
 FLAG_NAMES = ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "."), (32, "U"))

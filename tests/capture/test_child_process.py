@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tracer.capture_process import CaptureProcess, CaptureProcessError
+from tracer.capture.child_process import CaptureProcess, CaptureProcessError
 
 # A child that says what went wrong, closes stderr, and exits only a second
 # later: the window in which stderr's EOF is seen before the exit status.
