@@ -24,10 +24,10 @@ from tracer.analysis import timeline as timeline_mod
 from tracer.analysis.addresses import int_to_ip, proto_name
 from tracer.analysis.events import PROBE_DROP, PROBE_NAT, load_events
 from tracer.analysis.flows import Endpoint, FlowSpec, select_packets
-from tracer.analysis.histogram import counts_to_buckets, fill_bucket_gaps, format_buckets
 from tracer.analysis.packets import PacketOptions, Packets, assemble
 from tracer.analysis.service import PortPromise, parse_service, service_name
 from tracer.errors import CaptureFileError
+from tracer.histograms import fill_bucket_gaps, format_buckets, log2_rows
 
 
 @dataclass
@@ -352,7 +352,7 @@ def build(
             Block(
                 "code",
                 "\n\n".join(
-                    f"{d.name}\n{format_buckets(counts_to_buckets(d.log2))}" for d in lat.nat
+                    f"{d.name}\n{format_buckets(log2_rows(d.log2))}" for d in lat.nat
                 ),
             )
         )
