@@ -18,7 +18,7 @@ nor BCC. Modules, one job each:
 - stats      chi-square (no scipy), Wilson interval, Jain index
 - pcap       export_pcapng(source, path): one synthesized packet per event
 - plots      PNG charts (matplotlib, Agg)     report   build(paths, dir): Markdown + HTML
-- summary    summarize(captures): the few figures `tracer demo` prints
+- key_figures  summarize(captures): the few figures `tracer demo` prints
 - commands   what each CLI command prints (tracer/cli.py calls these)
 
 The names below are the stable entry points; plots and report are imported
