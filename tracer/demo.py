@@ -27,8 +27,8 @@ from typing import Any
 
 from tracer.analysis.commands import to_json
 from tracer.analysis.correlate import MergeResult, merge
+from tracer.analysis.key_figures import Summary, fmt_us, summarize
 from tracer.analysis.report import build as build_report
-from tracer.analysis.summary import Summary, fmt_us, summarize
 from tracer.capture.child_process import CaptureProcess
 from tracer.errors import CaptureFileError, TracerError, UsageError
 from tracer.lab import controller, witness

@@ -1,8 +1,20 @@
-"""Latency histograms shared by the live capture summary and the analysis:
-the buckets of the kernel's log2 histograms (printed by
-tracer.analysis.histogram, as BCC's tools print them), and a fixed-size log-linear
-histogram for percentiles of unbounded streams (memory never grows with the
-number of samples)."""
+"""Latency histograms shared by the live capture summary and the analysis
+(numpy only: the analysis imports this module and never BCC).
+
+Power-of-two histograms have one convention, the kernel's: slot i counts the
+values v with floor(log2 v) == i, slot 0 also 0 and 1, i.e. the range
+[2^i, 2^(i+1) - 1] (``log2_slot`` in bpf/common.bpf.h, BCC's ``bpf_log2l``
+minus one). The in-kernel histograms are stored in capture files as those
+ranges (docs/capture-format.md, ``histograms``), and the analysis counts
+event durations into the same slots, so both print alike, as BCC's tools
+print them:
+
+         ns                  : count     distribution
+          256 -> 511        : 13       |****                                    |
+          512 -> 1023       : 120      |****************************************|
+
+Also a fixed-size log-linear histogram for percentiles of unbounded streams
+(memory never grows with the number of samples)."""
 
 from __future__ import annotations
 
@@ -12,6 +24,22 @@ import numpy as np
 
 Bucket = tuple[int, int, int]  # (low, high, count): values in [low, high]
 STARS = 40
+
+
+def log2_slots(values: np.ndarray) -> np.ndarray:
+    """The kernel's slot of each value: floor(log2 v), 0 for v < 2 (0, 1 and,
+    for corrected durations, fractions). From the float's exponent, exact for
+    integers below 2^53 (np.log2 rounds 2^k - 1 up to k from k ~ 48)."""
+    v = np.asarray(values, dtype=np.float64)
+    _, exponent = np.frexp(v)
+    return np.where(v >= 1, exponent - 1, 0).astype(np.int64)
+
+
+def log2_slot_counts(values: np.ndarray) -> np.ndarray:
+    """Values -> counts per slot (index = slot, as the kernel's map holds
+    them), up to the highest slot used; one empty slot for no values."""
+    slots = log2_slots(values)
+    return np.bincount(slots, minlength=1) if len(slots) else np.zeros(1, dtype=np.int64)
 
 
 def log2_buckets(slot_counts: Sequence[int]) -> list[Bucket]:
@@ -25,13 +53,12 @@ def log2_buckets(slot_counts: Sequence[int]) -> list[Bucket]:
 
 
 def log2_buckets_of(values: np.ndarray) -> list[Bucket]:
+    """Values -> every slot's bucket from slot 0 to the highest used (as the
+    engine stores a kernel histogram, empty slots included)."""
     values = np.asarray(values, dtype=np.int64)
     if values.size == 0:
         return []
-    slots = np.zeros(64, dtype=np.int64)
-    idx = np.floor(np.log2(np.maximum(values, 1))).astype(np.int64)
-    np.add.at(slots, idx, 1)
-    return log2_buckets(slots[: int(idx.max()) + 1])
+    return log2_buckets(log2_slot_counts(values))
 
 
 def _stars(count: int, peak: int, width: int) -> str:
@@ -71,6 +98,16 @@ def fill_bucket_gaps(buckets: Sequence[Sequence[int]]) -> list[tuple[int, int, i
             out.append((nlo, 2 * nlo - 1, 0))
         out.append((lo, hi, c))
     return out
+
+
+def log2_rows(slot_counts: Sequence[int]) -> list[Bucket]:
+    """Counts per slot -> the rows to print (first to last non-empty slot)."""
+    return fill_bucket_gaps(log2_buckets(slot_counts))
+
+
+def format_log2(values: np.ndarray, unit: str = "ns") -> str:
+    """Values -> their log2 histogram as BCC prints it."""
+    return format_buckets(log2_rows(log2_slot_counts(values)), unit)
 
 
 class StreamingHistogram:

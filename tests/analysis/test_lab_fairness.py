@@ -24,8 +24,8 @@ import pytest
 from tests.capture.lab_capture import capture
 from tracer.analysis import assemble, commands, load_events
 from tracer.analysis.events import PROBE_NAT, PROBE_RX
+from tracer.analysis.key_figures import client_connections
 from tracer.analysis.stats import chi2_sf
-from tracer.analysis.summary import client_connections
 from tracer.lab import witness
 from tracer.lab.traffic import run_traffic
 

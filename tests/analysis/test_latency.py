@@ -1,4 +1,4 @@
-"""Latency distributions and BCC-style histograms."""
+"""Latency distributions (the histograms themselves: tests/test_histograms.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import pytest
 from tests.analysis.synthetic import NODE_A, NODE_B, event_set
 from tracer.analysis import latency
 from tracer.analysis.events import load_events
-from tracer.analysis.histogram import (
-    counts_to_buckets,
-    fill_bucket_gaps,
-    format_buckets,
-    format_log2,
-    log2_index,
-)
 from tracer.analysis.packets import assemble
 
 
@@ -76,40 +69,6 @@ def test_traversal_is_first_rx_to_last_tx():
         len(d) == 1
         and d[0].labels == {"node": NODE_A, "path": "eth0 -> cali1"}
         and d[0].max == 3000
-    )
-
-
-BCC_EXPECTED = """\
-     ns                  : count     distribution
-       256 -> 511        : 13       |****                                    |
-       512 -> 1023       : 120      |****************************************|
-      1024 -> 2047       : 0        |                                        |
-      2048 -> 4095       : 1        |                                        |"""
-
-
-def test_log2_histogram_looks_like_bcc():
-    values = np.array([300] * 13 + [700] * 120 + [3000])
-    assert format_log2(values) == BCC_EXPECTED
-
-
-def test_log2_buckets():
-    assert log2_index(np.array([0, 1, 2, 3, 4, 1023, 1024])).tolist() == [0, 1, 2, 2, 3, 10, 11]
-    counts = np.bincount(log2_index(np.array([0, 1, 5])), minlength=4)
-    assert counts_to_buckets(counts) == [(0, 1, 2), (2, 3, 0), (4, 7, 1)]
-
-
-def test_kernel_histogram_as_the_engine_writes_it():
-    # tracer.histograms.log2_buckets: every slot, zeros included
-    from tracer.histograms import log2_buckets
-
-    slots = [0] * 32
-    slots[9], slots[11] = 13, 3
-    rows = fill_bucket_gaps(log2_buckets(slots))
-    assert rows == [(512, 1023, 13), (1024, 2047, 0), (2048, 4095, 3)]
-    text = format_buckets(rows)
-    assert (
-        text.splitlines()[1]
-        == "       512 -> 1023       : 13       |****************************************|"
     )
 
 

@@ -145,7 +145,7 @@ def sep_counters(netns: str) -> dict[str, int]:
 # and the sequence number of its SYN. A retried SYN (after a TIME_WAIT clash
 # behind MASQUERADE) repeats the number: one connection chosen twice. The
 # client also gives a closed connection's source port to a new one within
-# milliseconds, with a new number: two connections (tracer/analysis/summary.py).
+# milliseconds, with a new number: two connections (tracer/analysis/key_figures.py).
 CLIENT_TUPLE = ["saddr", "sport", "daddr", "dport"]
 CONNECTION = [*CLIENT_TUPLE, "seq"]
 

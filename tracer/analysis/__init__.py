@@ -12,10 +12,13 @@ nor BCC. Modules, one job each:
 - correlate  merge(paths, out): per-node captures -> one capture on one clock
 - latency    analyze(packets): NAT hook time, node traversal, cross-node hop
 - fairness   analyze(packets): new connections per endpoint vs kube-proxy's promise
+- service    the promise: endpoints and shares from the Service metadata
+- promises   each counted connection's promised endpoints and shares
+- request_counts  requests per connection (keep-alive pinning)
 - stats      chi-square (no scipy), Wilson interval, Jain index
 - pcap       export_pcapng(source, path): one synthesized packet per event
 - plots      PNG charts (matplotlib, Agg)     report   build(paths, dir): Markdown + HTML
-- summary    summarize(captures): the few figures `tracer demo` prints
+- key_figures  summarize(captures): the few figures `tracer demo` prints
 - commands   what each CLI command prints (tracer/cli.py calls these)
 
 The names below are the stable entry points; plots and report are imported

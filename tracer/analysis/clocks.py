@@ -158,6 +158,81 @@ def _edge_estimate(
     return (lo + hi) / 2, (hi - lo) / 2, "traffic+metadata", True, lo, hi
 
 
+# (other node, offset estimate other - this, half-width, method, consistent,
+#  bounds used, whether the bounds are this -> other)
+Edge = tuple[str, float, float | None, str, bool, PairBounds, bool]
+
+
+def _edges(
+    bounds: dict[tuple[str, str], PairBounds], prior: dict[str, float | None]
+) -> dict[str, list[Edge]]:
+    """Each node's edge estimates to the nodes it exchanged packets with, in
+    both orientations."""
+    edges: dict[str, list[Edge]] = {n: [] for n in prior}
+    for (a, b), pb in bounds.items():
+        if a not in edges or b not in edges:
+            continue
+        pa_, pb_ = prior.get(a), prior.get(b)
+        p = None if pa_ is None or pb_ is None else pa_ + pb_
+        est, half, method, ok, lo, hi = _edge_estimate(pb, p)
+        # The interval actually used (traffic bounds, narrowed by metadata when one-sided).
+        used = PairBounds(a, b, lo, hi, pb.packets_ab, pb.packets_ba)
+        edges[a].append((b, est, half, method, ok, used, True))
+        edges[b].append((a, -est, half, method, ok, used, False))
+    return edges
+
+
+def _through(base: NodeClock, reference: str, edge: Edge) -> NodeClock:
+    """The clock of the edge's other node, reached from base's node."""
+    other, est, half, method, ok, pb, forward = edge
+    total_unc = None if half is None or base.uncertainty_ns is None else base.uncertainty_ns + half
+    lower, upper = (
+        (pb.lower_ns, pb.upper_ns)
+        if forward
+        else (
+            None if pb.upper_ns is None else -pb.upper_ns,
+            None if pb.lower_ns is None else -pb.lower_ns,
+        )
+    )
+    to_count, from_count = (
+        (pb.packets_ab, pb.packets_ba) if forward else (pb.packets_ba, pb.packets_ab)
+    )
+    return NodeClock(
+        node=other,
+        offset_ns=base.offset_ns + est,
+        uncertainty_ns=total_unc,
+        method=method,
+        lower_ns=None if lower is None else base.offset_ns + lower,
+        upper_ns=None if upper is None else base.offset_ns + upper,
+        packets_to=to_count,
+        packets_from=from_count,
+        via=None if base.node == reference else base.node,
+        consistent=ok and base.consistent,
+    )
+
+
+def _least_uncertain_paths(edges: dict[str, list[Edge]], reference: str) -> dict[str, NodeClock]:
+    """Dijkstra from the reference on uncertainty (unknown counts as very
+    large): the clocks of the nodes crossing traffic reaches."""
+    result: dict[str, NodeClock] = {reference: NodeClock(reference, 0.0, 0.0, "reference")}
+    best: dict[str, float] = {reference: 0.0}
+    heap: list[tuple[float, str]] = [(0.0, reference)]
+    while heap:
+        cost, node = heapq.heappop(heap)
+        if cost > best.get(node, math.inf):
+            continue
+        base = result[node]
+        for edge in edges[node]:
+            other, half = edge[0], edge[2]
+            new_cost = cost + (1e18 if half is None else half)
+            if new_cost >= best.get(other, math.inf):
+                continue
+            best[other] = new_cost
+            result[other] = _through(base, reference, edge)
+            heapq.heappush(heap, (new_cost, other))
+    return result
+
+
 def solve(
     pairs: pd.DataFrame,
     node_meta: dict[str, dict[str, Any]],
@@ -170,67 +245,7 @@ def solve(
     reference = reference or nodes[0]
     bounds = pair_bounds(pairs)
     prior = {n: _meta_uncertainty(node_meta.get(n)) for n in nodes}
-
-    # Edge estimates in both orientations.
-    edges: dict[str, list[tuple[str, float, float | None, str, bool, PairBounds, bool]]] = {
-        n: [] for n in nodes
-    }
-    for (a, b), pb in bounds.items():
-        if a not in edges or b not in edges:
-            continue
-        pa_, pb_ = prior.get(a), prior.get(b)
-        p = None if pa_ is None or pb_ is None else pa_ + pb_
-        est, half, method, ok, lo, hi = _edge_estimate(pb, p)
-        # The interval actually used (traffic bounds, narrowed by metadata when one-sided).
-        used = PairBounds(a, b, lo, hi, pb.packets_ab, pb.packets_ba)
-        edges[a].append((b, est, half, method, ok, used, True))
-        edges[b].append((a, -est, half, method, ok, used, False))
-
-    # Dijkstra on uncertainty (unknown counts as very large).
-    result: dict[str, NodeClock] = {reference: NodeClock(reference, 0.0, 0.0, "reference")}
-    best: dict[str, float] = {reference: 0.0}
-    heap: list[tuple[float, str]] = [(0.0, reference)]
-    parent: dict[str, str] = {}
-    while heap:
-        cost, node = heapq.heappop(heap)
-        if cost > best.get(node, math.inf):
-            continue
-        base = result[node]
-        for other, est, half, method, ok, pb, forward in edges[node]:
-            w = 1e18 if half is None else half
-            new_cost = cost + w
-            if new_cost >= best.get(other, math.inf):
-                continue
-            best[other] = new_cost
-            parent[other] = node
-            total_unc = (
-                None if half is None or base.uncertainty_ns is None else base.uncertainty_ns + half
-            )
-            lower, upper = (
-                (pb.lower_ns, pb.upper_ns)
-                if forward
-                else (
-                    None if pb.upper_ns is None else -pb.upper_ns,
-                    None if pb.lower_ns is None else -pb.lower_ns,
-                )
-            )
-            to_count, from_count = (
-                (pb.packets_ab, pb.packets_ba) if forward else (pb.packets_ba, pb.packets_ab)
-            )
-            result[other] = NodeClock(
-                node=other,
-                offset_ns=base.offset_ns + est,
-                uncertainty_ns=total_unc,
-                method=method,
-                lower_ns=None if lower is None else base.offset_ns + lower,
-                upper_ns=None if upper is None else base.offset_ns + upper,
-                packets_to=to_count,
-                packets_from=from_count,
-                via=None if node == reference else node,
-                consistent=ok and base.consistent,
-            )
-            heapq.heappush(heap, (new_cost, other))
-
+    result = _least_uncertain_paths(_edges(bounds, prior), reference)
     for node in nodes:
         if node in result:
             continue

@@ -42,9 +42,6 @@ class EventSet:
     def nodes(self) -> list[str]:
         return list(self.node_meta)
 
-    def meta_values(self, key: str) -> list[Any]:
-        return [m[key] for m in self.node_meta.values() if m.get(key) is not None]
-
 
 def load_events(paths: Sequence[str | Path]) -> EventSet:
     """Load captures (per-node or merged) into one EventSet. A node may appear

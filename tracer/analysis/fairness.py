@@ -12,13 +12,10 @@ interval on each observed share, the largest deviation, and Jain's fairness
 index of observed/promised (1 = exactly as promised, 1/n = one endpoint took
 everything). The same per client (pre-NAT source address) and per time window.
 
-Requests per connection expose keep-alive pinning (one client's connection
-carrying thousands of requests to one pod while connection counts look fair).
-A request is counted as a distinct TCP sequence number among the client's
-PSH segments, seen where they enter the DNAT node (rx events carrying the
-connection's pre-NAT tuple): HTTP clients push each request, and retransmits
-repeat the sequence number. Pipelined requests written together count once;
-requests split over several pushes count more than once.
+Requests per connection (tracer.analysis.request_counts) expose keep-alive
+pinning: one client's connection carrying thousands of requests to one pod
+while connection counts look fair. Which endpoints each connection was
+promised: tracer.analysis.promises.
 """
 
 from __future__ import annotations
@@ -33,10 +30,10 @@ import pandas as pd
 from tracer.analysis.addresses import int_to_ip
 from tracer.analysis.events import PROBE_NAT, PROBE_RX, EventSet
 from tracer.analysis.packets import Packets
-from tracer.analysis.service import era_index, eras, service_name
+from tracer.analysis.promises import PromisedConnections, promise_connections
+from tracer.analysis.request_counts import requests_per_connection
+from tracer.analysis.service import service_name
 from tracer.analysis.stats import ChiSquare, chi_square_gof, jain_index, wilson_interval
-
-TCP_PSH = 0x08
 
 
 @dataclass
@@ -215,137 +212,46 @@ def endpoint_nodes(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> di
     return out
 
 
-def analyze(
-    source: Packets | EventSet, *, window_ns: int | None = None, confidence: float = 0.95
-) -> FairnessReport:
-    ev = source.events
-    node_meta = source.node_meta
+def dnat_decisions(ev: pd.DataFrame) -> pd.DataFrame:
+    """The events counted: one per connection, the first packet's DNAT."""
     probe = ev["probe_code"].to_numpy()
     kind_codes = list(ev["nat_kind"].cat.categories)
     dnat_code = kind_codes.index("dnat") if "dnat" in kind_codes else -2
     is_dnat = (probe == PROBE_NAT) & (ev["nat_kind"].cat.codes.to_numpy() == dnat_code)
-    conns = ev[is_dnat & ev["nat_first"].to_numpy()]
+    return ev[is_dnat & ev["nat_first"].to_numpy()]
 
-    services = [m.get("service") for m in node_meta.values() if m.get("service")]
-    name = service_name(services[0] if services else None)
-    notes: list[str] = []
-    node_names = list(map(str, ev["node"].cat.categories))
-    era_lists = {n: eras(node_meta.get(n, {})) for n in node_names}
-    known = any(era.ports for el in era_lists.values() for era in el)
-    if not known:
-        notes.append("no Service in the capture metadata: promised shares unknown, assumed equal")
 
-    # Each connection's promise: its node's Service version at the time, and
-    # the frontend it came through (cluster IP, external IP, node port).
-    target = (conns["out_dst"].to_numpy().astype(np.int64) << 16) | conns[
-        "out_dport"
-    ].to_numpy().astype(np.int64)
-    uniq_t, inv_t = np.unique(target, return_inverse=True)
-    target_key = (
-        np.array(
-            [f"{int_to_ip(int(c) >> 16)}:{int(c) & 0xFFFF}" for c in uniq_t] + [""], dtype=object
-        )[inv_t.reshape(-1)]
-        if len(conns)
-        else np.array([], dtype=object)
-    )
-    node_codes = conns["node"].cat.codes.to_numpy()
-    era_of = np.zeros(len(conns), dtype=np.int64)
-    for ni, n in enumerate(node_names):
-        sel = node_codes == ni
-        if sel.any():
-            era_of[sel] = era_index(era_lists[n], conns["ts_ns"].to_numpy()[sel])
-    combo = pd.DataFrame(
-        {
-            "node": node_codes,
-            "era": era_of,
-            "dst": conns["dst"].to_numpy(),
-            "dport": conns["dport"].to_numpy(),
-            "proto": conns["proto"].to_numpy(),
-            "to": target_key,
-        }
-    )
-    combo_id = (
-        combo.groupby(list(combo.columns), sort=False).ngroup().to_numpy()
-        if len(combo)
-        else np.zeros(0, int)
-    )
-    promises: list[tuple | None] = []
-    keys: list[str] = []
-    for row in combo.drop_duplicates().itertuples(index=False):
-        promise = (
-            era_lists[node_names[row.node]][row.era].promise_for(
-                int(row.dst), int(row.dport), int(row.proto), row.to
-            )
-            if known
-            else ()
-        )
-        promises.append(promise)
-        for e in promise or ():
-            if e.key not in keys:
-                keys.append(e.key)
-    promised_keys = list(keys)
-    belongs = np.array([promises[c] is not None for c in combo_id], dtype=bool)
-    excluded = int((~belongs).sum())
-    conns, target_key, combo_id = conns[belongs], target_key[belongs], combo_id[belongs]
-    for k in target_key:
-        if k not in keys:
-            keys.append(k)
-    key_index = {k: i for i, k in enumerate(keys)}
-    k = len(keys)
-    ep = np.array([key_index[x] for x in target_key], dtype=np.int64)
-    unexpected = [x for x in keys if x not in promised_keys]
-    if unexpected and known:
-        notes.append(f"connections to endpoints the rules do not list: {', '.join(unexpected)}")
-    table = np.zeros((max(len(promises), 1), k))
-    for ci, promise in enumerate(promises):
-        if promise:
-            for e in promise:
-                table[ci, key_index[e.key]] += e.share
-        elif promise is not None:  # no metadata: equal over the endpoints seen
-            table[ci, :] = 1.0 / max(k, 1)
-    share_rows = table[combo_id] if len(combo_id) else np.zeros((0, k))
-    changes = max((len(m.get("service_history") or []) for m in node_meta.values()), default=0)
-    if changes > 1:
-        notes.append(
-            f"the Service's endpoints changed during the capture ({changes} versions in "
-            "service_history); each connection is held to the version in force when it began"
-        )
-    if len({p for p in promises if p is not None}) > 1:
-        notes.append(
-            "connections were promised different endpoint sets (frontend, node or time); "
-            "expected counts follow each connection's own promise"
-        )
-
-    observed = np.bincount(ep, minlength=k).astype(float)
-    expected = share_rows.sum(axis=0)
-    requests = requests_per_connection(ev, conns, ep)
-    req_by_ep = (
-        np.bincount(ep, weights=requests["per_conn"], minlength=k) if len(ep) else np.zeros(k)
-    )
-    where = endpoint_nodes(ev, node_meta)
-    nodes = [where.get(x) for x in keys]
-    overall = _group("all", observed, expected, keys, nodes, confidence, req_by_ep)
-
-    # Per client (pre-NAT source).
+def _per_client(
+    p: PromisedConnections, nodes: list[str | None], confidence: float, requests: np.ndarray
+) -> list[GroupFairness]:
+    """One group per client (pre-NAT source), most connections first."""
+    k = len(p.keys)
     per_client = []
-    src = conns["src"].to_numpy()
+    src = p.conns["src"].to_numpy()
     for client in np.unique(src):
         sel = src == client
         per_client.append(
             _group(
                 int_to_ip(int(client)),
-                np.bincount(ep[sel], minlength=k).astype(float),
-                share_rows[sel].sum(axis=0),
-                keys,
+                np.bincount(p.endpoint[sel], minlength=k).astype(float),
+                p.shares[sel].sum(axis=0),
+                p.keys,
                 nodes,
                 confidence,
-                np.bincount(ep[sel], weights=requests["per_conn"][sel], minlength=k),
+                np.bincount(p.endpoint[sel], weights=requests[sel], minlength=k),
             )
         )
     per_client.sort(key=lambda g: -g.connections)
+    return per_client
 
-    # Over time.
-    t = conns["t"].to_numpy()
+
+def _time_windows(
+    p: PromisedConnections, nodes: list[str | None], confidence: float, window_ns: int | None
+) -> tuple[list[GroupFairness], int, int]:
+    """One group per time window (a round length unless given): the groups,
+    the window length and the first connection's time."""
+    k = len(p.keys)
+    t = p.conns["t"].to_numpy()
     windows = []
     start = int(t.min()) if len(t) else 0
     if window_ns is None:
@@ -357,85 +263,47 @@ def analyze(
             windows.append(
                 _group(
                     f"+{int(wi) * window_ns / 1e9:g}s",
-                    np.bincount(ep[sel], minlength=k).astype(float),
-                    share_rows[sel].sum(axis=0),
-                    keys,
+                    np.bincount(p.endpoint[sel], minlength=k).astype(float),
+                    p.shares[sel].sum(axis=0),
+                    p.keys,
                     nodes,
                     confidence,
                 )
             )
+    return windows, int(window_ns), start
+
+
+def analyze(
+    source: Packets | EventSet, *, window_ns: int | None = None, confidence: float = 0.95
+) -> FairnessReport:
+    ev = source.events
+    node_meta = source.node_meta
+    services = [m.get("service") for m in node_meta.values() if m.get("service")]
+    p = promise_connections(dnat_decisions(ev), node_meta)
+    k = len(p.keys)
+    observed = np.bincount(p.endpoint, minlength=k).astype(float)
+    expected = p.shares.sum(axis=0)
+    requests = requests_per_connection(ev, p.conns)
+    req_by_ep = (
+        np.bincount(p.endpoint, weights=requests["per_conn"], minlength=k)
+        if len(p.endpoint)
+        else np.zeros(k)
+    )
+    where = endpoint_nodes(ev, node_meta)
+    nodes = [where.get(x) for x in p.keys]
+    windows, window_ns, start = _time_windows(p, nodes, confidence, window_ns)
     return FairnessReport(
-        service=name,
+        service=service_name(services[0] if services else None),
         confidence=confidence,
-        overall=overall,
-        per_client=per_client,
+        overall=_group("all", observed, expected, p.keys, nodes, confidence, req_by_ep),
+        per_client=_per_client(p, nodes, confidence, requests["per_conn"]),
         windows=windows,
-        window_ns=int(window_ns),
+        window_ns=window_ns,
         window_start_ns=start,
         requests=requests["summary"],
-        excluded_dnat=excluded,
-        notes=notes,
+        excluded_dnat=p.excluded,
+        notes=p.notes,
     )
-
-
-def requests_per_connection(
-    ev: pd.DataFrame, conns: pd.DataFrame, ep: np.ndarray
-) -> dict[str, Any]:
-    """Requests (distinct seq of client PSH segments) of each connection in conns."""
-    n = len(conns)
-    per_conn = np.zeros(n)
-    summary: dict[str, Any] = {
-        "counted": "distinct seq of the client's TCP PSH segments, at the DNAT node's ingress rx",
-    }
-    probe = ev["probe_code"].to_numpy()
-    psh = (
-        (probe == PROBE_RX)
-        & (ev["proto"].to_numpy() == 6)
-        & ((ev["tcp_flags"].to_numpy() & TCP_PSH) != 0)
-    )
-    if not n or not psh.any():
-        summary.update({"connections": n, "requests": 0})
-        return {"per_conn": per_conn, "summary": summary}
-    keys = ["node", "src", "sport", "dst", "dport"]
-
-    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "node": frame["node"].cat.codes.to_numpy().astype(np.int64),
-                "src": frame["src"].to_numpy().astype(np.int64),
-                "sport": frame["sport"].to_numpy().astype(np.int64),
-                "dst": frame["dst"].to_numpy().astype(np.int64),
-                "dport": frame["dport"].to_numpy().astype(np.int64),
-                "ts": frame["ts_ns"].to_numpy().astype(np.int64),
-            }
-        )
-
-    c = keyed(conns)
-    c["conn"] = np.arange(n)
-    p = keyed(ev[psh])
-    p["seq"] = ev["seq"].to_numpy()[psh]
-    c = c.sort_values("ts")
-    p = p.sort_values("ts")
-    m = pd.merge_asof(p, c, on="ts", by=keys, direction="backward")
-    attributed = m["conn"].notna()
-    m = m[attributed].drop_duplicates(["conn", "seq"])
-    per_conn = np.bincount(m["conn"].to_numpy(dtype=np.int64), minlength=n).astype(float)
-    pct = np.percentile(per_conn, [50, 90, 99]) if n else [float("nan")] * 3
-    summary.update(
-        {
-            "connections": n,
-            "requests": int(per_conn.sum()),
-            "per_connection": {
-                "mean": float(per_conn.mean()),
-                "p50": float(pct[0]),
-                "p90": float(pct[1]),
-                "p99": float(pct[2]),
-                "max": float(per_conn.max()),
-            },
-            "unattributed_psh_segments": int((~attributed).sum()),
-        }
-    )
-    return {"per_conn": per_conn, "summary": summary}
 
 
 # ---------------------------------------------------------------- text
@@ -456,14 +324,7 @@ def _verdict(g: GroupFairness, alpha: float) -> str:
     return f"chi-square {c.statistic:.2f} (df {c.df}), p = {c.p_value:.3g}: {verdict}{caveat}"
 
 
-def format_text(report: FairnessReport, max_rows: int = 10) -> str:
-    o = report.overall
-    alpha = 1 - report.confidence
-    ci = f"{round(100 * report.confidence)}% CI"
-    lines = [
-        f"Service {report.service}: {o.connections} new connections "
-        f"(DNAT decisions: nat events dnat + nat_first; never per packet)"
-    ]
+def _endpoint_table(o: GroupFairness, ci: str) -> list[str]:
     heads = [
         "endpoint",
         "node",
@@ -493,7 +354,7 @@ def format_text(report: FairnessReport, max_rows: int = 10) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)
     ]
-    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
+    lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
     for r in rows:
         lines.append(
             "  "
@@ -502,7 +363,19 @@ def format_text(report: FairnessReport, max_rows: int = 10) -> str:
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
-    lines.append(f"  {_verdict(o, alpha)}")
+    return lines
+
+
+def _overall_lines(report: FairnessReport) -> list[str]:
+    """The Service's endpoint table, the test's verdict, the largest deviation, Jain."""
+    o = report.overall
+    ci = f"{round(100 * report.confidence)}% CI"
+    lines = [
+        f"Service {report.service}: {o.connections} new connections "
+        f"(DNAT decisions: nat events dnat + nat_first; never per packet)"
+    ]
+    lines += _endpoint_table(o, ci)
+    lines.append(f"  {_verdict(o, 1 - report.confidence)}")
     big = o.largest
     if big is not None:
         lines.append(
@@ -512,6 +385,12 @@ def format_text(report: FairnessReport, max_rows: int = 10) -> str:
             + ("  * promised share outside the CI" if big.significant else "")
         )
     lines.append(f"  Jain's fairness index of observed/promised: {o.jain:.4f} (1 = as promised)")
+    return lines
+
+
+def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
+    """Requests per connection, then the per-client and per-window groups."""
+    lines = []
     r = report.requests
     if r.get("per_connection"):
         pc = r["per_connection"]
@@ -541,6 +420,11 @@ def format_text(report: FairnessReport, max_rows: int = 10) -> str:
                 f"  {g.label:>8}  conns {g.connections:>6}  per endpoint [{counts}]  "
                 f"Jain {g.jain:.3f}  p {g.chi2.p_value:.3g}"
             )
+    return lines
+
+
+def format_text(report: FairnessReport, max_rows: int = 10) -> str:
+    lines = _overall_lines(report) + _group_lines(report, max_rows)
     if report.excluded_dnat:
         lines.append(
             f"\n{report.excluded_dnat} DNAT decisions were for other services and not counted"

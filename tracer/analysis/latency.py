@@ -27,14 +27,9 @@ import numpy as np
 import pandas as pd
 
 from tracer.analysis.events import PROBE_NAT, PROBE_RX, PROBE_TX
-from tracer.analysis.histogram import (
-    counts_to_buckets,
-    fill_bucket_gaps,
-    format_buckets,
-    log2_counts,
-)
 from tracer.analysis.packets import Packets
 from tracer.analysis.timeline import fmt_duration
+from tracer.histograms import fill_bucket_gaps, format_buckets, log2_rows, log2_slot_counts
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # Plot bins: quarter octaves from 1 ns to ~17 s.
@@ -50,7 +45,7 @@ class Distribution:
     mean: float
     percentiles: dict[str, float]
     max: float
-    log2: np.ndarray = field(repr=False)
+    log2: np.ndarray = field(repr=False)  # counts per kernel log2 slot (tracer.histograms)
     fine: np.ndarray = field(repr=False)  # counts over FINE_EDGES
     note: str = ""
 
@@ -67,7 +62,7 @@ class Distribution:
             "mean_ns": round(self.mean, 1),
             **{f"p{k}_ns": round(v, 1) for k, v in self.percentiles.items()},
             "max_ns": self.max,
-            "log2_buckets": [list(b) for b in counts_to_buckets(self.log2)],
+            "log2_buckets": [list(b) for b in log2_rows(self.log2)],
             **({"note": self.note} if self.note else {}),
         }
 
@@ -93,7 +88,7 @@ def describe(values: np.ndarray, labels: dict[str, Any], note: str = "") -> Dist
         mean=float(v.mean()),
         percentiles={f"{p:g}": float(x) for p, x in zip(PERCENTILES, pct, strict=True)},
         max=float(v.max()),
-        log2=log2_counts(np.maximum(v, 0)),
+        log2=log2_slot_counts(v),
         fine=fine,
         note=note,
     )
@@ -311,7 +306,7 @@ def format_text(report: LatencyReport, histograms: bool = True) -> str:
     if histograms:
         for d in report.nat:
             parts.append(f"\n  {d.name}:")
-            parts.append(format_buckets(counts_to_buckets(d.log2)))
+            parts.append(format_buckets(log2_rows(d.log2)))
     parts += [
         "",
         "Node traversal (first rx -> last tx of a packet on one node)",

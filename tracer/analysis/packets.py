@@ -295,41 +295,32 @@ def _depths(n: int, parent: np.ndarray, child: np.ndarray) -> np.ndarray:
     return depth
 
 
-def assemble(
-    events: EventSet, options: PacketOptions | None = None, clocks: ClockSolution | None = None
-) -> Packets:
-    """Packets of an EventSet: segment, link across nodes, correct clocks, order hops."""
-    opts = options or PacketOptions()
-    ev = events.events
-    seg = segment_ids(ev, opts.max_gap_ns)
+def _clock_pairs(ev: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
+    """The crossings that bound the clock offsets: candidates pairing exactly
+    one tx with one rx on another node (tx_node, rx_node, tx_t, rx_t)."""
     multi_node = len(ev) and ev["node"].nunique() > 1
-    cand = (
-        crossing_candidates(
-            ev, seg, opts.match_window_ns, opts.max_ttl_hops, opts.same_node_window_ns
-        )
-        if len(ev)
-        else pd.DataFrame({"tx": [], "rx": []})
+    if not (multi_node and len(cand)):
+        return pd.DataFrame({"tx_node": [], "rx_node": [], "tx_t": [], "rx_t": []})
+    node = ev["node"].cat.codes.to_numpy()
+    cats = ev["node"].cat.categories
+    tx, rx = cand["tx"].to_numpy(), cand["rx"].to_numpy()
+    unique = (_count(tx) == 1) & (_count(rx) == 1) & (node[tx] != node[rx])
+    t = ev["t"].to_numpy()
+    return pd.DataFrame(
+        {
+            "tx_node": np.asarray(cats)[node[tx[unique]]],
+            "rx_node": np.asarray(cats)[node[rx[unique]]],
+            "tx_t": t[tx[unique]],
+            "rx_t": t[rx[unique]],
+        }
     )
-    if clocks is None:
-        node = ev["node"].cat.codes.to_numpy() if len(ev) else np.zeros(0, dtype=np.int64)
-        cats = ev["node"].cat.categories if len(ev) else []
-        if multi_node and len(cand):
-            tx, rx = cand["tx"].to_numpy(), cand["rx"].to_numpy()
-            unique = (_count(tx) == 1) & (_count(rx) == 1) & (node[tx] != node[rx])
-            t = ev["t"].to_numpy()
-            pairs = pd.DataFrame(
-                {
-                    "tx_node": np.asarray(cats)[node[tx[unique]]],
-                    "rx_node": np.asarray(cats)[node[rx[unique]]],
-                    "tx_t": t[tx[unique]],
-                    "rx_t": t[rx[unique]],
-                }
-            )
-        else:
-            pairs = pd.DataFrame({"tx_node": [], "rx_node": [], "tx_t": [], "rx_t": []})
-        clocks = solve(pairs, events.node_meta, opts.reference)
-    links = resolve_links(ev, cand, clocks, opts.max_link_delay_ns)
 
+
+def _with_segments(
+    ev: pd.DataFrame, seg: np.ndarray, links: pd.DataFrame, clocks: ClockSolution
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events with corrected time (t; t_raw as captured), segment, causal
+    depth and the link columns; and each event's packet (linked component)."""
     out = ev.copy(deep=False)
     out["t_raw"] = out["t"]
     if len(out):
@@ -354,49 +345,55 @@ def assemble(
     out["link_from_row"] = link_from
     out["link_ambiguous"] = link_amb
     out["link_candidates"] = link_cand
+    return out, comp_ev
 
-    # Packet ids: 1.. in order of each packet's first (corrected) time.
-    t = out["t"].to_numpy()
-    if len(out):
-        first_t = pd.Series(t).groupby(comp_ev).transform("min").to_numpy()
-        seg_start = pd.Series(t).groupby(seg).transform("min").to_numpy()
-        order = np.lexsort(
-            (
-                out["row"].to_numpy(),
-                out["ts_ns"].to_numpy(),
-                seg,
-                seg_start,
-                out["depth"].to_numpy(),
-                comp_ev,
-                first_t,
-            )
-        )
-        out = out.iloc[order].reset_index(drop=True)
-        comp_sorted = comp_ev[order]
-        new_packet = np.r_[True, comp_sorted[1:] != comp_sorted[:-1]]
-        packet = np.cumsum(new_packet)
-        out["packet"] = packet
-        start = np.flatnonzero(new_packet)
-        first_idx = start[packet - 1]
-        out["hop"] = np.arange(len(out)) - first_idx + 1
-        ts = out["t"].to_numpy()
-        out["since_first_ns"] = ts - ts[first_idx]
-        prev = np.r_[ts[0], ts[:-1]]
-        out["since_prev_ns"] = np.where(new_packet, 0, ts - prev)
-        amb = (
-            pd.Series(out["link_ambiguous"].to_numpy()).groupby(packet).transform("any").to_numpy()
-        )
-        cand_max = (
-            pd.Series(out["link_candidates"].to_numpy()).groupby(packet).transform("max").to_numpy()
-        )
-        out["ambiguous"] = amb
-        out["candidates"] = cand_max
-    else:
+
+def _number_packets(out: pd.DataFrame, seg: np.ndarray, comp_ev: np.ndarray) -> pd.DataFrame:
+    """Events sorted into packets and hops: packet ids 1.. in order of each
+    packet's first (corrected) time, hops in causal order, times since the
+    packet's first and previous hop, ambiguity per packet."""
+    if not len(out):
         for c in ("packet", "hop", "since_first_ns", "since_prev_ns", "candidates"):
             out[c] = np.zeros(0, dtype=np.int64)
         out["ambiguous"] = np.zeros(0, dtype=bool)
+        return out
+    t = out["t"].to_numpy()
+    first_t = pd.Series(t).groupby(comp_ev).transform("min").to_numpy()
+    seg_start = pd.Series(t).groupby(seg).transform("min").to_numpy()
+    order = np.lexsort(
+        (
+            out["row"].to_numpy(),
+            out["ts_ns"].to_numpy(),
+            seg,
+            seg_start,
+            out["depth"].to_numpy(),
+            comp_ev,
+            first_t,
+        )
+    )
+    out = out.iloc[order].reset_index(drop=True)
+    comp_sorted = comp_ev[order]
+    new_packet = np.r_[True, comp_sorted[1:] != comp_sorted[:-1]]
+    packet = np.cumsum(new_packet)
+    out["packet"] = packet
+    start = np.flatnonzero(new_packet)
+    first_idx = start[packet - 1]
+    out["hop"] = np.arange(len(out)) - first_idx + 1
+    ts = out["t"].to_numpy()
+    out["since_first_ns"] = ts - ts[first_idx]
+    prev = np.r_[ts[0], ts[:-1]]
+    out["since_prev_ns"] = np.where(new_packet, 0, ts - prev)
+    amb = pd.Series(out["link_ambiguous"].to_numpy()).groupby(packet).transform("any").to_numpy()
+    cand_max = (
+        pd.Series(out["link_candidates"].to_numpy()).groupby(packet).transform("max").to_numpy()
+    )
+    out["ambiguous"] = amb
+    out["candidates"] = cand_max
+    return out
 
-    # Links in terms of rows, with both ends' nodes and the corrected delay.
+
+def _links_by_row(ev: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """Links in terms of rows, with both ends' nodes and the corrected delay."""
     links_out = links.copy()
     if len(links_out):
         links_out["tx_row"] = ev["row"].to_numpy()[links_out["tx"].to_numpy()]
@@ -408,5 +405,28 @@ def assemble(
             links_out[c] = pd.Series(dtype=np.int64)
         for c in ("tx_node", "rx_node"):
             links_out[c] = pd.Series(dtype=object)
-    links_out = links_out.drop(columns=["tx", "rx"])
-    return Packets(events=out, links=links_out, clocks=clocks, node_meta=events.node_meta)
+    return links_out.drop(columns=["tx", "rx"])
+
+
+def assemble(
+    events: EventSet, options: PacketOptions | None = None, clocks: ClockSolution | None = None
+) -> Packets:
+    """Packets of an EventSet: segment, link across nodes, correct clocks, order hops."""
+    opts = options or PacketOptions()
+    ev = events.events
+    seg = segment_ids(ev, opts.max_gap_ns)
+    cand = (
+        crossing_candidates(
+            ev, seg, opts.match_window_ns, opts.max_ttl_hops, opts.same_node_window_ns
+        )
+        if len(ev)
+        else pd.DataFrame({"tx": [], "rx": []})
+    )
+    if clocks is None:
+        clocks = solve(_clock_pairs(ev, cand), events.node_meta, opts.reference)
+    links = resolve_links(ev, cand, clocks, opts.max_link_delay_ns)
+    out, comp_ev = _with_segments(ev, seg, links, clocks)
+    out = _number_packets(out, seg, comp_ev)
+    return Packets(
+        events=out, links=_links_by_row(ev, links), clocks=clocks, node_meta=events.node_meta
+    )

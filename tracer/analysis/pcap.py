@@ -88,31 +88,49 @@ def _words32(x: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(16)) + (x & np.uint64(0xFFFF))
 
 
-def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes of IPv4 + L4 header per event as a 2-D uint8 array of 80 columns,
-    header length per event). Fields from the tuple *after* each event. TCP
-    headers keep their captured length (tcp_hlen): the option bytes, not
-    captured, are written as NOPs so readers see the true payload length."""
-    n = len(ev)
+# Header layouts (network byte order), filled a column at a time.
+_IP_HEADER = np.dtype(
+    [
+        ("vihl", "u1"),
+        ("tos", "u1"),
+        ("tot", ">u2"),
+        ("id", ">u2"),
+        ("frag", ">u2"),
+        ("ttl", "u1"),
+        ("proto", "u1"),
+        ("csum", ">u2"),
+        ("src", ">u4"),
+        ("dst", ">u4"),
+    ]
+)
+_TCP_HEADER = np.dtype(
+    [
+        ("sport", ">u2"),
+        ("dport", ">u2"),
+        ("seq", ">u4"),
+        ("ack", ">u4"),
+        ("off", "u1"),
+        ("flags", "u1"),
+        ("win", ">u2"),
+        ("csum", ">u2"),
+        ("urg", ">u2"),
+    ]
+)
+_UDP_HEADER = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2")])
 
-    def u(column: str) -> np.ndarray:
-        return ev[column].to_numpy().astype(np.uint64)
 
-    src, dst = u("out_src"), u("out_dst")
-    sport, dport = u("out_sport"), u("out_dport")
-    proto, length, ip_id, ttl = u("proto"), u("len"), u("ip_id"), u("ttl")
-    seq, ack, flags = u("seq"), u("ack"), u("tcp_flags")
-    is_tcp, is_udp = proto == 6, proto == 17
-    hlen = u("tcp_hlen") if "tcp_hlen" in ev else np.zeros(n, np.uint64)
-    tcp_len = np.where((hlen >= 20) & (hlen <= 60), hlen & ~np.uint64(3), 20).astype(np.uint64)
-    l4_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0)).astype(np.uint64)
-    # The header we write must fit inside the total length it announces.
-    tot = np.maximum(length, np.uint64(20) + l4_len)
+def _checksums(
+    f: dict[str, np.ndarray], tot: np.ndarray, tcp_len: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(IPv4 header checksum, TCP or UDP checksum) of the headers as written:
+    total length tot, TCP header of tcp_len bytes (options NOPs), no payload
+    bytes summed (the payload is omitted or zeros)."""
+    src, dst, proto, sport, dport = f["src"], f["dst"], f["proto"], f["sport"], f["dport"]
     ip_sum = (
         np.uint64(0x4500)
         + tot
-        + ip_id
-        + ((ttl << np.uint64(8)) | proto)
+        + f["ip_id"]
+        + ((f["ttl"] << np.uint64(8)) | proto)
         + _words32(src)
         + _words32(dst)
     )
@@ -123,52 +141,59 @@ def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         pseudo
         + sport
         + dport
-        + _words32(seq)
-        + _words32(ack)
-        + (((tcp_len >> np.uint64(2)) << np.uint64(12)) | flags)
+        + _words32(f["seq"])
+        + _words32(f["ack"])
+        + (((tcp_len >> np.uint64(2)) << np.uint64(12)) | f["flags"])
         + np.uint64(TCP_WINDOW)
         + ((tcp_len - np.uint64(20)) >> np.uint64(1)) * np.uint64(0x0101)  # NOP options
     )
     udp_sum = pseudo + sport + dport + seg_len
+    is_tcp, is_udp = proto == 6, proto == 17
     l4_csum = (~_fold(np.where(is_tcp, tcp_sum, udp_sum))) & np.uint64(0xFFFF)
     l4_csum = np.where(is_udp & (l4_csum == 0), np.uint64(0xFFFF), l4_csum)  # UDP: 0 means "none"
+    return ip_csum, l4_csum
 
-    ip_dt = np.dtype(
-        [
-            ("vihl", "u1"),
-            ("tos", "u1"),
-            ("tot", ">u2"),
-            ("id", ">u2"),
-            ("frag", ">u2"),
-            ("ttl", "u1"),
-            ("proto", "u1"),
-            ("csum", ">u2"),
-            ("src", ">u4"),
-            ("dst", ">u4"),
-        ]
-    )
-    tcp_dt = np.dtype(
-        [
-            ("sport", ">u2"),
-            ("dport", ">u2"),
-            ("seq", ">u4"),
-            ("ack", ">u4"),
-            ("off", "u1"),
-            ("flags", "u1"),
-            ("win", ">u2"),
-            ("csum", ">u2"),
-            ("urg", ">u2"),
-        ]
-    )
-    udp_dt = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2")])
-    ip = np.zeros(n, ip_dt)
-    ip["vihl"], ip["tot"], ip["id"], ip["ttl"], ip["proto"] = 0x45, tot, ip_id, ttl, proto
+
+def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes of IPv4 + L4 header per event as a 2-D uint8 array of 80 columns,
+    header length per event). Fields from the tuple *after* each event. TCP
+    headers keep their captured length (tcp_hlen): the option bytes, not
+    captured, are written as NOPs so readers see the true payload length."""
+    n = len(ev)
+
+    def u(column: str) -> np.ndarray:
+        return ev[column].to_numpy().astype(np.uint64)
+
+    f = {
+        "src": u("out_src"),
+        "dst": u("out_dst"),
+        "sport": u("out_sport"),
+        "dport": u("out_dport"),
+        "proto": u("proto"),
+        "ip_id": u("ip_id"),
+        "ttl": u("ttl"),
+        "seq": u("seq"),
+        "ack": u("ack"),
+        "flags": u("tcp_flags"),
+    }
+    src, dst, sport, dport, proto = f["src"], f["dst"], f["sport"], f["dport"], f["proto"]
+    is_tcp, is_udp = proto == 6, proto == 17
+    hlen = u("tcp_hlen") if "tcp_hlen" in ev else np.zeros(n, np.uint64)
+    tcp_len = np.where((hlen >= 20) & (hlen <= 60), hlen & ~np.uint64(3), 20).astype(np.uint64)
+    l4_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0)).astype(np.uint64)
+    # The header we write must fit inside the total length it announces.
+    tot = np.maximum(u("len"), np.uint64(20) + l4_len)
+    seg_len = tot - np.uint64(20)
+    ip_csum, l4_csum = _checksums(f, tot, tcp_len)
+
+    ip = np.zeros(n, _IP_HEADER)
+    ip["vihl"], ip["tot"], ip["id"], ip["ttl"], ip["proto"] = 0x45, tot, f["ip_id"], f["ttl"], proto
     ip["csum"], ip["src"], ip["dst"] = ip_csum, src, dst
-    tcp = np.zeros(n, tcp_dt)
-    tcp["sport"], tcp["dport"], tcp["seq"], tcp["ack"] = sport, dport, seq, ack
+    tcp = np.zeros(n, _TCP_HEADER)
+    tcp["sport"], tcp["dport"], tcp["seq"], tcp["ack"] = sport, dport, f["seq"], f["ack"]
     tcp["off"], tcp["flags"], tcp["win"], tcp["csum"] = (
-        (tcp_len >> np.uint64(2)) << np.uint64(4), flags, TCP_WINDOW, l4_csum)
-    udp = np.zeros(n, udp_dt)
+        (tcp_len >> np.uint64(2)) << np.uint64(4), f["flags"], TCP_WINDOW, l4_csum)
+    udp = np.zeros(n, _UDP_HEADER)
     udp["sport"], udp["dport"], udp["len"], udp["csum"] = sport, dport, seg_len, l4_csum
     out = np.zeros((n, 80), dtype=np.uint8)
     out[:, :20] = ip.view(np.uint8).reshape(n, 20)

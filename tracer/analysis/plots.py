@@ -255,12 +255,9 @@ def plot_latency(report: LatencyReport, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
-    """Observed share of new connections per endpoint (Wilson CI) vs promised,
-    and the observed share over time windows."""
+def _share_panel(ax, report: FairnessReport) -> None:
+    """Per endpoint: promised share beside the observed one and its CI."""
     o = report.overall
-    fig = Figure(figsize=(11, 4.2))
-    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
     keys = [e.endpoint for e in o.endpoints]
     x = np.arange(len(keys))
     obs = np.array([e.observed_share for e in o.endpoints]) * 100
@@ -271,7 +268,7 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
         ).T
         * 100
     )
-    ax1.bar(
+    ax.bar(
         x - 0.2,
         prom,
         0.4,
@@ -280,7 +277,7 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
         edgecolor="black",
         lw=0.5,
     )
-    ax1.bar(
+    ax.bar(
         x + 0.2,
         obs,
         0.4,
@@ -292,7 +289,7 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
         lw=0.5,
     )
     for xi, e in zip(x, o.endpoints, strict=True):
-        ax1.annotate(
+        ax.annotate(
             f"n={e.connections}",
             (xi + 0.2, e.ci_high * 100),
             xytext=(0, 4),
@@ -300,11 +297,64 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
             ha="center",
             fontsize=8,
         )
-    ax1.set_xticks(
+    ax.set_xticks(
         x, [f"{k}\n{e.node or ''}" for k, e in zip(keys, o.endpoints, strict=True)], fontsize=8
     )
-    ax1.set_ylabel("share of new connections (%)")
-    ax1.set_xlabel("endpoint (pod IP:port, node)")
+    ax.set_ylabel("share of new connections (%)")
+    ax.set_xlabel("endpoint (pod IP:port, node)")
+    ax.set_title("Share per endpoint", fontsize=9.5, loc="left")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, max(100.0, float(np.nanmax(obs + err[1])) if len(keys) else 100.0) * 1.05)
+
+
+def _windows_panel(ax, report: FairnessReport) -> None:
+    """Each endpoint's observed share per time window, its CI band and its
+    promised share (dashed)."""
+    o = report.overall
+    keys = [e.endpoint for e in o.endpoints]
+    starts = np.array([i * report.window_ns / 1e9 for i in range(len(report.windows))])
+    for k_i, key in enumerate(keys):
+        shares = np.array([g.endpoints[k_i].observed_share * 100 for g in report.windows])
+        lows = np.array([g.endpoints[k_i].ci_low * 100 for g in report.windows])
+        highs = np.array([g.endpoints[k_i].ci_high * 100 for g in report.windows])
+        line = ax.plot(starts, shares, marker="o", ms=3, label=key)
+        ax.fill_between(starts, lows, highs, color=line[0].get_color(), alpha=0.15)
+        ax.axhline(
+            o.endpoints[k_i].promised_share * 100, color=line[0].get_color(), ls="--", lw=1
+        )
+    # A window's share says little when it holds few connections: say how many.
+    for start, g in zip(starts, report.windows, strict=True):
+        ax.annotate(
+            f"n={g.connections}",
+            (start, 100),
+            xytext=(0, -3),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=7.5,
+            color="0.35",
+        )
+    ax.set_xlabel(
+        f"window start, s since the first connection (windows of {report.window_ns / 1e9:g} s)"
+    )
+    ax.set_ylabel("share of the window's new connections (%)")
+    ax.set_title(
+        "Over time (dashed: promised; band: CI; n: connections in the window)",
+        fontsize=9.5,
+        loc="left",
+    )
+    ax.set_ylim(0, 108)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(True, color="0.92")
+
+
+def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
+    """Observed share of new connections per endpoint (Wilson CI) vs promised,
+    and the observed share over time windows."""
+    o = report.overall
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    _share_panel(ax1, report)
     p = o.chi2.p_value
     # The verdict goes in the figure's title: a long axes title would run into
     # the second panel's.
@@ -315,43 +365,7 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
         x=0.01,
         ha="left",
     )
-    ax1.set_title("Share per endpoint", fontsize=9.5, loc="left")
-    ax1.legend(fontsize=8, loc="lower right")
-    ax1.set_ylim(0, max(100.0, float(np.nanmax(obs + err[1])) if len(keys) else 100.0) * 1.05)
     if report.windows:
-        starts = np.array([i * report.window_ns / 1e9 for i in range(len(report.windows))])
-        for k_i, key in enumerate(keys):
-            shares = np.array([g.endpoints[k_i].observed_share * 100 for g in report.windows])
-            lows = np.array([g.endpoints[k_i].ci_low * 100 for g in report.windows])
-            highs = np.array([g.endpoints[k_i].ci_high * 100 for g in report.windows])
-            line = ax2.plot(starts, shares, marker="o", ms=3, label=key)
-            ax2.fill_between(starts, lows, highs, color=line[0].get_color(), alpha=0.15)
-            ax2.axhline(
-                o.endpoints[k_i].promised_share * 100, color=line[0].get_color(), ls="--", lw=1
-            )
-        # A window's share says little when it holds few connections: say how many.
-        for start, g in zip(starts, report.windows, strict=True):
-            ax2.annotate(
-                f"n={g.connections}",
-                (start, 100),
-                xytext=(0, -3),
-                textcoords="offset points",
-                ha="center",
-                va="top",
-                fontsize=7.5,
-                color="0.35",
-            )
-        ax2.set_xlabel(
-            f"window start, s since the first connection (windows of {report.window_ns / 1e9:g} s)"
-        )
-        ax2.set_ylabel("share of the window's new connections (%)")
-        ax2.set_title(
-            "Over time (dashed: promised; band: CI; n: connections in the window)",
-            fontsize=9.5,
-            loc="left",
-        )
-        ax2.set_ylim(0, 108)
-        ax2.legend(fontsize=8, loc="lower left")
-        ax2.grid(True, color="0.92")
+        _windows_panel(ax2, report)
     fig.tight_layout()
     return _save(fig, path)

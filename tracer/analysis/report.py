@@ -24,10 +24,10 @@ from tracer.analysis import timeline as timeline_mod
 from tracer.analysis.addresses import int_to_ip, proto_name
 from tracer.analysis.events import PROBE_DROP, PROBE_NAT, load_events
 from tracer.analysis.flows import Endpoint, FlowSpec, select_packets
-from tracer.analysis.histogram import counts_to_buckets, fill_bucket_gaps, format_buckets
 from tracer.analysis.packets import PacketOptions, Packets, assemble
 from tracer.analysis.service import PortPromise, parse_service, service_name
 from tracer.errors import CaptureFileError
+from tracer.histograms import fill_bucket_gaps, format_buckets, log2_rows
 
 
 @dataclass
@@ -219,19 +219,9 @@ def sample_packets(packets: Packets, limit: int = 4) -> list[list[int]]:
     return groups[:limit]
 
 
-def build(
-    captures: Sequence[str | Path], out_dir: str | Path, *, options: PacketOptions | None = None
-) -> Path:
-    """Write out_dir/report.md, out_dir/report.html and their PNGs; returns the .md path."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CaptureFileError(f"cannot create {out}: {exc.strerror or exc}") from exc
-    events = load_events(captures)
-    packets = assemble(events, options)
-    # The Service as the capture started: service_history's first entry
-    # (meta["service"] is the latest).
+def _service_at_start(packets: Packets) -> tuple[dict[str, Any] | None, int]:
+    """The Service as the capture started (service_history's first entry;
+    meta["service"] is the latest) and how many versions the capture saw."""
     services = [
         (
             (m.get("service_history") or [{}])[0].get("service") or m.get("service"),
@@ -240,22 +230,12 @@ def build(
         for m in packets.node_meta.values()
         if m.get("service")
     ]
-    service, versions = services[0] if services else (None, 0)
-    what = service.get("name") if service else "capture"
-    title = f"tracer report: {what} on {', '.join(packets.node_meta)}"
-    blocks: list[Block] = [
-        Block("h1", title),
-        Block(
-            "p",
-            f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from "
-            f"{', '.join(str(c) for c in captures)}: "
-            f"{len(packets.events)} events, {packets.count} packets.",
-        ),
-    ]
-    for w in warnings(packets):
-        blocks.append(Block("warn", w))
+    return services[0] if services else (None, 0)
 
-    blocks += [Block("h2", "Captures"), _metadata_table(packets)]
+
+def _capture_blocks(packets: Packets) -> list[Block]:
+    """Each capture's metadata, and the clock offsets between nodes."""
+    blocks = [Block("h2", "Captures"), _metadata_table(packets)]
     if len(packets.clocks.nodes) > 1:
         blocks.append(
             Block(
@@ -265,75 +245,77 @@ def build(
             )
         )
         blocks.append(Block("code", "\n".join(packets.clocks.summary())))
-    if service:
-        where = fairness_mod.endpoint_nodes(packets.events, packets.node_meta)
-        rows = []
-        for port in parse_service(service):
-            front = _frontend_text(port)
-            for which, eps in (
-                ("cluster", port.endpoints),
-                ("local (externalTrafficPolicy)", port.local_endpoints),
-            ):
-                rows += [
-                    [
-                        front,
-                        which,
-                        e.key,
-                        where.get(e.key, ""),
-                        "" if e.probability is None else f"{e.probability:.5f}",
-                        f"{100 * e.share:.1f}%",
-                        e.chain or "",
-                    ]
-                    for e in eps
+    return blocks
+
+
+def _service_blocks(packets: Packets, service: dict[str, Any], versions: int) -> list[Block]:
+    """The kube-proxy rules' endpoints and shares, per port and choice."""
+    where = fairness_mod.endpoint_nodes(packets.events, packets.node_meta)
+    rows = []
+    for port in parse_service(service):
+        front = _frontend_text(port)
+        for which, eps in (
+            ("cluster", port.endpoints),
+            ("local (externalTrafficPolicy)", port.local_endpoints),
+        ):
+            rows += [
+                [
+                    front,
+                    which,
+                    e.key,
+                    where.get(e.key, ""),
+                    "" if e.probability is None else f"{e.probability:.5f}",
+                    f"{100 * e.share:.1f}%",
+                    e.chain or "",
                 ]
-        if versions > 1:
-            blocks.append(
-                Block(
-                    "warn",
-                    f"the Service's endpoints changed {versions - 1} time(s) during the "
-                    "capture; fairness follows each connection's version",
-                )
-            )
-        blocks += [
-            Block("h3", f"Service {service_name(service)} (kube-proxy rules at capture start)"),
+                for e in eps
+            ]
+    blocks = []
+    if versions > 1:
+        blocks.append(
             Block(
-                "table",
-                headers=[
-                    "port",
-                    "choice",
-                    "endpoint",
-                    "node (seen)",
-                    "rule probability",
-                    "promised share",
-                    "chain",
-                ],
-                rows=rows,
-            ),
-        ]
+                "warn",
+                f"the Service's endpoints changed {versions - 1} time(s) during the "
+                "capture; fairness follows each connection's version",
+            )
+        )
+    headers = ["port", "choice", "endpoint", "node (seen)", "rule probability", "promised share"]
+    blocks += [
+        Block("h3", f"Service {service_name(service)} (kube-proxy rules at capture start)"),
+        Block("table", headers=[*headers, "chain"], rows=rows),
+    ]
+    return blocks
 
-    blocks.append(Block("h2", "Sample packet timelines"))
-    if len(packets.events):
-        for gi, ids in enumerate(sample_packets(packets)):
-            docs = list(timeline_mod.journeys(packets, ids))
-            png = plots.plot_timeline(docs, out / f"timeline-{gi + 1}.png")
-            blocks.append(Block("img", png.name, headers=[f"timeline of packets {ids}"]))
-            blocks.append(Block("code", "\n\n".join(timeline_mod.format_journey(d) for d in docs)))
-    else:
-        blocks.append(Block("p", "No events (histogram-mode capture or no matching traffic)."))
 
+def _timeline_blocks(packets: Packets, out: Path) -> list[Block]:
+    """A few sample packets' journeys: charts (written to out) and text."""
+    heading = Block("h2", "Sample packet timelines")
+    if not len(packets.events):
+        return [heading, Block("p", "No events (histogram-mode capture or no matching traffic).")]
+    blocks = [heading]
+    for gi, ids in enumerate(sample_packets(packets)):
+        docs = list(timeline_mod.journeys(packets, ids))
+        png = plots.plot_timeline(docs, out / f"timeline-{gi + 1}.png")
+        blocks.append(Block("img", png.name, headers=[f"timeline of packets {ids}"]))
+        blocks.append(Block("code", "\n\n".join(timeline_mod.format_journey(d) for d in docs)))
+    return blocks
+
+
+def _latency_blocks(packets: Packets, out: Path) -> list[Block]:
+    """The latency chart (written to out), tables and histograms."""
     lat = latency_mod.analyze(packets)
-    blocks.append(Block("h2", "Latency"))
+    blocks = [Block("h2", "Latency")]
     if lat.nat or lat.traversal or lat.hops:
         png = plots.plot_latency(lat, out / "latency.png")
         blocks.append(Block("img", png.name, headers=["latency distributions"]))
-    for title_, dists, cols in (
+    for title, dists, cols in (
         ("NAT hook time", lat.nat, ["node", "hook", "kind", "first"]),
         ("Node traversal", lat.traversal, ["node", "path"]),
         ("Cross-node hop", lat.hops, ["from", "to"]),
     ):
         if not dists:
             continue
-        blocks.append(Block("h3", title_))
+        blocks.append(Block("h3", title))
         blocks.append(
             Block(
                 "table",
@@ -348,36 +330,63 @@ def build(
             )
         )
     if lat.nat:
-        blocks.append(
-            Block(
-                "code",
-                "\n\n".join(
-                    f"{d.name}\n{format_buckets(counts_to_buckets(d.log2))}" for d in lat.nat
-                ),
-            )
-        )
+        text = "\n\n".join(f"{d.name}\n{format_buckets(log2_rows(d.log2))}" for d in lat.nat)
+        blocks.append(Block("code", text))
     if lat.kernel:
         blocks.append(Block("h3", "In-kernel NAT hook histograms"))
-        blocks.append(
-            Block(
-                "code",
-                "\n\n".join(
-                    f"{h['node']} {h['hook']} {'first' if h['first'] else 'established'}\n"
-                    f"{format_buckets(fill_bucket_gaps(h['buckets']))}"
-                    for h in lat.kernel
-                ),
-            )
+        text = "\n\n".join(
+            f"{h['node']} {h['hook']} {'first' if h['first'] else 'established'}\n"
+            f"{format_buckets(fill_bucket_gaps(h['buckets']))}"
+            for h in lat.kernel
         )
+        blocks.append(Block("code", text))
+    return blocks
 
-    blocks.append(Block("h2", "Fairness"))
+
+def _fairness_blocks(packets: Packets, out: Path) -> list[Block]:
+    """The fairness chart (written to out), table and text."""
+    heading = Block("h2", "Fairness")
     fair = fairness_mod.analyze(packets)
-    if fair.overall.connections:
-        png = plots.plot_fairness(fair, out / "fairness.png")
-        blocks.append(Block("img", png.name, headers=["fairness"]))
-        blocks.append(_fairness_table(fair))
-        blocks.append(Block("code", fairness_mod.format_text(fair)))
-    else:
-        blocks.append(Block("p", "No new connections (DNAT decisions) in these captures."))
+    if not fair.overall.connections:
+        return [heading, Block("p", "No new connections (DNAT decisions) in these captures.")]
+    png = plots.plot_fairness(fair, out / "fairness.png")
+    return [
+        heading,
+        Block("img", png.name, headers=["fairness"]),
+        _fairness_table(fair),
+        Block("code", fairness_mod.format_text(fair)),
+    ]
+
+
+def build(
+    captures: Sequence[str | Path], out_dir: str | Path, *, options: PacketOptions | None = None
+) -> Path:
+    """Write out_dir/report.md, out_dir/report.html and their PNGs; returns the .md path."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptureFileError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    packets = assemble(load_events(captures), options)
+    service, versions = _service_at_start(packets)
+    what = service.get("name") if service else "capture"
+    title = f"tracer report: {what} on {', '.join(packets.node_meta)}"
+    blocks: list[Block] = [
+        Block("h1", title),
+        Block(
+            "p",
+            f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from "
+            f"{', '.join(str(c) for c in captures)}: "
+            f"{len(packets.events)} events, {packets.count} packets.",
+        ),
+    ]
+    blocks += [Block("warn", w) for w in warnings(packets)]
+    blocks += _capture_blocks(packets)
+    if service:
+        blocks += _service_blocks(packets, service, versions)
+    blocks += _timeline_blocks(packets, out)
+    blocks += _latency_blocks(packets, out)
+    blocks += _fairness_blocks(packets, out)
 
     md_path = out / "report.md"
     try:
@@ -416,15 +425,6 @@ def _fairness_table(fair: fairness_mod.FairnessReport) -> Block:
         )
     return Block(
         "table",
-        headers=[
-            "endpoint",
-            "node",
-            "connections",
-            "observed",
-            "promised",
-            ci,
-            "deviation",
-            "requests",
-        ],
+        headers=["endpoint", "node", "connections", "observed", "promised", ci, "deviation", "requests"],
         rows=rows,
     )

@@ -10,7 +10,7 @@ import numpy as np
 from tests.analysis.conftest import OFFSET_B_NS
 from tests.analysis.synthetic import event_set
 from tracer.analysis import assemble, fairness, load_events, merge
-from tracer.analysis.summary import client_connections, fmt_us, summarize
+from tracer.analysis.key_figures import client_connections, fmt_us, summarize
 
 
 def test_summary_figures_are_the_analysis(scenario):
