@@ -11,7 +11,12 @@
 #ifndef TRACER_NAT_BPF_H
 #define TRACER_NAT_BPF_H
 
-#include "common.bpf.h"
+#include "tracer.h"
+#include "maps.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "packet.bpf.h"
+#include "service_filter.bpf.h"
+#include "event.bpf.h"
 
 /* include/uapi/linux/netfilter.h */
 #define NF_INET_PRE_ROUTING 0
