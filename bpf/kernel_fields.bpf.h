@@ -5,10 +5,11 @@
  * socket.
  *
  * Kernel structs are never dereferenced by name: BCC compiles against
- * whatever kernel headers it is given, and on a kernel built without its own
- * (a custom 6.18, say) tracer/capture/kheaders.py hands it Debian's 6.1
- * headers, whose layouts differ. So every offset (OFF_*) is read from the
- * running kernel's BTF by tracer/capture/offsets.py and passed in with -D.
+ * whatever kernel headers it is given, and a kernel with no build tree of its
+ * own (/lib/modules/$(uname -r)/build; a custom-built 6.18, say) gets a
+ * Debian 6.1 linux-headers tree from tracer/capture/kheaders.py, whose struct
+ * layouts are 6.1's. So every offset (OFF_*, TUPLE_*) is read from the running
+ * kernel's BTF by tracer/capture/offsets.py and passed in with -D.
  */
 #ifndef TRACER_KERNEL_FIELDS_BPF_H
 #define TRACER_KERNEL_FIELDS_BPF_H
