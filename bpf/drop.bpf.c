@@ -16,7 +16,8 @@
  * listener, say), from the tracepoint's rx_sk (6.12+, commit c53795d48ee8).
  * A packet with none of them is out of scope.
  */
-#include "common.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "event.bpf.h"
 
 static __always_inline int drop_event(const void *skb, u32 reason, const void *rx_sk)
 {

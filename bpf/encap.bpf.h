@@ -15,11 +15,13 @@
  * Every read is a fixed-size bpf_probe_read_kernel; there are no loops. A
  * tunnel packet whose inner header is not IPv4 (or cannot be read) is kept as
  * the outer packet, which the Service filter then leaves out.
- *
- * Included by common.bpf.h after parse_ipv4().
  */
 #ifndef TRACER_ENCAP_BPF_H
 #define TRACER_ENCAP_BPF_H
+
+#include "tracer.h"
+#include "kernel_fields.bpf.h"
+#include "packet.bpf.h"
 
 #ifndef VXLAN_PORT
 /* IANA's VXLAN port and Calico's default (FelixConfiguration vxlanPort).

@@ -11,7 +11,12 @@
 #ifndef TRACER_NAT_BPF_H
 #define TRACER_NAT_BPF_H
 
-#include "common.bpf.h"
+#include "tracer.h"
+#include "maps.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "packet.bpf.h"
+#include "service_filter.bpf.h"
+#include "event.bpf.h"
 
 /* include/uapi/linux/netfilter.h */
 #define NF_INET_PRE_ROUTING 0
@@ -117,7 +122,65 @@ static __always_inline void nat_enter(const void *skb)
 	np->ts = bpf_ktime_get_ns();
 }
 
-#ifndef NAT_HIST_ONLY
+/* The entry nat_enter() left for this skb on this CPU, looked for from the
+ * newest back (see NAT_SLOTS); NULL if there is none. */
+static __always_inline struct tracer_nat_slot *nat_slot_find(struct tracer_nat_pending *pend,
+							     const void *skb)
+{
+#pragma unroll
+	for (int j = 1; j <= NAT_SLOTS; j++) {
+		struct tracer_nat_slot *s = &pend->slot[(pend->next - j) & (NAT_SLOTS - 1)];
+		if (s->skb == (u64)skb)
+			return s;
+	}
+	return NULL;
+}
+
+/* Consume this skb's entry: the hook's duration, and its start in *ts. With
+ * no entry, 0 ("not measured"; a measured one is never 0) and *ts = now. */
+static __always_inline u64 nat_hook_time(struct tracer_nat_pending *pend, const void *skb, u64 now,
+					 u64 *ts)
+{
+	struct tracer_nat_slot *found = nat_slot_find(pend, skb);
+	*ts = now;
+	if (!found)
+		return 0;
+	found->skb = 0;
+	*ts = found->ts;
+	return now > *ts ? now - *ts : 1;
+}
+
+/* A connection's first packet is the one that walks the NAT rules
+ * (nf_nat_inet_fn -> nf_nat_rule/ipt_do_table, or a null binding) at every
+ * NAT hook it crosses, and the only one that crosses them before conntrack
+ * confirms the entry (__nf_conntrack_confirm, at the last priority of
+ * POST_ROUTING and LOCAL_IN). */
+static __always_inline u8 ct_view_first(const struct tracer_ct_view *v)
+{
+	return !(CT_VIEW_AT(v, u64, OFF_CT_STATUS) & IPS_CONFIRMED);
+}
+
+/* ct_is_service() on the view exit has already read: is the connection's
+ * original destination one of the Service's keys? */
+static __always_inline int ct_view_is_service(const struct tracer_ct_view *v)
+{
+	u32 orig = OFF_CT_ORIG_TUPLE;
+	return svc_key_known(CT_TUPLE_IP(v, orig, TUPLE_DST_IP), CT_TUPLE_PORT(v, orig, TUPLE_DST_PORT),
+			     CT_VIEW_AT(v, u8, orig + TUPLE_PROTO));
+}
+
+/* One packet's pass through a NAT hook, as exit has read it. */
+struct tracer_nat_pass {
+	const void *skb;
+	u64 ct;       /* its nf_conn */
+	u64 ts, dt;   /* hook entry time and duration (nat_hook_time()) */
+	u32 netns;
+	u8 hook;      /* NF_INET_* */
+	u8 first;     /* the connection's first packet (ct_view_first()) */
+	u8 dst_hook;  /* a DNAT hook: PRE_ROUTING, LOCAL_OUT */
+	u8 reply;     /* the packet goes in the reply direction (ctinfo) */
+};
+
 /* The packet's tuple before this NAT hook, from its tuple after and the
  * connection's: a DNAT hook (PRE_ROUTING, LOCAL_OUT) rewrites only the
  * destination, an SNAT hook only the source, and what it was is the
@@ -138,57 +201,98 @@ static __always_inline void tuple_before(const struct tracer_ct_view *v, int dst
 			before->sport = CT_TUPLE_PORT(v, tuple, TUPLE_SRC_PORT);
 	}
 }
-#endif
 
-static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
+#ifdef TRACK_FLOWS
+/* Does the Service's packet pass the user's filters, on either tuple or as a
+ * flow they let through earlier? */
+static __always_inline int nat_wanted(u8 first, const struct tracer_pkt *before,
+				      const struct tracer_pkt *after)
 {
-	u64 now = bpf_ktime_get_ns();
-	u32 zero = 0;
-	struct tracer_nat_pending *pend = nat_pending.lookup(&zero);
-	if (!pend)
-		return;
-	struct tracer_nat_slot *found = NULL;
-#pragma unroll
-	for (int j = 1; j <= NAT_SLOTS; j++) {
-		struct tracer_nat_slot *s = &pend->slot[(pend->next - j) & (NAT_SLOTS - 1)];
-		if (s->skb == (u64)skb) {
-			found = s;
-			break;
-		}
+	if (first) {
+		/* A new binding is judged on its own tuples: what the flow map
+		 * remembers of an earlier binding of the same client tuple (reset,
+		 * then chosen again, maybe to another endpoint) no longer holds. */
+		if (user_match(before) || (svc_match(after) && user_match(after)))
+			return 1;
+		flow_del(before);
+		return 0;
 	}
-	/* dt 0: not measured (no entry found); a measured one is never 0. */
-	u64 ts = now, dt = 0;
-	if (found) {
-		found->skb = 0;
-		ts = found->ts;
-		dt = now > ts ? now - ts : 1;
-	}
-	/* NAT does nothing to a packet without a conntrack entry. */
-	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
-	const void *ct = (const void *)(nfct & ~7ULL); /* NFCT_PTRMASK */
-	struct tracer_ct_view v;
-	if (!ct || ct_view_read(ct, &v))
-		return;
-	/* A connection's first packet is the one that walks the NAT rules
-	 * (nf_nat_inet_fn -> nf_nat_rule/ipt_do_table, or a null binding) at
-	 * every NAT hook it crosses, and the only one that crosses them before
-	 * conntrack confirms the entry (__nf_conntrack_confirm, at the last
-	 * priority of POST_ROUTING and LOCAL_IN). */
-	u8 first = !(CT_VIEW_AT(&v, u64, OFF_CT_STATUS) & IPS_CONFIRMED);
-	u32 orig = OFF_CT_ORIG_TUPLE;
-	int belongs = svc_key_known(CT_TUPLE_IP(&v, orig, TUPLE_DST_IP), CT_TUPLE_PORT(&v, orig, TUPLE_DST_PORT),
-				    CT_VIEW_AT(&v, u8, orig + TUPLE_PROTO));
-#ifdef NAT_HIST_ONLY
-	if (belongs)
-		nat_time_add(hook, first, dt);
+	return user_match(before) || flow_known(before) ||
+	       (svc_match(after) && (user_match(after) || flow_known(after)));
+}
+
+/* Both translations of a flow the user's filters let through, for the
+ * packet probes' later hops (service_filter.bpf.h, flows). */
+static __always_inline void nat_flows_add(const struct tracer_pkt *before, const struct tracer_pkt *after)
+{
+	flow_add(before);
+	flow_add(after);
+}
 #else
-	struct tracer_pkt after = {};
-	if (parse_ipv4(skb_network(skb), &after))
+static __always_inline int nat_wanted(u8 first, const struct tracer_pkt *before,
+				      const struct tracer_pkt *after)
+{
+	return user_match(before) || user_match(after);
+}
+
+static __always_inline void nat_flows_add(const struct tracer_pkt *before, const struct tracer_pkt *after)
+{
+}
+#endif /* TRACK_FLOWS */
+
+#ifdef MODE_HIST
+static __always_inline void nat_event(const struct tracer_nat_pass *n, const struct tracer_pkt *before,
+				      const struct tracer_pkt *after)
+{
+}
+#else
+/* A changed tuple is one NAT event: the tuple before, the tuple after, the
+ * hook, what it did and its time. */
+static __always_inline void nat_event(const struct tracer_nat_pass *n, const struct tracer_pkt *before,
+				      const struct tracer_pkt *after)
+{
+	if (same_tuple(before, after))
 		return;
-	int dst_hook = hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT;
-	int reply = (nfct & 7) >= IP_CT_IS_REPLY;
+	nat_flows_add(before, after);
+	struct tracer_event *e = event_reserve(TRACER_PROBE_NAT);
+	if (!e)
+		return;
+	fill_event(e, n->ts, TRACER_PROBE_NAT, n->skb, skb_dev(n->skb), n->netns, before);
+	e->ct = n->ct;
+	e->hook = n->hook;
+	e->nat_saddr = after->saddr;
+	e->nat_daddr = after->daddr;
+	e->nat_sport = after->sport;
+	e->nat_dport = after->dport;
+	e->nat_ns = n->dt > 0xffffffffULL ? 0xffffffff : (u32)n->dt;
+	e->nat_first = n->first;
+	if (n->dst_hook)
+		e->nat_kind = n->reply ? TRACER_NAT_REV_SNAT : TRACER_NAT_DNAT;
+	else
+		e->nat_kind = n->reply ? TRACER_NAT_REV_DNAT : TRACER_NAT_SNAT;
+	event_submit(e);
+}
+#endif /* MODE_HIST */
+
+#ifdef NAT_HIST_ONLY
+/* Histogram only: the Service's packets' hook time, nothing else. */
+static __always_inline void nat_record(const struct tracer_nat_pass *n, const struct tracer_ct_view *v,
+				       int belongs)
+{
+	if (belongs)
+		nat_time_add(n->hook, n->first, n->dt);
+}
+#else
+/* The tuples before and after the hook, the filters on them, then the
+ * histogram and, for a changed tuple, the event. */
+static __always_inline void nat_record(const struct tracer_nat_pass *n, const struct tracer_ct_view *v,
+				       int belongs)
+{
+	struct tracer_pkt after = {};
+	if (parse_ipv4(skb_network(n->skb), &after))
+		return;
 	struct tracer_pkt before;
-	tuple_before(&v, dst_hook, reply, &after, &before);
+	tuple_before(v, n->dst_hook, n->reply, &after, &before);
 	if (!belongs) {
 		/* Another Service's connection to shared endpoints: not ours, but
 		 * its tuple looks like ours from here on; remembered for the
@@ -197,53 +301,36 @@ static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
 			foreign_add(&after);
 		return;
 	}
-#ifdef TRACK_FLOWS
-	int wanted;
-	if (first) {
-		/* A new binding is judged on its own tuples: what the flow map
-		 * remembers of an earlier binding of the same client tuple (reset,
-		 * then chosen again, maybe to another endpoint) no longer holds. */
-		wanted = user_match(&before) || (svc_match(&after) && user_match(&after));
-		if (!wanted) {
-			flow_del(&before);
-			return;
-		}
-	} else {
-		wanted = user_match(&before) || flow_known(&before) ||
-			 (svc_match(&after) && (user_match(&after) || flow_known(&after)));
-	}
-#else
-	int wanted = user_match(&before) || user_match(&after);
-#endif
-	if (!wanted)
+	if (!nat_wanted(n->first, &before, &after))
 		return;
-	nat_time_add(hook, first, dt);
-#ifndef MODE_HIST
-	if (same_tuple(&before, &after))
+	nat_time_add(n->hook, n->first, n->dt);
+	nat_event(n, &before, &after);
+}
+#endif /* NAT_HIST_ONLY */
+
+/* After the NAT hook: its time, the conntrack entry (NAT does nothing to a
+ * packet without one), then nat_record(). */
+static __always_inline void nat_exit(const void *skb, u8 hook, u32 netns)
+{
+	u64 now = bpf_ktime_get_ns();
+	u32 zero = 0;
+	struct tracer_nat_pending *pend = nat_pending.lookup(&zero);
+	if (!pend)
 		return;
-#ifdef TRACK_FLOWS
-	flow_add(&before);
-	flow_add(&after);
-#endif
-	struct tracer_event *e = event_reserve(TRACER_PROBE_NAT);
-	if (!e)
+	struct tracer_nat_pass n = {};
+	n.skb = skb;
+	n.netns = netns;
+	n.hook = hook;
+	n.dt = nat_hook_time(pend, skb, now, &n.ts);
+	u64 nfct = field_u64(skb, OFF_SKB_NFCT);
+	n.ct = nfct & ~7ULL; /* NFCT_PTRMASK */
+	struct tracer_ct_view v;
+	if (!n.ct || ct_view_read((const void *)n.ct, &v))
 		return;
-	fill_event(e, ts, TRACER_PROBE_NAT, skb, skb_dev(skb), netns, &before);
-	e->ct = (u64)ct;
-	e->hook = hook;
-	e->nat_saddr = after.saddr;
-	e->nat_daddr = after.daddr;
-	e->nat_sport = after.sport;
-	e->nat_dport = after.dport;
-	e->nat_ns = dt > 0xffffffffULL ? 0xffffffff : (u32)dt;
-	e->nat_first = first;
-	if (dst_hook)
-		e->nat_kind = reply ? TRACER_NAT_REV_SNAT : TRACER_NAT_DNAT;
-	else
-		e->nat_kind = reply ? TRACER_NAT_REV_DNAT : TRACER_NAT_SNAT;
-	event_submit(e);
-#endif /* !MODE_HIST */
-#endif /* !NAT_HIST_ONLY */
+	n.first = ct_view_first(&v);
+	n.dst_hook = hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT;
+	n.reply = (nfct & 7) >= IP_CT_IS_REPLY;
+	nat_record(&n, &v, ct_view_is_service(&v));
 }
 
 #endif /* TRACER_NAT_BPF_H */

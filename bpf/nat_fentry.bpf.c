@@ -11,6 +11,8 @@
  * takes the bytecode and loads it against the function's BTF id in the
  * module's BTF (attach_btf_obj_fd, 5.11+), then attaches it.
  */
+#include "kernel_fields.bpf.h"
+#include "service_filter.bpf.h"
 #include "nat.bpf.h"
 
 /* unsigned int nf_nat_inet_fn(void *priv, struct sk_buff *skb,

@@ -9,7 +9,14 @@
  * A kretprobe has no arguments: the entry records the skb and hook per thread.
  */
 #include <uapi/linux/ptrace.h> /* struct pt_regs for PT_REGS_PARM*: user ABI, stable */
+#include "maps.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "service_filter.bpf.h"
 #include "nat.bpf.h"
+
+#ifndef PENDING_MAX
+#define PENDING_MAX 16384
+#endif
 
 struct tracer_nat_call {
 	u64 skb;

@@ -8,6 +8,7 @@
  *   POST_ROUTING, LOCAL_IN   NF_IP_PRI_NAT_SRC (+100): enter  99, exit 101
  * The links are scoped to that namespace, so no netns check is needed.
  */
+#include "kernel_fields.bpf.h"
 #include "nat.bpf.h"
 
 /* struct bpf_nf_ctx (include/linux/filter.h); the verifier allows reading

@@ -23,7 +23,9 @@
  * The packet's L3 header is skb->data at all of them.
  */
 #include <uapi/linux/ptrace.h> /* struct pt_regs for PT_REGS_PARM*: user ABI, stable */
-#include "common.bpf.h"
+#include "maps.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "event.bpf.h"
 
 #ifndef RX_LIST_MAX
 /* A list comes from one NAPI poll (GRO flushes every net.core.gro_normal_batch

@@ -15,21 +15,21 @@
 #include <linux/types.h>
 #endif
 
-/* Probe points, as users see them (tracer.capture_schema.PROBES, 1-based). */
+/* Probe points, as users see them (tracer.capfile.schema.PROBES, 1-based). */
 #define TRACER_PROBE_RX 1
 #define TRACER_PROBE_TX 2
 #define TRACER_PROBE_NAT 3
 #define TRACER_PROBE_DROP 4
 #define TRACER_PROBE_NR 5
 
-/* What a NAT event did (tracer.capture_schema.NAT_KINDS, 1-based). */
+/* What a NAT event did (tracer.capfile.schema.NAT_KINDS, 1-based). */
 #define TRACER_NAT_NONE 0
 #define TRACER_NAT_DNAT 1
 #define TRACER_NAT_SNAT 2
 #define TRACER_NAT_REV_DNAT 3
 #define TRACER_NAT_REV_SNAT 4
 
-/* Tunnels whose inner IPv4 packet is parsed (tracer.capture_schema.ENCAPS,
+/* Tunnels whose inner IPv4 packet is parsed (tracer.capfile.schema.ENCAPS,
  * 1-based): the event's tuple and header fields are the inner packet's, the
  * outer addresses go to outer_saddr/outer_daddr. */
 #define TRACER_ENCAP_NONE 0

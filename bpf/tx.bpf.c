@@ -8,7 +8,8 @@
  *   TX_RAW_TRACEPOINT  trc_tx_raw on raw tracepoint net_dev_queue: args[0] = skb
  *   TX_TRACEPOINT      trc_tx_tp on net:net_dev_queue, skb at TX_TP_SKBADDR_OFF
  */
-#include "common.bpf.h"
+#include "kernel_fields.bpf.h"
+#include "event.bpf.h"
 
 static __always_inline int tx_event(const void *skb)
 {

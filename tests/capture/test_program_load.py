@@ -161,7 +161,8 @@ def test_fentry_bytecode_refers_to_bcc_maps_by_fd():
 
 def test_source_is_the_shared_headers_then_the_families():
     text = program.compose_source([RX["kprobe"], NAT["netfilter"]])
-    order = [text.index(f'/{n}"') for n in ("common.bpf.h", "nat.bpf.h", "nat_netfilter.bpf.c", "rx.bpf.c")]
+    order = [text.index(f'/{n}"') for n in ("maps.bpf.h", "event.bpf.h", "nat.bpf.h", "nat_netfilter.bpf.c",
+                                             "rx.bpf.c")]
     assert order == sorted(order)
 
 

@@ -8,7 +8,7 @@ fentry and raw tracepoints call the program directly, a perf tracepoint
 first builds a record, a kprobe traps. A BTF-typed raw tracepoint (tp_btf)
 is a raw tracepoint whose arguments the verifier knows the types of, so the
 program reads the skb's fields with plain loads instead of helper calls
-(bpf/common.bpf.h, KERNEL_PTRS_BTF): it comes first where it loads.
+(bpf/kernel_fields.bpf.h, KERNEL_PTRS_BTF): it comes first where it loads.
 """
 
 from __future__ import annotations

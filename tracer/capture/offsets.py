@@ -1,5 +1,5 @@
 """Kernel struct offsets for the BPF C, read from the running kernel's BTF and
-handed to the compiler as -D macros (see bpf/common.bpf.h for why)."""
+handed to the compiler as -D macros (see bpf/kernel_fields.bpf.h for why)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ imports BCC. Settings reach the C as -D macros: the offsets from BTF, the
 backend of each probe point, the mode, the filters and the map sizes.
 
 BCC treats only functions and map accesses in its main source text as BPF
-programs (it does not rewrite included files), so the source is the shared
-headers followed by each selected family, with #line markers so compiler
-messages name the real files.
+programs (it does not rewrite included files), so the source is every bpf/
+header the selected families include (each after the headers it includes;
+their include guards make the #include lines no-ops) followed by each
+family, with #line markers so compiler messages name the real files.
 
 fentry/fexit programs are not BCC's KFUNC_PROBEs: BCC 0.26 resolves those in
 vmlinux BTF only, while the NAT function is in nf_nat.ko on distro kernels.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,11 +154,41 @@ class ProgramSettings:
         return out
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"', re.MULTILINE)
+
+
+def local_includes(name: str) -> list[str]:
+    """The bpf/ files that bpf/<name> includes with #include "...", in order."""
+    return _LOCAL_INCLUDE.findall((BPF_DIR / name).read_text())
+
+
+def headers_first(files: list[str]) -> list[str]:
+    """files and every bpf/ header they include, directly or not, each after
+    the headers it includes (depth first, in include order). An include loop
+    has no such order: TracerError."""
+    order: list[str] = []
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in path:
+            loop = " -> ".join([*path[path.index(name):], name])
+            raise TracerError(f"include loop in bpf/: {loop}")
+        path.append(name)
+        for included in local_includes(name):
+            visit(included)
+        path.pop()
+        order.append(name)
+
+    for name in files:
+        visit(name)
+    return order
+
+
 def compose_source(backends: list[Backend]) -> str:
-    files = ["common.bpf.h"]
-    if any(b.point == "nat" for b in backends):
-        files.append("nat.bpf.h")
-    files += sorted({f"{b.family}.bpf.c" for b in backends})
+    families = sorted({f"{b.family}.bpf.c" for b in backends})
+    files = [f for f in headers_first(families) if f not in families] + families
     parts = []
     for name in files:
         path = BPF_DIR / name
@@ -166,7 +198,7 @@ def compose_source(backends: list[Backend]) -> str:
 
 # Backends whose programs get the skb (and the hook state) as BTF-typed
 # pointers, and nothing else: if every program is one of them, the C reads
-# their fields with plain loads (KERNEL_PTRS_BTF, bpf/common.bpf.h).
+# their fields with plain loads (KERNEL_PTRS_BTF, bpf/kernel_fields.bpf.h).
 BTF_TYPED_BACKENDS = frozenset({"tp_btf", "netfilter"})
 
 
