@@ -4,6 +4,7 @@ real work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,22 @@ from tracer.errors import TracerError
 from tracer.lab.cli import lab as _lab_commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ReaderLeft(Exception):
+    """stdout's reader closed it (`tracer ... | head -1`)."""
+
+
+class _TracerGroup(click.Group):
+    """Lets a closed stdout reach main() as itself: click would otherwise
+    catch the EPIPE and exit 1 without a word."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _ReaderLeft() from exc
+
+
+@click.group(cls=_TracerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracer")
 def cli() -> None:
     """eBPF packet tracer for Kubernetes nodes."""
@@ -92,7 +108,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         duration=duration, count=count, quiet=quiet, backend=backend,
         probes=tuple(p.strip() for p in probes.split(",") if p.strip()), client=client,
         endpoint=endpoint, port=port, proto=proto, ringbuf_mb=ringbuf_mb,
-        fault_nat_entry_one_in=fault_nat_entry_one_in,
+        fault_nat_entry_one_in=fault_nat_entry_one_in, summary_json=summary_json,
     )
     status = StatusLine(lambda text, nl: click.echo(text, err=True, nl=nl), sys.stderr.isatty())
     callbacks = Callbacks(line=click.echo, status=status.status, notice=status.notice,
@@ -101,20 +117,22 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         result = run_capture(opts, callbacks)
     finally:
         status.end_line()
-    click.echo(result.text)
-    if summary_json is not None:
+    if summary_json is not None:  # first: stdout may be closed (`| head`)
         result.write_summary_json(summary_json)
+    click.echo(result.text)
 
 
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def doctor_command(as_json: bool) -> int:
     """What this kernel offers and which backend each probe point would use."""
-    from tracer.doctor import run_doctor
+    from tracer.doctor import NOT_ROOT, run_doctor
 
     report = run_doctor()
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.render())
-    return 0 if report.can_capture else 4
+    if not report.root:
+        click.echo(f"tracer: error: {NOT_ROOT}", err=True)
+    return report.exit_code
 
 
 # ---- analysis (tracer.analysis): reads captures; needs neither root nor BCC.
@@ -134,7 +152,8 @@ def _echo_all(lines, notes=None) -> None:
 @click.option("--flow", help="Packets of a flow: SRC[:PORT]->DST[:PORT][/PROTO], parts optional.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Packets to show; 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, one per line.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw swimlanes to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Also draw swimlanes to this file (.png, .svg or .pdf).")
 def timeline(captures, packet, flow, limit, as_json, plot) -> None:
     """What happened to each packet, hop by hop, across nodes."""
     from tracer.analysis import commands
@@ -159,7 +178,8 @@ def correlate(captures, out, force, as_json) -> None:
 
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
-@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot the distributions to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Also plot the distributions to this file (.png, .svg or .pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def latency(captures, plot, as_json) -> None:
     """NAT hook time, node traversal and cross-node hop latency distributions."""
@@ -171,7 +191,7 @@ def latency(captures, plot, as_json) -> None:
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
 @click.option("--plot", type=click.Path(dir_okay=False),
-              help="Also chart observed vs promised to this PNG.")
+              help="Also chart observed vs promised to this file (.png, .svg or .pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--window", "window_s", type=float, help="Time window for the over-time view, seconds.")
 @click.option("--confidence", type=float, default=0.95, show_default=True,
@@ -226,9 +246,22 @@ def demo(out, requests, keepalive_requests) -> None:
     click.echo(format_result(result))
 
 
+def _reader_left() -> None:
+    """End quietly with exit 0, as the reader chose to stop reading (grep or
+    cat would die of SIGPIPE, 141 in a shell; 0 keeps `set -o pipefail`
+    scripts with `tracer ... | head` working). stdout goes to /dev/null so
+    that the interpreter's last flush of it fails no more."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="tracer", standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered, while a closed pipe can be handled
+    except (_ReaderLeft, BrokenPipeError):
+        _reader_left()
     except TracerError as exc:
         click.echo(f"tracer: error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -241,10 +274,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        # `tracer ... | head`: the reader left; not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
     except KeyboardInterrupt:
         click.echo("tracer: interrupted", err=True)
         sys.exit(130)

@@ -14,7 +14,12 @@ from typing import Any
 from tracer.capture.backends import POINTS, explain
 from tracer.capture.features import KernelFeatures
 from tracer.capture.kheaders import find_kernel_headers
-from tracer.errors import TracerError
+from tracer.errors import EnvironmentProblem, PrivilegeError, TracerError
+
+# What a user who is not root is told, beside the report of what could be
+# checked without root (BTF, headers, BCC, iptables).
+NOT_ROOT = ("doctor needs root to try bpf(), the ring buffer and each probe backend; "
+            "the report has what it could check without (try: sudo tracer doctor)")
 
 
 @dataclass
@@ -42,10 +47,26 @@ class DoctorReport:
     def can_capture(self) -> bool:
         return all(c.ok for c in self.checks if c.required) and all(self.chosen.values())
 
+    @property
+    def root(self) -> bool:
+        return all(c.ok for c in self.checks if c.name == "root")
+
+    @property
+    def exit_code(self) -> int:
+        """0 if a capture can run; else the documented code of what stops it:
+        4 for something root would not fix, 3 if only root is missing (the
+        checks that need root were then not made: NOT_ROOT says so)."""
+        if self.can_capture:
+            return 0
+        if any(not c.ok for c in self.checks if c.required and c.name != "root"):
+            return EnvironmentProblem.exit_code
+        return PrivilegeError.exit_code if not self.root else EnvironmentProblem.exit_code
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kernel": self.kernel,
             "can_capture": self.can_capture,
+            "root": self.root,
             "checks": [c.__dict__ for c in self.checks],
             "backends": {p: [{"backend": n, "available": why is None, "why_not": why} for n, why in rows]
                          for p, rows in self.backends.items()},

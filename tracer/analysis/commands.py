@@ -23,6 +23,7 @@ from tracer.analysis.events import load_events
 from tracer.analysis.flows import parse_flow
 from tracer.analysis.packets import assemble
 from tracer.errors import TracerError, UsageError
+from tracer.option_checks import plot_file, seconds
 
 
 def _clean(value: Any) -> Any:
@@ -61,6 +62,8 @@ def timeline(
     Messages meant for stderr (truncation) are appended to `notes`."""
     if flow is not None:
         parse_flow(flow)  # a malformed --flow fails before any file is read
+    if plot:
+        plot_file(plot)
     if limit < 0:
         raise UsageError("--limit must be 0 (all) or more")
     packets = timeline_mod.packets_of(captures)
@@ -98,6 +101,8 @@ def timeline(
 def latency(
     captures: Sequence[str | Path], *, as_json: bool = False, plot: str | Path | None = None
 ) -> Iterator[str]:
+    if plot:
+        plot_file(plot)  # before the captures are read
     packets = assemble(load_events(captures))
     report = latency_mod.analyze(packets)
     if plot:
@@ -118,10 +123,16 @@ def fairness(
     window_s: float | None = None,
     confidence: float = 0.95,
 ) -> Iterator[str]:
-    if window_s is not None and window_s <= 0:
-        raise UsageError("--window must be a positive number of seconds")
+    if window_s is not None:
+        # At least a microsecond: times are whole nanoseconds, and a shorter
+        # window holds one new connection at most, so it has no shares to
+        # compare. At most a year (MAX_SECONDS): beyond any capture's span,
+        # where a window is simply the whole capture.
+        seconds(window_s, "--window", least=1e-6)
     if not 0 < confidence < 1:
         raise UsageError("--confidence must be between 0 and 1 (e.g. 0.95)")
+    if plot:
+        plot_file(plot)
     events = load_events(captures)
     source = (
         assemble(events) if len(events.nodes) > 1 else events

@@ -202,12 +202,21 @@ def _consumed_macro(kf: KernelFeatures) -> dict[str, int | str | None]:
 
 
 def parse_backend_option(text: str | None) -> dict[str, str]:
-    """'--backend kprobe' (every point that has it) or 'nat=kprobe,rx=tracepoint'."""
-    if not text:
+    """'--backend kprobe' (every point that has it) or 'nat=kprobe,rx=tracepoint'.
+    A point named (or a backend given bare) twice is refused: which one would
+    win is a guess. Bare backends are preferences (for a point both offer,
+    the first given: 'tp_btf,kprobe'), and yield to a point=backend item
+    whatever their order ('kprobe,rx=tracepoint')."""
+    if text is None:
         return {}
     forced: dict[str, str] = {}
+    seen: set[str] = set()
     for item in text.split(","):
         item = item.strip()
+        key = item.split("=", 1)[0].strip() if "=" in item else item
+        if key in seen:
+            raise UsageError(f"--backend: {key!r} given twice in {text!r}")
+        seen.add(key)
         if "=" in item:
             point, name = (s.strip() for s in item.split("=", 1))
             if point not in CANDIDATES:

@@ -5,6 +5,7 @@ the kernel publishes it. Used by backend selection and `tracer doctor`."""
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -23,17 +24,27 @@ KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 FENTRY_PROBE_FUNCTIONS = ("netif_receive_skb", "nf_hook_slow")
 
 
+def _has_events(path: Path) -> bool:
+    try:
+        return (path / "events").is_dir()
+    except PermissionError:  # tracefs is root's (0700): unreadable, as if absent
+        return False
+
+
 def ensure_tracefs() -> Path | None:
-    """The tracefs mount (mounting it at /sys/kernel/tracing if needed), or None."""
+    """The tracefs mount (mounting it at /sys/kernel/tracing if needed), or
+    None; None too for a user who may not read it."""
     for path in TRACEFS_CANDIDATES:
-        if (path / "events").is_dir():
+        if _has_events(path):
             return path
+    if os.geteuid() != 0:
+        return None  # mounting needs root
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
             ["mount", "-t", "tracefs", "tracefs", str(TRACEFS_CANDIDATES[0])],
             check=True, capture_output=True, timeout=10,
         )
-    return TRACEFS_CANDIDATES[0] if (TRACEFS_CANDIDATES[0] / "events").is_dir() else None
+    return TRACEFS_CANDIDATES[0] if _has_events(TRACEFS_CANDIDATES[0]) else None
 
 
 @dataclass
@@ -74,6 +85,8 @@ class KernelFeatures:
     @cached_property
     def tracefs(self) -> Feature:
         path = ensure_tracefs()
+        if path is None and os.geteuid() != 0:
+            return Feature(False, "not readable without root")
         return Feature(path is not None, str(path) if path else "tracefs not mounted and mount failed")
 
     @cached_property
@@ -83,6 +96,8 @@ class KernelFeatures:
         tracefs = ensure_tracefs()
         if tracefs is not None and (tracefs / "kprobe_events").exists():
             return Feature(True, f"{tracefs}/kprobe_events")
+        if tracefs is None and os.geteuid() != 0:
+            return Feature(False, "no kprobe PMU; kprobe_events (tracefs) not readable without root")
         return Feature(False, "no kprobe PMU and no kprobe_events (CONFIG_KPROBES is off)")
 
     @cached_property

@@ -10,6 +10,7 @@ from tracer.capfile import PROTO_NUMBERS
 from tracer.capture.abi import POINTS
 from tracer.capture.backends import parse_backend_option
 from tracer.errors import UsageError
+from tracer.option_checks import seconds
 
 
 @dataclass
@@ -33,6 +34,9 @@ class CaptureOptions:
     refresh_s: float = 2.0
     max_lines_per_s: int = 2000
     fault_nat_entry_one_in: int = 1  # tests only: ProgramSettings.nat_entry_one_in
+    # Where the CLI writes the summary document after the capture; the
+    # session checks it can before attaching anything (writable_summary).
+    summary_json: Path | None = None
 
     @property
     def points(self) -> tuple[str, ...]:
@@ -62,11 +66,15 @@ def validate_options(opts: CaptureOptions) -> None:
         raise UsageError(f"--port: {opts.port} is not a port number")
     if opts.proto is not None and opts.proto.lower() not in PROTO_NUMBERS:
         raise UsageError(f"--proto: {opts.proto!r} is not one of {', '.join(PROTO_NUMBERS)}")
+    if opts.netns == "":  # not "the host": a variable that expanded to nothing
+        raise UsageError("--netns: empty name (leave the option out to capture on the host)")
     unknown = [p for p in opts.probes if p not in POINTS]
     if unknown:
         raise UsageError(f"--probes: unknown probe point {unknown[0]!r} (points: {', '.join(POINTS)})")
-    if opts.duration is not None and opts.duration <= 0:
-        raise UsageError("--duration must be positive")
+    if not opts.probes:  # a capture that attaches nothing would sit and record nothing
+        raise UsageError(f"--probes: no probe point given (points: {', '.join(POINTS)})")
+    if opts.duration is not None:
+        seconds(opts.duration, "--duration")  # nan would never end the capture
     if opts.count is not None and opts.count <= 0:
         raise UsageError("--count must be positive")
     bad_size = not 1 <= opts.ringbuf_mb <= 1024 or opts.ringbuf_mb & (opts.ringbuf_mb - 1)

@@ -41,6 +41,7 @@ from tracer.capture.summary import CaptureSummary, render_summary
 from tracer.errors import UsageError
 from tracer.kube.resolved import ResolvedService
 from tracer.kube.rules_source import find_service, read_kube_proxy_rules
+from tracer.option_checks import writable_file
 from tracer.system import require_root
 
 __all__ = ["Callbacks", "CaptureOptions", "CaptureResult", "CaptureSession", "run_capture"]
@@ -129,6 +130,8 @@ class CaptureSession:
     def start(self) -> None:
         o = self.opts
         require_root("capturing")
+        if o.summary_json is not None:  # known now, not after the capture
+            writable_file(o.summary_json, "--summary-json")
         node, netns_info = self._enter_node()
         self.service = self._resolve_service()
         if o.output is not None:
@@ -266,6 +269,8 @@ class CaptureSession:
                 last_decode = now
                 if sink.count_reached:
                     done, self.stop_reason = True, f"--count {o.count}"
+                elif sink.output_closed:
+                    done, self.stop_reason = True, "stdout closed by its reader"
             elif not len(batch):
                 last_decode = now
             if flushing or done:

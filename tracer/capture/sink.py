@@ -27,6 +27,7 @@ class EventSink:
         self.count = count  # --count: keep no more than this many events
         self.summary = CaptureSummary()
         self.events_written = 0
+        self.output_closed = False  # the live lines' reader left (EPIPE)
 
     @property
     def count_reached(self) -> bool:
@@ -41,7 +42,13 @@ class EventSink:
             return
         self.summary.add(table)
         if show and self.printer is not None:
-            self.printer.emit(table)
+            try:
+                self.printer.emit(table)
+            except BrokenPipeError:
+                # `tracer capture ... | head`: no more lines, but the batch
+                # is still written below; the session then ends the capture
+                # as if stopped, so the file is complete.
+                self.printer, self.output_closed = None, True
         if self.writer is not None:
             self.writer.append(table)
             self.events_written += table.num_rows

@@ -36,6 +36,7 @@ from tracer.cluster.jobs import (
 )
 from tracer.cluster.kubectl import Kubectl, KubectlError
 from tracer.errors import TracerError, UsageError
+from tracer.option_checks import seconds
 
 CAPTURES = "/captures"
 
@@ -93,8 +94,8 @@ def run_cluster_capture(
     progress: Callable[[str], None] = lambda s: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ClusterCaptureResult:
-    if not opts.duration > 0:
-        raise UsageError(f"--duration must be > 0, got {opts.duration}")
+    seconds(opts.duration, "--duration")  # inf or nan would never end (nor fit a deadline)
+    seconds(opts.start_timeout, "--start-timeout")
     out = Path(opts.output)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty: give a new directory")

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tracer.errors import UsageError
+from tracer.option_checks import seconds
 
 # The repository's deploy/ (tracer is installed editable from the synced
 # repo, scripts/setup.sh); --templates points elsewhere.
@@ -61,8 +62,7 @@ def validate(spec: JobSpec) -> None:
         raise UsageError(f"--image {spec.image!r} is not an image reference")
     if not _NODE.match(spec.namespace):
         raise UsageError(f"--namespace {spec.namespace!r} is not a namespace name")
-    if not spec.duration > 0:
-        raise UsageError(f"--duration must be > 0, got {spec.duration}")
+    seconds(spec.duration, "--duration")  # the Job's deadline is derived from it
 
 
 def load_template(templates: Path | None = None) -> string.Template:

@@ -98,9 +98,9 @@ def services_in_netns(netns: str | None = None) -> list[ResolvedService]:
     """The Services kube-proxy programmed in network namespace NETNS (a name
     under /run/netns, or a path; entering one needs root), or in the caller's
     own when None. What `tracer services` lists."""
-    if not netns:
+    if netns is None:
         return read_kube_proxy_rules().services
-    path = netns_lib.resolve(netns)
+    path = netns_lib.resolve(netns)  # '' is refused there, not taken for the host
     require_root("tracer services --netns")
     with netns_lib.entered(path):
         return read_kube_proxy_rules().services
