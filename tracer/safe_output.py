@@ -86,6 +86,15 @@ def check_parent_dir(path: Path, st: os.stat_result) -> None:
         )
 
 
+def _is_link(path: Path, parent: OutputDir | None) -> bool:
+    try:
+        st = os.stat(path.name if parent else path, dir_fd=parent.fd if parent else None,
+                     follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISLNK(st.st_mode)
+
+
 def _temp_name(name: str, kind: str = "tmp") -> str:
     return f".{name}.{kind}-{secrets.token_hex(4)}"
 
@@ -110,7 +119,8 @@ class OutputDir:
             fd = os.open(path.name if parent else path, flags,
                          dir_fd=parent.fd if parent else None)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            # O_DIRECTORY|O_NOFOLLOW on a symlink: ENOTDIR (or ELOOP), whatever it points to.
+            if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(path, parent)):
                 raise CaptureFileError(f"{path}: is a symbolic link: refusing to follow it") from None
             if exc.errno == errno.ENOTDIR:
                 raise CaptureFileError(f"{path}: exists and is not a directory") from None
