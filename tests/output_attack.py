@@ -66,8 +66,9 @@ class Attack:
         return digest(self.target) == self.before
 
 
-@pytest.fixture
-def attack(tmp_path: Path) -> Iterator[Attack]:
+@pytest.fixture(name="attack")
+def attack_fixture(tmp_path: Path) -> Iterator[Attack]:
+    """Import attack_fixture into a test module to use the fixture `attack`."""
     if os.geteuid() != 0:
         pytest.fail("the attack tests need root (another user plays the attacker)", pytrace=False)
     secret = tmp_path / "root-only"

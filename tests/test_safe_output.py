@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.output_attack import Attack, attack, digest, mode  # noqa: F401 (fixture)
+from tests.output_attack import Attack, attack_fixture, digest, mode  # noqa: F401 (fixture)
 from tracer.errors import CaptureFileError
 from tracer.safe_output import (
     OutputDir,
@@ -125,7 +125,7 @@ def test_staged_directory_replaces_the_old_one_only_when_complete(tmp_path):
     with _staged(target, force=False).writing() as d:
         d.write_file("a.md", lambda f: f.write(b"one"))
     before = digest(target)
-    with pytest.raises(CaptureFileError, match="rep: not empty .*--force"):
+    with pytest.raises(CaptureFileError, match=r"rep: not empty .*--force"):
         _staged(target, force=False)
     with pytest.raises(RuntimeError), _staged(target, force=True).writing() as d:
         d.write_file("a.md", lambda f: f.write(b"two"))
@@ -140,7 +140,7 @@ def test_staged_directory_replaces_the_old_one_only_when_complete(tmp_path):
 def test_staged_directory_never_replaces_what_is_not_its_own(tmp_path):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("mine")
-    with pytest.raises(CaptureFileError, match="holds 'notes.txt', which is not part of a report"):
+    with pytest.raises(CaptureFileError, match=r"holds 'notes\.txt', which is not part of a report"):
         _staged(tmp_path / "home", force=True)
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
 
