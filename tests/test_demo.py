@@ -8,6 +8,7 @@ were stopped and the error is one line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 from tests.capture.lab_capture import client_connections, netfilter_links
+from tests.output_attack import Attack, attack_fixture  # noqa: F401 (fixture)
 from tracer.capfile import read_meta
 from tracer.cli import main
 from tracer.errors import LabError
@@ -157,3 +159,16 @@ def test_demo_rejects_bad_counts(capsys):
         main(["demo", "--requests", "0"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("tracer: error: ")
+
+
+@pytest.mark.root
+def test_demo_refuses_another_users_directory_before_the_lab(attack: Attack, capsys):
+    attack.link(".write-test")
+    attack.link("summary.json")
+    for out in (attack.evil, attack.evil / "demo"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "-o", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 5 and len(err) == 1
+        assert err[0].startswith(f"tracer: error: {attack.evil}: owned by nobody (uid 65534)")
+    assert attack.target_unchanged() and len(os.listdir(attack.evil)) == 2

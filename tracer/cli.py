@@ -166,8 +166,9 @@ def timeline(captures, packet, flow, limit, as_json, plot) -> None:
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
-              help="Directory for the merged capture.")
-@click.option("--force", is_flag=True, help="Replace the capture files in an existing directory.")
+              help="Directory for the merged capture (created 0700).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing merged capture (once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 def correlate(captures, out, force, as_json) -> None:
     """Merge per-node captures into one, on one clock estimated from the traffic."""
@@ -219,12 +220,14 @@ def export(capture, pcap, payload) -> None:
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
-              help="Directory for report.md, report.html and the PNGs.")
-def report(captures, out) -> None:
+              help="Directory for report.md, report.html and the PNGs (created 0700).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing report (once the new one is complete).")
+def report(captures, out, force) -> None:
     """One page: capture metadata, sample timelines, latency, fairness."""
     from tracer.analysis import commands
 
-    _echo_all(commands.report(captures, out))
+    _echo_all(commands.report(captures, out, force=force))
 
 
 @cli.command()

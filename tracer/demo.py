@@ -30,10 +30,11 @@ from tracer.analysis.correlate import MergeResult, merge
 from tracer.analysis.key_figures import Summary, fmt_us, summarize
 from tracer.analysis.report import build as build_report
 from tracer.capture.child_process import CaptureProcess
-from tracer.errors import CaptureFileError, TracerError, UsageError
+from tracer.errors import TracerError, UsageError
 from tracer.lab import controller, witness
 from tracer.lab.state import LabState
 from tracer.lab.traffic import TrafficResult, run_traffic
+from tracer.safe_output import output_dir, write_text
 from tracer.system import require_root
 
 DEFAULT_OUT = Path("out/demo")
@@ -97,13 +98,11 @@ def _validate(opts: DemoOptions) -> None:
 
 
 def _prepare(out: Path) -> Path:
-    try:
-        (out / "captures").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise CaptureFileError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    """out/ and out/captures/: created 0700, or existing ones of the caller's
+    that nobody else can write (tracer.safe_output); each run's files replace
+    the last run's only when complete."""
+    with output_dir(out) as d, d.subdir("captures"):
+        pass
     return out
 
 
@@ -187,17 +186,14 @@ def run_demo(opts: DemoOptions, progress: Callable[[str], None] = lambda s: None
     with step("correlate", "correlating the captures on one clock"):
         merged = merge(list(captures.values()), out / "merged", overwrite=True)
     with step("report", "writing the report"):
-        md = build_report([merged.path], out / "report")
+        md = build_report([merged.path], out / "report", force=True)
         summary = summarize([merged.path])
     result = DemoResult(
         out=out, captures=captures, merged=merged, report=md.with_suffix(".html"),
         summary=summary, traffic=traffic, witnessed=witnessed, steps=step.seconds,
         target=traffic[0].url,
     )
-    try:
-        (out / "summary.json").write_text(to_json(result.to_dict(), indent=1) + "\n")
-    except OSError as exc:
-        raise CaptureFileError(f"cannot write {out / 'summary.json'}: {exc.strerror or exc}") from exc
+    write_text(out / "summary.json", to_json(result.to_dict(), indent=1) + "\n")
     return result
 
 

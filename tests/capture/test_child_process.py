@@ -3,11 +3,13 @@ readiness protocol, not the capture (tests/test_demo.py runs real ones)."""
 
 from __future__ import annotations
 
+import stat
 import sys
 import time
 
 import pytest
 
+from tests.output_attack import Attack, attack_fixture  # noqa: F401 (fixture)
 from tracer.capture.child_process import CaptureProcess, CaptureProcessError
 
 # A child that says what went wrong, closes stderr, and exits only a second
@@ -58,3 +60,22 @@ def test_a_silent_child_is_not_ready_in_time(monkeypatch, tmp_path):
     finally:
         child.signal()
         assert child.wait(10) != 0
+
+
+@pytest.mark.root
+def test_the_log_is_never_written_through_a_symlink(monkeypatch, tmp_path, attack: Attack):
+    from tracer.errors import CaptureFileError
+
+    monkeypatch.setattr(CaptureProcess, "command", (sys.executable, "-c", SILENT))
+    (tmp_path / "cap.log").symlink_to(attack.target)
+    with pytest.raises(CaptureFileError, match=r"cap\.log: is a symbolic link: refusing"):
+        CaptureProcess("node-x", [], tmp_path / "cap", tmp_path / "cap.log")
+    with pytest.raises(CaptureFileError, match="owned by nobody"):
+        CaptureProcess("node-x", [], attack.evil / "cap", attack.link("cap.log"))
+    assert attack.target_unchanged()
+
+
+def test_the_log_is_private(monkeypatch, tmp_path):
+    child = _child(monkeypatch, tmp_path, SILENT)
+    child.stop(timeout=10)
+    assert stat.S_IMODE((tmp_path / "cap.log").stat().st_mode) == 0o600

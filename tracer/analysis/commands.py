@@ -174,8 +174,10 @@ def export(capture: str | Path, pcap: str | Path, *, payload: str = "omit") -> I
     yield f"wrote {n} packets (one per event) to {pcap}"
 
 
-def report(captures: Sequence[str | Path], out_dir: str | Path) -> Iterator[str]:
+def report(
+    captures: Sequence[str | Path], out_dir: str | Path, *, force: bool = False
+) -> Iterator[str]:
     from tracer.analysis.report import build
 
-    md = build(captures, out_dir)
+    md = build(captures, out_dir, force=force)
     yield f"report written to {md} and {md.with_suffix('.html')}"

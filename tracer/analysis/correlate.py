@@ -22,8 +22,9 @@ import numpy as np
 from tracer.analysis.clocks import ClockSolution
 from tracer.analysis.events import EventSet, load_events, to_capture_table
 from tracer.analysis.packets import PacketOptions, Packets, assemble
-from tracer.capfile import CaptureWriter, prepare_directory, write_meta
+from tracer.capfile import CaptureWriter, is_capture_file, write_meta
 from tracer.errors import UsageError
+from tracer.safe_output import StagedDir, refuse_overlap
 
 PART_NS = 1_000_000_000  # about one second of events per part, like a live capture
 
@@ -150,26 +151,32 @@ def merge(
     options: PacketOptions | None = None,
     overwrite: bool = False,
 ) -> MergeResult:
-    """Estimate the node clocks from crossing traffic and write one merged capture."""
+    """Estimate the node clocks from crossing traffic and write one merged
+    capture: built beside `out` and renamed into place when complete, so an
+    old capture there (replaced only with `overwrite`) survives any failure."""
     if len(captures) < 2:
         raise UsageError("correlate needs the captures of at least two nodes")
     out = Path(out)
+    refuse_overlap(out, captures, replaces_dir=True)
+    staged = StagedDir(out, force=overwrite, belongs=is_capture_file, what="capture")
     events = load_events(captures)
     if len(events.nodes) < 2:
         raise UsageError(f"all captures are of one node ({events.nodes[0]}): nothing to correlate")
     packets = assemble(events, options)
     ev = packets.events.sort_values(["t", "node", "ts_ns", "row"], kind="stable")
     table = to_capture_table(ev)
-    prepare_directory(out, overwrite=overwrite)
-    writer = CaptureWriter(out)
-    t = ev["t"].to_numpy()
-    if len(t):
-        part = (t - t[0]) // PART_NS
-        cuts = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
-        for a, b in itertools.pairwise(cuts):
-            writer.submit(table.slice(int(a), int(b - a)))
-    writer.close()
-    write_meta(out, merged_meta(events, packets, len(ev)))
+    with staged.writing() as staging:
+        writer = CaptureWriter(staging)
+        try:
+            t = ev["t"].to_numpy()
+            if len(t):
+                part = (t - t[0]) // PART_NS
+                cuts = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
+                for a, b in itertools.pairwise(cuts):
+                    writer.submit(table.slice(int(a), int(b - a)))
+        finally:
+            writer.close()
+        write_meta(staging, merged_meta(events, packets, len(ev)))
     return MergeResult(
         path=out,
         clocks=packets.clocks,

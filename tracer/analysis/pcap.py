@@ -32,6 +32,7 @@ from tracer.analysis.events import EventSet, load_events
 from tracer.analysis.packets import Packets, assemble
 from tracer.capfile import Capture
 from tracer.errors import CaptureFileError
+from tracer.safe_output import refuse_overlap, replacing
 
 # Raw IPv4, no link-layer header. Not LINKTYPE_RAW (101): libpcap 1.10 maps
 # 101 to DLT_RAW for the first interface only and then rejects the second
@@ -258,6 +259,7 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     """Write one pcapng packet per event; returns the number of packets written."""
     if payload not in ("omit", "zeros"):
         raise ValueError("payload must be 'omit' or 'zeros'")
+    refuse_overlap(out_path, source if isinstance(source, list | tuple) else [source])
     packets = _as_packets(source)
     ev = packets.events.sort_values(["t", "packet", "hop"], kind="stable").reset_index(drop=True)
     hdr, hlen = headers(ev)
@@ -280,7 +282,7 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     )
     out_path = Path(out_path)
     try:
-        with open(out_path, "wb") as f:
+        with replacing(out_path) as f:  # 0600, complete or not at all (tracer.safe_output)
             f.write(section_header(comment))
             for code, (node, netns, ifname) in enumerate(iface_uniques):
                 i = first_of_iface[code]

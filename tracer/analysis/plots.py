@@ -17,7 +17,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from tracer.analysis.fairness import FairnessReport
 from tracer.analysis.latency import FINE_EDGES, Distribution, LatencyReport
 from tracer.analysis.timeline import fmt_duration
-from tracer.errors import CaptureFileError
+from tracer.safe_output import OutputDir, write_file
 
 PROBE_MARKERS = {
     "rx": ("o", "tab:blue"),
@@ -27,14 +27,19 @@ PROBE_MARKERS = {
 }
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path, into: OutputDir | None = None) -> Path:
+    """Write the figure to `path` (a name inside `into` when given): 0600,
+    complete or not at all, never through a symlink (tracer.safe_output)."""
     path = Path(path)
     FigureCanvasAgg(fig)
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise CaptureFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    fmt = path.suffix[1:].lower() or None  # the format the name says; PNG without one
+
+    def draw(f) -> None:
+        fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight")
+
+    if into is not None:
+        return into.write_file(path.name, draw)
+    return write_file(path, draw)
 
 
 def _hop_label(h: dict[str, Any]) -> str:
@@ -92,7 +97,9 @@ def _label_extents(
     return lefts, rights, align
 
 
-def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
+def plot_timeline(
+    journeys: Sequence[dict[str, Any]], path: str | Path, *, into: OutputDir | None = None
+) -> Path:
     """Swimlanes, one panel per packet: a lane per node, hops as marks along
     time since the packet's first hop, NAT rewrites annotated."""
     journeys = list(journeys)[:6]
@@ -170,7 +177,7 @@ def plot_timeline(journeys: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ]
     axes[0].legend(handles=handles, loc="upper left", fontsize=7.5, ncol=4, framealpha=0.8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, into)
 
 
 def _duration_axis(axis) -> None:
@@ -236,7 +243,9 @@ def _dist_panel(ax, dists: Sequence[Distribution], title: str) -> None:
         ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def plot_latency(report: LatencyReport, path: str | Path) -> Path:
+def plot_latency(
+    report: LatencyReport, path: str | Path, *, into: OutputDir | None = None
+) -> Path:
     panels = [
         (
             report.nat,
@@ -252,7 +261,7 @@ def plot_latency(report: LatencyReport, path: str | Path) -> Path:
     for ax, (dists, title) in zip(axes, panels, strict=True):
         _dist_panel(ax, dists, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, into)
 
 
 def _share_panel(ax, report: FairnessReport) -> None:
@@ -348,7 +357,9 @@ def _windows_panel(ax, report: FairnessReport) -> None:
     ax.grid(True, color="0.92")
 
 
-def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
+def plot_fairness(
+    report: FairnessReport, path: str | Path, *, into: OutputDir | None = None
+) -> Path:
     """Observed share of new connections per endpoint (Wilson CI) vs promised,
     and the observed share over time windows."""
     o = report.overall
@@ -368,4 +379,4 @@ def plot_fairness(report: FairnessReport, path: str | Path) -> Path:
     if report.windows:
         _windows_panel(ax2, report)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, into)

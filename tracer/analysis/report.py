@@ -26,8 +26,8 @@ from tracer.analysis.events import PROBE_DROP, PROBE_NAT, load_events
 from tracer.analysis.flows import Endpoint, FlowSpec, select_packets
 from tracer.analysis.packets import PacketOptions, Packets, assemble
 from tracer.analysis.service import PortPromise, parse_service, service_name
-from tracer.errors import CaptureFileError
 from tracer.histograms import fill_bucket_gaps, format_buckets, log2_rows
+from tracer.safe_output import OutputDir, StagedDir, refuse_overlap
 
 
 @dataclass
@@ -287,7 +287,7 @@ def _service_blocks(packets: Packets, service: dict[str, Any], versions: int) ->
     return blocks
 
 
-def _timeline_blocks(packets: Packets, out: Path) -> list[Block]:
+def _timeline_blocks(packets: Packets, out: OutputDir) -> list[Block]:
     """A few sample packets' journeys: charts (written to out) and text."""
     heading = Block("h2", "Sample packet timelines")
     if not len(packets.events):
@@ -295,18 +295,18 @@ def _timeline_blocks(packets: Packets, out: Path) -> list[Block]:
     blocks = [heading]
     for gi, ids in enumerate(sample_packets(packets)):
         docs = list(timeline_mod.journeys(packets, ids))
-        png = plots.plot_timeline(docs, out / f"timeline-{gi + 1}.png")
+        png = plots.plot_timeline(docs, f"timeline-{gi + 1}.png", into=out)
         blocks.append(Block("img", png.name, headers=[f"timeline of packets {ids}"]))
         blocks.append(Block("code", "\n\n".join(timeline_mod.format_journey(d) for d in docs)))
     return blocks
 
 
-def _latency_blocks(packets: Packets, out: Path) -> list[Block]:
+def _latency_blocks(packets: Packets, out: OutputDir) -> list[Block]:
     """The latency chart (written to out), tables and histograms."""
     lat = latency_mod.analyze(packets)
     blocks = [Block("h2", "Latency")]
     if lat.nat or lat.traversal or lat.hops:
-        png = plots.plot_latency(lat, out / "latency.png")
+        png = plots.plot_latency(lat, "latency.png", into=out)
         blocks.append(Block("img", png.name, headers=["latency distributions"]))
     for title, dists, cols in (
         ("NAT hook time", lat.nat, ["node", "hook", "kind", "first"]),
@@ -343,13 +343,13 @@ def _latency_blocks(packets: Packets, out: Path) -> list[Block]:
     return blocks
 
 
-def _fairness_blocks(packets: Packets, out: Path) -> list[Block]:
+def _fairness_blocks(packets: Packets, out: OutputDir) -> list[Block]:
     """The fairness chart (written to out), table and text."""
     heading = Block("h2", "Fairness")
     fair = fairness_mod.analyze(packets)
     if not fair.overall.connections:
         return [heading, Block("p", "No new connections (DNAT decisions) in these captures.")]
-    png = plots.plot_fairness(fair, out / "fairness.png")
+    png = plots.plot_fairness(fair, "fairness.png", into=out)
     return [
         heading,
         Block("img", png.name, headers=["fairness"]),
@@ -358,16 +358,33 @@ def _fairness_blocks(packets: Packets, out: Path) -> list[Block]:
     ]
 
 
+def is_report_file(name: str) -> bool:
+    """An entry `tracer report` writes (what --force may replace)."""
+    return name in ("report.md", "report.html") or name.endswith(".png")
+
+
 def build(
-    captures: Sequence[str | Path], out_dir: str | Path, *, options: PacketOptions | None = None
+    captures: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    options: PacketOptions | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write out_dir/report.md, out_dir/report.html and their PNGs; returns the .md path."""
+    """Write out_dir/report.md, out_dir/report.html and their PNGs; returns the .md path.
+
+    The inputs are read before anything is created; the report is built in a
+    new directory beside out_dir and renamed into place when complete. An
+    existing report is replaced only with `force` (tracer.safe_output.StagedDir)."""
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CaptureFileError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    refuse_overlap(out, captures, replaces_dir=True)
+    staged = StagedDir(out, force=force, belongs=is_report_file, what="report")
     packets = assemble(load_events(captures), options)
+    with staged.writing() as staging:
+        _write_report(packets, captures, staging)
+    return out / "report.md"
+
+
+def _write_report(packets: Packets, captures: Sequence[str | Path], out: OutputDir) -> None:
     service, versions = _service_at_start(packets)
     what = service.get("name") if service else "capture"
     title = f"tracer report: {what} on {', '.join(packets.node_meta)}"
@@ -387,14 +404,9 @@ def build(
     blocks += _timeline_blocks(packets, out)
     blocks += _latency_blocks(packets, out)
     blocks += _fairness_blocks(packets, out)
-
-    md_path = out / "report.md"
-    try:
-        md_path.write_text(_md(blocks))
-        (out / "report.html").write_text(_html(blocks, title))
-    except OSError as exc:
-        raise CaptureFileError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
-    return md_path
+    md, page = _md(blocks).encode(), _html(blocks, title).encode()
+    out.write_file("report.md", lambda f: f.write(md))
+    out.write_file("report.html", lambda f: f.write(page))
 
 
 def _frontend_text(port: PortPromise) -> str:

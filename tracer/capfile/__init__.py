@@ -26,7 +26,12 @@ from tracer.capfile.schema import (
     PROTO_NUMBERS,
     SCHEMA,
 )
-from tracer.capfile.writer import PARQUET_OPTIONS, CaptureWriter, prepare_directory
+from tracer.capfile.writer import (
+    PARQUET_OPTIONS,
+    CaptureWriter,
+    is_capture_file,
+    prepare_directory,
+)
 
 __all__ = [
     "ADDED_COLUMNS",
@@ -46,6 +51,7 @@ __all__ = [
     "SCHEMA",
     "Capture",
     "CaptureWriter",
+    "is_capture_file",
     "load",
     "part_files",
     "prepare_directory",

@@ -7,12 +7,12 @@ before it trusts the directory."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tracer.capfile.schema import FORMAT_NAME, FORMAT_VERSION
 from tracer.errors import CaptureFileError
+from tracer.safe_output import OutputDir
 
 # A leading '_' so pyarrow and DuckDB skip it when they read the directory.
 META_FILE = "_tracer_meta.json"
@@ -36,9 +36,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    """Replace the metadata file atomically (rename), so a reader never sees half of it."""
+def write_meta(path: Path | OutputDir, meta: dict[str, Any]) -> None:
+    """Replace the metadata file atomically (rename), so a reader never sees
+    half of it; 0600, in a directory checked by tracer.safe_output."""
     body = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
-    tmp = path / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path / META_FILE)
+    data = json.dumps(body, indent=1, sort_keys=True, default=str).encode()
+    if isinstance(path, OutputDir):
+        path.write_file(META_FILE, lambda f: f.write(data))
+        return
+    with OutputDir.open(path) as out:
+        out.write_file(META_FILE, lambda f: f.write(data))

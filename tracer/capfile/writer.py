@@ -5,6 +5,7 @@ consumer never waits on the disk."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -17,32 +18,33 @@ import pyarrow.parquet as pq
 from tracer.capfile.meta import META_FILE
 from tracer.capfile.schema import SCHEMA
 from tracer.errors import CaptureFileError
+from tracer.safe_output import OutputDir, output_dir
 
 _STOP = object()
 _END_PART = object()
 
 
+def is_capture_file(name: str) -> bool:
+    """An entry the tracer writes in a capture directory (what --force may replace)."""
+    return name == META_FILE or name.startswith((f".{META_FILE}.", "part-", ".part-"))
+
+
 def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
-    """Create the capture directory, or fail in one line before any probe is attached."""
-    try:
-        if path.exists():
-            if not path.is_dir():
-                raise CaptureFileError(f"{path}: exists and is not a capture directory")
-            entries = [p for p in path.iterdir()]
+    """Create the capture directory (0700), or accept an existing one of the
+    caller's (tracer.safe_output), or fail in one line before any probe is attached."""
+    with output_dir(path) as out:
+        try:
+            entries = out.names()
             if entries and not overwrite:
                 raise CaptureFileError(f"{path}: not empty (choose a new path or pass --force)")
-            for p in entries:
-                if p.name == META_FILE or p.name.startswith(("part-", ".part-")):
-                    p.unlink()
-        else:
-            path.mkdir(parents=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except CaptureFileError:
-        raise
-    except OSError as exc:
-        raise CaptureFileError(f"cannot write capture to {path}: {exc.strerror}") from exc
+            for name in entries:
+                if is_capture_file(name):
+                    out.unlink(name)
+            probe = f".write-test-{os.getpid()}"
+            out.open_new(probe).close()
+            out.unlink(probe)
+        except OSError as exc:
+            raise CaptureFileError(f"cannot write capture to {path}: {exc.strerror}") from exc
 
 
 # Parquet settings, chosen by measurement on this project's 2-core machines
@@ -66,8 +68,13 @@ class CaptureWriter:
     being written (one row group each), end_part() completes it (renamed
     into place, visible to readers), submit() is both at once."""
 
-    def __init__(self, path: Path, *, compression: str | None = None, max_pending: int = 8):
-        self.path = path
+    def __init__(self, path: Path | OutputDir, *, compression: str | None = None,
+                 max_pending: int = 8):
+        # Parts are created and renamed relative to the checked directory's
+        # descriptor (tracer.safe_output), never by a path someone could swap.
+        self._owns_dir = not isinstance(path, OutputDir)
+        self._dir = OutputDir.open(path) if self._owns_dir else path
+        self.path = self._dir.path
         self.options = dict(PARQUET_OPTIONS)
         if compression is not None:
             self.options["compression"] = compression
@@ -78,7 +85,8 @@ class CaptureWriter:
         # than buffering without limit; the ring buffer then reports loss.
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._lock = threading.Lock()
-        self._open: tuple[pq.ParquetWriter, Path, int] | None = None  # writer thread only
+        # writer thread only: the Parquet writer, its file, its temporary name, its rows
+        self._open: tuple[pq.ParquetWriter, Any, str, int] | None = None
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
@@ -111,28 +119,33 @@ class CaptureWriter:
                     self._finish_part()
                 else:
                     self._write(item)
-            except OSError as exc:
+            except (OSError, CaptureFileError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 self.error = CaptureFileError(
-                    f"writing {self.path}: {exc.strerror or exc}; "
+                    f"writing {self.path}: {reason}; "
                     f"{self.parts} parts ({self.rows} events) already written are intact"
                 )
 
     def _write(self, table: pa.Table) -> None:
         table = table.cast(SCHEMA) if table.schema != SCHEMA else table
         if self._open is None:
-            tmp = self.path / f".part-{self.parts:06d}.parquet.tmp"
-            self._open = (pq.ParquetWriter(tmp, SCHEMA, **self.options), tmp, 0)
-        writer, tmp, rows = self._open
+            tmp = f".part-{self.parts:06d}.parquet.tmp"
+            f = self._dir.open_new(tmp)
+            self._open = (pq.ParquetWriter(f, SCHEMA, **self.options), f, tmp, 0)
+        writer, f, tmp, rows = self._open
         writer.write_table(table, row_group_size=max(table.num_rows, 1))
-        self._open = (writer, tmp, rows + table.num_rows)
+        self._open = (writer, f, tmp, rows + table.num_rows)
 
     def _finish_part(self) -> None:
         if self._open is None:
             return
-        writer, tmp, rows = self._open
+        writer, f, tmp, rows = self._open
         self._open = None
-        writer.close()
-        os.replace(tmp, self.path / f"part-{self.parts:06d}.parquet")
+        try:
+            writer.close()
+        finally:
+            f.close()
+        self._dir.rename(tmp, f"part-{self.parts:06d}.parquet")
         with self._lock:
             self.parts += 1
             self.rows += rows
@@ -142,5 +155,11 @@ class CaptureWriter:
         self._queue.put(_END_PART)
         self._queue.put(_STOP)
         self._thread.join()
+        if self._open is not None:  # a part that failed: free its descriptor
+            with contextlib.suppress(OSError):
+                self._open[1].close()
+            self._open = None
+        if self._owns_dir:
+            self._dir.close()
         if self.error is not None:
             raise self.error

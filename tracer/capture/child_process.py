@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tracer.capture.live import READY_PREFIX
 from tracer.errors import TracerError
+from tracer.safe_output import open_replacing
 
 _PR_SET_PDEATHSIG = 1
 # A child whose stderr has ended is exiting; how long to wait for its status.
@@ -57,10 +58,8 @@ class CaptureProcess:
         self._ready = threading.Event()
         argv = [*self.command, *args, "--quiet",
                 "-o", str(output), "--force", "--duration", f"{max_duration_s:g}"]
-        try:
-            self._log_file = log.open("w")
-        except OSError as exc:
-            raise CaptureProcessError(f"cannot write {log}: {exc.strerror or exc}") from exc
+        # 0600, never through a symlink, in a directory of ours (tracer.safe_output).
+        self._log_file = open_replacing(log)
         try:
             self.proc = subprocess.Popen(
                 argv, stdout=self._log_file, stderr=subprocess.PIPE, text=True,

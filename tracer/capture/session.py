@@ -42,6 +42,7 @@ from tracer.errors import UsageError
 from tracer.kube.resolved import ResolvedService
 from tracer.kube.rules_source import find_service, read_kube_proxy_rules
 from tracer.option_checks import writable_file
+from tracer.safe_output import write_text
 from tracer.system import require_root
 
 __all__ = ["Callbacks", "CaptureOptions", "CaptureResult", "CaptureSession", "run_capture"]
@@ -64,7 +65,7 @@ class CaptureResult:
                 "histograms": self.meta.get("histograms")}
 
     def write_summary_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.summary_document(), indent=1, default=str))
+        write_text(path, json.dumps(self.summary_document(), indent=1, default=str))
 
 
 @dataclass
