@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,6 @@ from tracer.errors import CaptureFileError, UsageError
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "notebooks" / "data" / "lab-sample" / "lab-node-a"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-needs_setpriv = pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux setpriv missing")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -91,7 +89,6 @@ def test_backend_forms_that_stay_allowed():
 
 
 @pytest.mark.root
-@needs_setpriv
 @pytest.mark.parametrize("args, message", [
     (["--duration", "nan"], "--duration must be a finite number of seconds, not nan"),
     (["--duration", "inf"], "--duration must be a finite number of seconds, not inf"),
@@ -111,7 +108,6 @@ def test_capture_usage_error_wins_over_not_root(args, message):
 
 
 @pytest.mark.root
-@needs_setpriv
 def test_capture_with_good_options_as_nobody_is_exit_3():
     """The control of the test above: the same command, valid, gets to start()."""
     proc = as_nobody("capture", "--svc", "default/web", "--duration", "1")
@@ -189,7 +185,6 @@ def test_resolve_accepts_a_network_namespace():
 # ---- doctor as another user
 
 @pytest.mark.root
-@needs_setpriv
 @pytest.mark.parametrize("as_json", [False, True])
 def test_doctor_as_nobody_degrades_with_exit_3(as_json):
     proc = as_nobody("doctor", *(["--json"] if as_json else []))

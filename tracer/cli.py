@@ -174,7 +174,8 @@ def correlate(captures, out, force, as_json) -> None:
     """Merge per-node captures into one, on one clock estimated from the traffic."""
     from tracer.analysis import commands
 
-    _echo_all(commands.correlate(captures, out, force=force, as_json=as_json))
+    notes: list[str] = []
+    _echo_all(commands.correlate(captures, out, force=force, as_json=as_json, notes=notes), notes)
 
 
 @cli.command()
@@ -186,7 +187,8 @@ def latency(captures, plot, as_json) -> None:
     """NAT hook time, node traversal and cross-node hop latency distributions."""
     from tracer.analysis import commands
 
-    _echo_all(commands.latency(captures, as_json=as_json, plot=plot))
+    notes: list[str] = []
+    _echo_all(commands.latency(captures, as_json=as_json, plot=plot, notes=notes), notes)
 
 
 @cli.command()
@@ -201,8 +203,9 @@ def fairness(captures, plot, as_json, window_s, confidence) -> None:
     """New connections per endpoint against the share kube-proxy's rules promise."""
     from tracer.analysis import commands
 
+    notes: list[str] = []
     _echo_all(commands.fairness(captures, as_json=as_json, plot=plot, window_s=window_s,
-                                confidence=confidence))
+                                confidence=confidence, notes=notes), notes)
 
 
 @cli.command()
@@ -214,7 +217,8 @@ def export(capture, pcap, payload) -> None:
     """Write a capture as pcapng (one packet per event) for Wireshark or tcpdump."""
     from tracer.analysis import commands
 
-    _echo_all(commands.export(capture, pcap, payload=payload))
+    notes: list[str] = []
+    _echo_all(commands.export(capture, pcap, payload=payload, notes=notes), notes)
 
 
 @cli.command()
@@ -227,7 +231,8 @@ def report(captures, out, force) -> None:
     """One page: capture metadata, sample timelines, latency, fairness."""
     from tracer.analysis import commands
 
-    _echo_all(commands.report(captures, out, force=force))
+    notes: list[str] = []
+    _echo_all(commands.report(captures, out, force=force, notes=notes), notes)
 
 
 @cli.command()

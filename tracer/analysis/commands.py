@@ -19,7 +19,7 @@ from tracer.analysis import correlate as correlate_mod
 from tracer.analysis import fairness as fairness_mod
 from tracer.analysis import latency as latency_mod
 from tracer.analysis import timeline as timeline_mod
-from tracer.analysis.events import load_events
+from tracer.analysis.events import load_events, no_events_note
 from tracer.analysis.flows import parse_flow
 from tracer.analysis.packets import assemble
 from tracer.errors import TracerError, UsageError
@@ -48,6 +48,13 @@ def to_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(_clean(value), **kwargs)
 
 
+def _note_no_events(captures: Sequence[str | Path], notes: list[str] | None) -> None:
+    """Captures without events are valid: say so once (stderr), exit 0."""
+    note = no_events_note(captures)
+    if note and notes is not None:
+        notes.append(note)
+
+
 def timeline(
     captures: Sequence[str | Path],
     *,
@@ -67,12 +74,9 @@ def timeline(
     if limit < 0:
         raise UsageError("--limit must be 0 (all) or more")
     packets = timeline_mod.packets_of(captures)
-    if not packets.count:
-        hist = any(m.get("mode") == "hist" for m in packets.node_meta.values())
-        raise TracerError(
-            "no events in these captures"
-            + (" (histogram mode records no packets: see `tracer latency`)" if hist else "")
-        )
+    if not packets.count:  # no packet to show or to select
+        _note_no_events(captures, notes)
+        return
     ids = timeline_mod.select(packets, packet=packet, flow=flow)
     if not len(ids):
         raise TracerError(f"no packet in these captures matches --flow {flow}")
@@ -99,7 +103,11 @@ def timeline(
 
 
 def latency(
-    captures: Sequence[str | Path], *, as_json: bool = False, plot: str | Path | None = None
+    captures: Sequence[str | Path],
+    *,
+    as_json: bool = False,
+    plot: str | Path | None = None,
+    notes: list[str] | None = None,
 ) -> Iterator[str]:
     if plot:
         plot_file(plot)  # before the captures are read
@@ -113,6 +121,7 @@ def latency(
         yield to_json(report.to_dict(), indent=1)
     else:
         yield latency_mod.format_text(report)
+    _note_no_events(captures, notes)
 
 
 def fairness(
@@ -122,6 +131,7 @@ def fairness(
     plot: str | Path | None = None,
     window_s: float | None = None,
     confidence: float = 0.95,
+    notes: list[str] | None = None,
 ) -> Iterator[str]:
     if window_s is not None:
         # At least a microsecond: times are whole nanoseconds, and a shorter
@@ -150,12 +160,19 @@ def fairness(
         yield to_json(report.to_dict(), indent=1)
     else:
         yield fairness_mod.format_text(report)
+    _note_no_events(captures, notes)
 
 
 def correlate(
-    captures: Sequence[str | Path], out: str | Path, *, force: bool = False, as_json: bool = False
+    captures: Sequence[str | Path],
+    out: str | Path,
+    *,
+    force: bool = False,
+    as_json: bool = False,
+    notes: list[str] | None = None,
 ) -> Iterator[str]:
     result = correlate_mod.merge(captures, out, overwrite=force)
+    _note_no_events(captures, notes)
     if as_json:
         yield to_json(result.to_dict(), indent=1)
         return
@@ -167,17 +184,26 @@ def correlate(
     )
 
 
-def export(capture: str | Path, pcap: str | Path, *, payload: str = "omit") -> Iterator[str]:
+def export(
+    capture: str | Path,
+    pcap: str | Path,
+    *,
+    payload: str = "omit",
+    notes: list[str] | None = None,
+) -> Iterator[str]:
     from tracer.analysis.pcap import export_pcapng
 
     n = export_pcapng([capture], pcap, payload=payload)
+    _note_no_events([capture], notes)
     yield f"wrote {n} packets (one per event) to {pcap}"
 
 
 def report(
-    captures: Sequence[str | Path], out_dir: str | Path, *, force: bool = False
+    captures: Sequence[str | Path], out_dir: str | Path, *, force: bool = False,
+    notes: list[str] | None = None,
 ) -> Iterator[str]:
     from tracer.analysis.report import build
 
     md = build(captures, out_dir, force=force)
+    _note_no_events(captures, notes)
     yield f"report written to {md} and {md.with_suffix('.html')}"

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pandas.api.types import union_categoricals
 
 from tracer.analysis.addresses import column_to_int, ints_to_strings
-from tracer.capfile import COLUMN_NAMES, PROBES, SCHEMA, Capture, load
+from tracer.capfile import COLUMN_NAMES, PROBES, SCHEMA, Capture, load, part_files, read_meta
 from tracer.errors import CaptureFileError, UsageError
 
 PROBE_RX, PROBE_TX, PROBE_NAT, PROBE_DROP = (PROBES.index(p) for p in ("rx", "tx", "nat", "drop"))
@@ -88,9 +88,30 @@ def nodes_of(capture: Capture) -> dict[str, dict[str, Any]]:
     return {node: capture.meta}
 
 
+def no_events_note(paths: Sequence[str | Path]) -> str | None:
+    """The note for captures that hold metadata and no events, None if there
+    are none. Such a capture is valid (a quiet Service; --mode hist records
+    only histograms; a capture stopped before its first part): every
+    command reads it, says so in this one line and exits 0, so an empty
+    output is not mistaken for a failure."""
+    empty = [Path(p) for p in paths if not part_files(Path(p))]
+    if not empty:
+        return None
+    hist = any(read_meta(p).get("mode") == "hist" for p in empty)
+    why = (
+        "histogram mode records no packets; `tracer latency` shows its NAT hook histograms"
+        if hist
+        else "the capture holds only its metadata"
+    )
+    return f"no events in {', '.join(map(str, empty))} ({why})"
+
+
 def concat_events(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate raw capture frames, keeping string columns categorical
-    (plain concat would turn differing categories into 1M Python strings)."""
+    (plain concat would turn differing categories into 1M Python strings).
+    A capture without events adds no rows, only its metadata: its empty
+    frame is left out (its categories have no type to unite with others')."""
+    frames = [f for f in frames if len(f)] or frames[:1]
     if len(frames) == 1:
         return frames[0]
     out = {}

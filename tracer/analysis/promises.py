@@ -133,7 +133,8 @@ def promise_connections(
 ) -> PromisedConnections:
     """conns: the DNAT decisions (nat events dnat + nat_first) of every service."""
     notes: list[str] = []
-    node_names = list(map(str, conns["node"].cat.categories))
+    # Without events (a quiet capture) the nodes are those of the metadata.
+    node_names = list(map(str, conns["node"].cat.categories)) or list(node_meta)
     era_lists = {n: eras(node_meta.get(n, {})) for n in node_names}
     known = any(era.ports for el in era_lists.values() for era in el)
     if not known:

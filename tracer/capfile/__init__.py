@@ -6,7 +6,9 @@ neither of them (nor on BCC or pandas at import time).
 - schema: the columns and the vocabulary of their values (probes, hooks, NAT
   kinds, tunnels, protocols), the format's name and version;
 - meta: the metadata document (read_meta, write_meta);
-- reader: parts into Arrow or pandas, older versions filled in (load);
+- meta_schema: the type of every metadata key, checked by read_meta;
+- reader: parts into Arrow or pandas, each checked against the format, older
+  versions filled in (load);
 - writer: parts written from a worker thread (CaptureWriter)."""
 
 from tracer.capfile.meta import META_FILE, read_meta, write_meta

@@ -5,6 +5,8 @@ import this package without it (~0.15 s)."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer.capfile.meta import read_meta
-from tracer.capfile.schema import ADDED_COLUMNS, PART_GLOB, SCHEMA
+from tracer.capfile.schema import ADDED_COLUMNS, PART_GLOB, SCHEMA, part_problems
 from tracer.errors import CaptureFileError
 
 if TYPE_CHECKING:
@@ -32,33 +34,79 @@ class Capture:
 
 
 def part_files(path: Path) -> list[Path]:
-    return sorted(path.glob(PART_GLOB))
+    """The capture's parts, in order. A directory that cannot be listed is an
+    error, not an empty capture (a 0311 directory, read as another user)."""
+    path = Path(path)
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        raise CaptureFileError(
+            f"{path}: cannot list the capture's parts ({exc.strerror or exc})"
+        ) from None
+    return sorted(path / name for name in names if fnmatch.fnmatchcase(name, PART_GLOB))
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All parts of one capture as one Arrow table. A damaged part is an error
-    that names the part; the data itself is never modified."""
+    """All parts of one capture as one Arrow table. A damaged part, or one
+    whose columns are not the format's, is an error that names the part; the
+    data itself is never modified."""
     path = Path(path)
-    read_meta(path)
-    tables = []
-    for part in part_files(path):
-        try:
-            tables.append(_with_added_columns(_read_part(part, columns), columns))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CaptureFileError(
-                f"{part}: damaged or truncated capture part ({exc}); the other parts are intact"
-            ) from exc
+    return _read_parts(path, read_meta(path), columns)
+
+
+def _read_parts(path: Path, meta: dict[str, Any], columns: list[str] | None) -> pa.Table:
+    parts = part_files(path)
+    tables = [_read_part(part, columns, meta["version"], len(parts) - 1) for part in parts]
     if not tables:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         return schema.empty_table()
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
-    if columns is not None and any(c in ADDED_COLUMNS for c in columns):
-        present = set(pq.read_schema(part).names)
-        columns = [c for c in columns if c in present or c not in ADDED_COLUMNS]
-    return pq.read_table(part, columns=columns)
+def _read_part(part: Path, columns: list[str] | None, version: int, others: int) -> pa.Table:
+    """One part, checked against the format of the capture's version
+    (tracer.capfile.schema.part_problems) before any row is trusted: a part
+    without a column would otherwise load with that column empty."""
+    # Every part a writer made visible is whole (written under a dot-name,
+    # renamed when complete): a bad one is damage, not a capture cut short,
+    # so it is an error rather than skipped.
+    try:
+        with pq.ParquetFile(part) as f:
+            found = f.schema_arrow
+            problems = part_problems(found, version)
+            if problems:
+                raise CaptureFileError(
+                    f"{part}: not a part of a version {version} capture "
+                    f"({'; '.join(problems)}){_the_others(others)}"
+                )
+            table = f.read(
+                columns=None if columns is None else [c for c in columns if c in found.names]
+            )
+    except (OSError, pa.ArrowException) as exc:
+        why = " ".join(str(exc).split())  # pyarrow's messages may span lines
+        raise CaptureFileError(
+            f"{part}: damaged or truncated capture part ({why}){_the_others(others)}"
+        ) from None
+    return _in_format_types(_with_added_columns(table, columns))
+
+
+def _the_others(others: int) -> str:
+    """What the user can still read: the parts beside a bad one are untouched."""
+    if not others:
+        return ""
+    some = "1 other part is" if others == 1 else f"{others} other parts are"
+    return f"; the capture's {some} untouched: move this one aside to read them"
+
+
+def _in_format_types(table: pa.Table) -> pa.Table:
+    """Text columns in the format's encoding, whatever the part's (plain or
+    another dictionary index width: part_problems accepts both), so that the
+    parts concatenate."""
+    for i, have in enumerate(table.schema):
+        if have.name in SCHEMA.names and have.type != SCHEMA.field(have.name).type:
+            want = SCHEMA.field(have.name).type
+            table = table.set_column(i, pa.field(have.name, want), table.column(i).cast(want))
+    return table
 
 
 def _with_added_columns(table: pa.Table, columns: list[str] | None) -> pa.Table:
@@ -80,5 +128,5 @@ def _with_added_columns(table: pa.Table, columns: list[str] | None) -> pa.Table:
 def load(path: str | Path, columns: list[str] | None = None) -> Capture:
     path = Path(path)
     meta = read_meta(path)
-    events = read_table(path, columns).to_pandas()
+    events = _read_parts(path, meta, columns).to_pandas()
     return Capture(path=path, meta=meta, events=events)

@@ -96,3 +96,40 @@ ADDED_COLUMNS: dict[str, tuple[int, str]] = {
     "outer_saddr": (2, ""),
     "outer_daddr": (2, ""),
 }
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    """A string column as Arrow may hand it back: dictionary-encoded with any
+    index width (pandas writes int8 for few categories) or plain."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
+def part_problems(found: pa.Schema, version: int) -> list[str]:
+    """What keeps a part's columns from being the format's (version
+    ``version``): a column missing (the ADDED_COLUMNS of a later version
+    excepted), or of another type. Columns the format does not name are
+    left alone. Empty: the part is readable as SCHEMA."""
+    problems = []
+    missing = [
+        name for name in COLUMN_NAMES
+        if name not in found.names and not (name in ADDED_COLUMNS and version < ADDED_COLUMNS[name][0])
+    ]
+    if missing:
+        problems.append(f"no column {', '.join(missing)}")
+    for want in SCHEMA:
+        where = found.get_all_field_indices(want.name)
+        if len(where) > 1:
+            problems.append(f"column {want.name} appears {len(where)} times")
+            continue
+        typ = found.field(where[0]).type if where else want.type
+        if typ != want.type and not (_is_text(want.type) and _is_text(typ)):
+            problems.append(
+                f"column {want.name} is {_type_name(typ)}, the format has {_type_name(want.type)}"
+            )
+    return problems
+
+
+def _type_name(typ: pa.DataType) -> str:
+    return "string" if _is_text(typ) else str(typ)
