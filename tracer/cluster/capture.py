@@ -37,6 +37,7 @@ from tracer.cluster.jobs import (
 from tracer.cluster.kubectl import Kubectl, KubectlError
 from tracer.errors import TracerError, UsageError
 from tracer.option_checks import seconds
+from tracer.safe_output import output_dir
 
 CAPTURES = "/captures"
 
@@ -99,6 +100,8 @@ def run_cluster_capture(
     out = Path(opts.output)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty: give a new directory")
+    # The caller's own directory, 0700 (tracer.safe_output), before any Job runs.
+    output_dir(out).close()
     kubectl = Kubectl(program=opts.kubectl, context=opts.context, namespace=opts.namespace)
     template = load_template(opts.templates)
     run_id = opts.run_id or secrets.token_hex(3)
@@ -115,7 +118,7 @@ def run_cluster_capture(
         pods = _wait_ready(kubectl, run_id, nodes, opts, sleep)
         progress(f"tracer: all {len(nodes)} captures attached; capturing for {opts.duration:g}s")
         sleep(opts.duration)
-        (out / "nodes").mkdir(parents=True, exist_ok=True)
+        output_dir(out / "nodes").close()
         for node in nodes:
             code = _wait_done(kubectl, pods[node], node, opts, sleep)
             path = _collect(kubectl, pods[node], node, out / "nodes")
@@ -232,6 +235,9 @@ def _collect(kubectl: Kubectl, pod: str, node: str, into: Path) -> Path:
                        if m.name == f"{node}.summary.json" or m.name.split("/", 1)[0] == node]
             for member in members:
                 _check_member(member, node)
+                # Packet headers: the node's modes do not travel (0600/0700,
+                # docs/capture-format.md), whatever the image's umask was.
+                member.mode = 0o700 if member.isdir() else 0o600
             # Checked by hand: Debian 12's Python 3.11.2 predates extractall(filter=).
             tar.extractall(into, members=members)
     except (tarfile.TarError, OSError) as exc:
