@@ -10,6 +10,7 @@ neither of them (nor on BCC or pandas at import time).
 - writer: parts written from a worker thread (CaptureWriter)."""
 
 from tracer.capfile.meta import META_FILE, read_meta, write_meta
+from tracer.capfile.parts import PartRange, parse_part_name
 from tracer.capfile.reader import Capture, load, part_files, read_table
 from tracer.capfile.schema import (
     ADDED_COLUMNS,
@@ -46,7 +47,9 @@ __all__ = [
     "SCHEMA",
     "Capture",
     "CaptureWriter",
+    "PartRange",
     "load",
+    "parse_part_name",
     "part_files",
     "prepare_directory",
     "read_meta",

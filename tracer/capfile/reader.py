@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer.capfile.meta import read_meta
-from tracer.capfile.schema import ADDED_COLUMNS, PART_GLOB, SCHEMA
+from tracer.capfile.parts import visible_parts
+from tracer.capfile.schema import ADDED_COLUMNS, SCHEMA
 from tracer.errors import CaptureFileError
 
 if TYPE_CHECKING:
@@ -32,7 +33,17 @@ class Capture:
 
 
 def part_files(path: Path) -> list[Path]:
-    return sorted(path.glob(PART_GLOB))
+    """The parts that hold the capture, in order, each row once
+    (tracer.capfile.parts: segments replace the parts they were merged from)."""
+    return visible_parts(path)
+
+
+# Small parts are gathered into one table (one chunk per column, dictionaries
+# unified) every this many rows or parts: reading then costs per row, not
+# per file (20,000 one-row parts as 20,000 chunks of 36 columns held ~1.3 GB
+# and took pandas seconds to convert).
+_GATHER_ROWS = 1 << 18
+_GATHER_PARTS = 512
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -40,25 +51,48 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     that names the part; the data itself is never modified."""
     path = Path(path)
     read_meta(path)
-    tables = []
+    tables: list[pa.Table] = []
+    pending: list[pa.Table] = []
+    rows = 0
     for part in part_files(path):
         try:
-            tables.append(_with_added_columns(_read_part(part, columns), columns))
+            table = _read_part(part, columns)
         except (OSError, pa.ArrowInvalid) as exc:
             raise CaptureFileError(
                 f"{part}: damaged or truncated capture part ({exc}); the other parts are intact"
             ) from exc
+        if pending and table.schema.names != pending[0].schema.names:
+            tables.append(_gather(pending, columns))
+            pending, rows = [], 0
+        pending.append(table)
+        rows += table.num_rows
+        if rows >= _GATHER_ROWS or len(pending) >= _GATHER_PARTS:
+            tables.append(_gather(pending, columns))
+            pending, rows = [], 0
+    if pending:
+        tables.append(_gather(pending, columns))
     if not tables:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         return schema.empty_table()
     return pa.concat_tables(tables, promote_options="default")
 
 
+def _gather(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:
+    """Parts with the same columns as one table (older parts' missing columns
+    added once for the lot)."""
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+    return _with_added_columns(table, columns)
+
+
 def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
-    if columns is not None and any(c in ADDED_COLUMNS for c in columns):
-        present = set(pq.read_schema(part).names)
-        columns = [c for c in columns if c in present or c not in ADDED_COLUMNS]
-    return pq.read_table(part, columns=columns)
+    # ParquetFile without pre-buffering or threads: ~0.5 ms a file against
+    # ~2 ms for pq.read_table (which builds a dataset for every file).
+    with open(part, "rb") as f:
+        parquet = pq.ParquetFile(f, pre_buffer=False)
+        if columns is not None and any(c in ADDED_COLUMNS for c in columns):
+            present = set(parquet.schema_arrow.names)
+            columns = [c for c in columns if c in present or c not in ADDED_COLUMNS]
+        return parquet.read(columns=columns, use_threads=False)
 
 
 def _with_added_columns(table: pa.Table, columns: list[str] | None) -> pa.Table:
