@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer.capfile.meta import META_FILE
+from tracer.capfile.parts import PartRange
+from tracer.capfile.rolling import PartRoller, RollPolicy
 from tracer.capfile.schema import SCHEMA
 from tracer.errors import CaptureFileError
 
@@ -64,15 +68,23 @@ class CaptureWriter:
     """Accepts Arrow tables (schema tracer.capfile.schema.SCHEMA) and writes
     Parquet parts from a worker thread: append() adds a table to the part
     being written (one row group each), end_part() completes it (renamed
-    into place, visible to readers), submit() is both at once."""
+    into place, visible to readers), submit() is both at once. Parts are
+    merged into segments and the oldest dropped as the policy says
+    (tracer.capfile.rolling); `parts` counts the parts completed, `files`
+    the files that hold them now, `dropped` what rotation removed."""
 
-    def __init__(self, path: Path, *, compression: str | None = None, max_pending: int = 8):
+    def __init__(self, path: Path, *, compression: str | None = None, max_pending: int = 8,
+                 policy: RollPolicy | None = None, clock: Callable[[], float] = time.monotonic):
         self.path = path
         self.options = dict(PARQUET_OPTIONS)
         if compression is not None:
             self.options["compression"] = compression
         self.parts = 0
         self.rows = 0
+        self.files = 0
+        self.full = False
+        self.dropped: dict[str, Any] = {}
+        self._roller = PartRoller(path, self.options, policy or RollPolicy(), clock)
         self.error: CaptureFileError | None = None
         # Bounded: if the disk cannot keep up, the consumer blocks here rather
         # than buffering without limit; the ring buffer then reports loss.
@@ -102,12 +114,15 @@ class CaptureWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
             if self.error is not None:
+                if item is _STOP:
+                    return
                 continue
             try:
-                if item is _END_PART:
+                if item is _STOP:
+                    self._roller.finish()  # compact: few files once the capture ends
+                    self._publish()
+                elif item is _END_PART:
                     self._finish_part()
                 else:
                     self._write(item)
@@ -116,6 +131,8 @@ class CaptureWriter:
                     f"writing {self.path}: {exc.strerror or exc}; "
                     f"{self.parts} parts ({self.rows} events) already written are intact"
                 )
+            if item is _STOP:
+                return
 
     def _write(self, table: pa.Table) -> None:
         table = table.cast(SCHEMA) if table.schema != SCHEMA else table
@@ -132,10 +149,20 @@ class CaptureWriter:
         writer, tmp, rows = self._open
         self._open = None
         writer.close()
-        os.replace(tmp, self.path / f"part-{self.parts:06d}.parquet")
+        os.replace(tmp, self.path / PartRange(self.parts, self.parts).name)
         with self._lock:
             self.parts += 1
             self.rows += rows
+        self._roller.added(self.parts - 1, rows)
+        self._publish()
+
+    def _publish(self) -> None:
+        """What the roller did, for the capture's thread (metadata, stopping)."""
+        with self._lock:
+            self.files = self._roller.files
+            self.full = self._roller.full
+            d = self._roller.dropped
+            self.dropped = d.to_dict() if d.files else {}
 
     def close(self) -> None:
         """Write everything submitted so far; raise if any part failed."""
