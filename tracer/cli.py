@@ -92,15 +92,28 @@ cli.add_command(_cluster_commands)
               help="Ring buffer size in MiB (a power of two).")
 @click.option("--summary-json", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the summary and counters as JSON.")
+@click.option("--max-size", metavar="SIZE",
+              help="Bound the capture's files (e.g. 2G): drop the oldest segments (counted), "
+                   "or stop with --on-full stop.")
+@click.option("--on-full", type=click.Choice(["drop-oldest", "stop"]), default="drop-oldest",
+              show_default=True, help="What --max-size does when reached.")
+@click.option("--keep", type=int, metavar="N", help="Keep only the newest N segments (rotation).")
+@click.option("--segment-size", default="64M", show_default=True, metavar="SIZE",
+              help="A segment (one file) stops growing at this size.")
+@click.option("--segment-seconds", type=float, default=3600, show_default=True, metavar="S",
+              help="... or when it spans this long.")
 # Fault injection for the tests of unmeasured NAT hook times (bpf/nat.bpf.h).
 @click.option("--fault-nat-entry-one-in", "fault_nat_entry_one_in", type=int, default=1, hidden=True)
 def capture_command(service: str, netns: str | None, node: str | None, output: Path | None,
                     force: bool, mode: str, duration: float | None, count: int | None,
                     quiet: bool, backend: str | None, probes: str, client: str | None,
                     endpoint: str | None, port: int | None, proto: str | None, ringbuf_mb: int,
-                    summary_json: Path | None, fault_nat_entry_one_in: int) -> None:
+                    summary_json: Path | None, max_size: str | None, on_full: str,
+                    keep: int | None, segment_size: str, segment_seconds: float,
+                    fault_nat_entry_one_in: int) -> None:
     """Trace every packet of one Service as this node handles it."""
     from tracer.capture.live import StatusLine
+    from tracer.capture.options import parse_size
     from tracer.capture.session import Callbacks, CaptureOptions, run_capture
 
     opts = CaptureOptions(
@@ -109,6 +122,9 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         probes=tuple(p.strip() for p in probes.split(",") if p.strip()), client=client,
         endpoint=endpoint, port=port, proto=proto, ringbuf_mb=ringbuf_mb,
         fault_nat_entry_one_in=fault_nat_entry_one_in, summary_json=summary_json,
+        max_size=None if max_size is None else parse_size(max_size, "--max-size"),
+        on_full=on_full, keep=keep, segment_size=parse_size(segment_size, "--segment-size"),
+        segment_seconds=segment_seconds,
     )
     status = StatusLine(lambda text, nl: click.echo(text, err=True, nl=nl), sys.stderr.isatty())
     callbacks = Callbacks(line=click.echo, status=status.status, notice=status.notice,

@@ -160,6 +160,11 @@ class OutputDir:
             raise CaptureFileError(f"{self.path / name}: exists: refusing to overwrite it") from None
         return os.fdopen(fd, mode)
 
+    def open_read(self, name: str) -> IO[Any]:
+        """A file of this directory for reading, never through a symlink."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        return os.fdopen(fd, "rb")
+
     def check_replaceable(self, name: str) -> None:
         """A file target may be replaced only if it is absent or a regular file."""
         st = self.lstat(name)

@@ -35,7 +35,12 @@ import pyarrow as pa
 
 from tracer.analysis.addresses import ints_to_strings, ip_to_int
 from tracer.capfile import COLUMN_NAMES, COLUMNS, SCHEMA, CaptureWriter, prepare_directory, write_meta
+from tracer.capfile.rolling import RollPolicy
 from tracer.histograms import log2_buckets_of
+
+# A writer policy under which every part stands as a segment of its own, for
+# tests that need a capture of many parts (segments of at most one byte).
+KEEP_EVERY_PART = RollPolicy(segment_bytes=1)
 
 NODE_A, NODE_B = "lab-node-a", "lab-node-b"
 NODE_A_IP, NODE_B_IP = "192.168.64.57", "192.168.64.58"
@@ -129,12 +134,13 @@ class Simulation:
     def nodes(self) -> list[str]:
         return list(self.events)
 
-    def write(self, root: Path, *, part_seconds: float = 1.0) -> dict[str, Path]:
+    def write(self, root: Path, *, part_seconds: float = 1.0,
+              policy: RollPolicy | None = None) -> dict[str, Path]:
         """One capture directory per node under root; returns node -> path."""
         out = {}
         for node, frame in self.events.items():
             path = Path(root) / node
-            write_capture(path, frame, self.metas[node], part_seconds=part_seconds)
+            write_capture(path, frame, self.metas[node], part_seconds=part_seconds, policy=policy)
             out[node] = path
         return out
 
@@ -707,10 +713,12 @@ def node_meta(sc: Scenario, node: str, f: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_capture(
-    path: Path, frame: pd.DataFrame, meta: dict[str, Any], *, part_seconds: float = 1.0
+    path: Path, frame: pd.DataFrame, meta: dict[str, Any], *, part_seconds: float = 1.0,
+    policy: RollPolicy | None = None,
 ) -> Path:
     """Write frame (capture columns; extra columns ignored) as a capture directory
-    through the capture engine's own writer."""
+    through the capture engine's own writer: one part per part_seconds of
+    events, which the writer's policy merges (KEEP_EVERY_PART: none)."""
     path = Path(path)
     prepare_directory(path)
     columns = frame[list(COLUMN_NAMES)]
@@ -718,7 +726,7 @@ def write_capture(
     table = pa.table(
         [table.column(n).cast(SCHEMA.field(n).type) for n in COLUMN_NAMES], schema=SCHEMA
     )
-    writer = CaptureWriter(path)
+    writer = CaptureWriter(path, policy=policy)
     ts = frame["ts_ns"].to_numpy()
     if len(ts):
         part = ((ts - ts.min()) // int(part_seconds * 1e9)).astype(np.int64)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.analysis.synthetic import Scenario, simulate
+from tests.analysis.synthetic import KEEP_EVERY_PART, Scenario, simulate
 from tracer.capfile import META_FILE, part_files
 from tracer.cli import main
 
@@ -32,7 +32,7 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two nodes' captures of a few parts each (20 ms of events a part)."""
     sim = simulate(Scenario(connections=30, seed=4))
-    paths = sim.write(tmp_path_factory.mktemp("parts"), part_seconds=0.02)
+    paths = sim.write(tmp_path_factory.mktemp("parts"), part_seconds=0.02, policy=KEEP_EVERY_PART)
     assert all(len(part_files(p)) >= 3 for p in paths.values())
     return paths
 

@@ -255,26 +255,86 @@ def _as_packets(
     return assemble(load_events(paths))
 
 
+# Events per batch: headers, comments and blocks are built for this many
+# events at a time (~2 KB each while built), so memory stays flat however
+# many events the capture holds; the batches' bytes follow each other as
+# one pass over all events would write them.
+EXPORT_BATCH = 16384
+
+
+def _sort_order(ev: pd.DataFrame) -> np.ndarray:
+    """Positions of the events in (t, packet, hop) order, stable (as
+    DataFrame.sort_values(kind="stable")): the order they are written in,
+    without copying the frame."""
+    return np.lexsort([ev[c].to_numpy() for c in ("hop", "packet", "t")])
+
+
+def _interface_keys(ev: pd.DataFrame) -> list[str]:
+    return [f"{n}\0{ns}\0{i}" for n, ns, i in zip(
+        ev["node"].astype(str), ev["netns"].astype(str), ev["ifname"].astype(str), strict=True)]
+
+
+class _Interfaces:
+    """One Interface Description Block per (node, netns, interface), numbered
+    by first appearance in written order. Found a batch at a time, so memory
+    follows the interfaces, not the events."""
+
+    def __init__(self, ev: pd.DataFrame, order: np.ndarray):
+        self.codes: dict[str, int] = {}
+        self.first: list[int] = []  # row of ev where each interface first appears
+        for a in range(0, len(order), EXPORT_BATCH):
+            rows = order[a : a + EXPORT_BATCH]
+            for row, key in zip(rows, _interface_keys(ev.iloc[rows]), strict=True):
+                if key not in self.codes:
+                    self.codes[key] = len(self.codes)
+                    self.first.append(int(row))
+
+    def names(self) -> list[tuple[str, str, str]]:
+        return [tuple(key.split("\0")) for key in self.codes]  # type: ignore[misc]
+
+    def codes_of(self, batch: pd.DataFrame) -> list[int]:
+        return [self.codes[key] for key in _interface_keys(batch)]
+
+
+def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str) -> bytes:
+    """The Enhanced Packet Blocks of a batch of events (in written order)."""
+    hdr, hlen = headers(ev)
+    notes = comments(ev)
+    length = ev["len"].to_numpy().astype(np.int64)
+    t = ev["t"].to_numpy().astype(np.int64)
+    chunks = []
+    for i in range(len(ev)):
+        captured = int(hlen[i])
+        data = hdr[i, :captured].tobytes()
+        orig = max(int(length[i]), captured)
+        if payload == "zeros":
+            data += b"\0" * (orig - captured)
+            captured = orig
+        ts = int(t[i])
+        body = (
+            struct.pack("<IIIII", iface_codes[i], (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
+                        captured, orig)
+            + data
+            + b"\0" * ((-len(data)) % 4)
+            + _option(_OPT_COMMENT, notes[i].encode())
+            + _option(_OPT_END, b"")
+        )
+        chunks.append(_block(_EPB, body))
+    return b"".join(chunks)
+
+
 def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int:
-    """Write one pcapng packet per event; returns the number of packets written."""
+    """Write one pcapng packet per event; returns the number of packets written.
+    Streams: EXPORT_BATCH events are turned into packets at a time."""
     if payload not in ("omit", "zeros"):
         raise ValueError("payload must be 'omit' or 'zeros'")
     refuse_overlap(out_path, source if isinstance(source, list | tuple) else [source])
     packets = _as_packets(source)
-    ev = packets.events.sort_values(["t", "packet", "hop"], kind="stable").reset_index(drop=True)
-    hdr, hlen = headers(ev)
-    notes = comments(ev)
-    iface_keys = pd.MultiIndex.from_arrays(
-        [ev["node"].astype(str), ev["netns"].astype(str), ev["ifname"].astype(str)]
-    )
-    iface_codes, iface_uniques = pd.factorize(iface_keys)
+    ev = packets.events
+    order = _sort_order(ev)
+    interfaces = _Interfaces(ev, order)
     ino = ev["netns_ino"].to_numpy()
     ifindex = ev["ifindex"].to_numpy()
-    first_of_iface = (
-        pd.Series(np.arange(len(ev))).groupby(iface_codes).first().to_numpy() if len(ev) else []
-    )
-    length = ev["len"].to_numpy().astype(np.int64)
-    t = ev["t"].to_numpy().astype(np.int64)
     comment = (
         "Synthesized by tracer from eBPF events: IPv4 and TCP/UDP headers rebuilt from captured "
         "fields (TCP window and options, DF and TOS not captured: window 65535, no options, 0); "
@@ -284,8 +344,7 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     try:
         with replacing(out_path) as f:  # 0600, complete or not at all (tracer.safe_output)
             f.write(section_header(comment))
-            for code, (node, netns, ifname) in enumerate(iface_uniques):
-                i = first_of_iface[code]
+            for i, (node, netns, ifname) in zip(interfaces.first, interfaces.names(), strict=True):
                 name = f"{node}/{netns or ino[i]}/{ifname}"
                 f.write(
                     interface_description(
@@ -294,34 +353,9 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
                         f"{ifname} ifindex {ifindex[i]}",
                     )
                 )
-            chunks = []
-            for i in range(len(ev)):
-                captured = int(hlen[i])
-                data = hdr[i, :captured].tobytes()
-                orig = max(int(length[i]), captured)
-                if payload == "zeros":
-                    data += b"\0" * (orig - captured)
-                    captured = orig
-                ts = int(t[i])
-                body = (
-                    struct.pack(
-                        "<IIIII",
-                        int(iface_codes[i]),
-                        (ts >> 32) & 0xFFFFFFFF,
-                        ts & 0xFFFFFFFF,
-                        captured,
-                        orig,
-                    )
-                    + data
-                    + b"\0" * ((-len(data)) % 4)
-                    + _option(_OPT_COMMENT, notes[i].encode())
-                    + _option(_OPT_END, b"")
-                )
-                chunks.append(_block(_EPB, body))
-                if len(chunks) >= 65536:
-                    f.write(b"".join(chunks))
-                    chunks.clear()
-            f.write(b"".join(chunks))
+            for a in range(0, len(order), EXPORT_BATCH):
+                batch = ev.iloc[order[a : a + EXPORT_BATCH]].reset_index(drop=True)
+                f.write(_packet_blocks(batch, interfaces.codes_of(batch), payload))
     except OSError as exc:
         raise CaptureFileError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    return len(ev)
+    return len(order)

@@ -12,6 +12,7 @@ neither of them (nor on BCC or pandas at import time).
 - writer: parts written from a worker thread (CaptureWriter)."""
 
 from tracer.capfile.meta import META_FILE, read_meta, write_meta
+from tracer.capfile.parts import PartRange, parse_part_name
 from tracer.capfile.reader import Capture, load, part_files, read_table
 from tracer.capfile.schema import (
     ADDED_COLUMNS,
@@ -53,8 +54,10 @@ __all__ = [
     "SCHEMA",
     "Capture",
     "CaptureWriter",
+    "PartRange",
     "is_capture_file",
     "load",
+    "parse_part_name",
     "part_files",
     "prepare_directory",
     "read_meta",

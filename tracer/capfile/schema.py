@@ -6,6 +6,8 @@ A capture is a directory:
 
     <capture>/part-000000.parquet   one file per ~second of capture, each complete
     <capture>/part-000001.parquet   (written under a dot-name, then renamed)
+    <capture>/part-000002-000061.parquet  a segment: parts 2..61 merged
+                                    (tracer.capfile.rolling; names: parts.py)
     <capture>/_tracer_meta.json     metadata, rewritten atomically every second
                                     (tracer.capfile.meta)
 

@@ -9,6 +9,8 @@ import contextlib
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer.capfile.meta import META_FILE
+from tracer.capfile.parts import PartRange
+from tracer.capfile.rolling import PartRoller, RollPolicy
 from tracer.capfile.schema import SCHEMA
 from tracer.errors import CaptureFileError
 from tracer.safe_output import OutputDir, output_dir
@@ -47,7 +51,7 @@ def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
             raise CaptureFileError(f"cannot write capture to {path}: {exc.strerror}") from exc
 
 
-# Parquet settings, chosen by measurement on this project's 2-core machines
+# Parquet settings, chosen by measurement on a 2-core x86-64 machine
 # (bench/, docs/benchmarks.md). Dictionary encoding only for the columns
 # that are dictionaries already (Arrow hands their indices over as they
 # are); for the numeric columns Parquet would hash every value to build a
@@ -66,10 +70,14 @@ class CaptureWriter:
     """Accepts Arrow tables (schema tracer.capfile.schema.SCHEMA) and writes
     Parquet parts from a worker thread: append() adds a table to the part
     being written (one row group each), end_part() completes it (renamed
-    into place, visible to readers), submit() is both at once."""
+    into place, visible to readers), submit() is both at once. Parts are
+    merged into segments and the oldest dropped as the policy says
+    (tracer.capfile.rolling); `parts` counts the parts completed, `files`
+    the files that hold them now, `dropped` what rotation removed."""
 
     def __init__(self, path: Path | OutputDir, *, compression: str | None = None,
-                 max_pending: int = 8):
+                 max_pending: int = 8, policy: RollPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         # Parts are created and renamed relative to the checked directory's
         # descriptor (tracer.safe_output), never by a path someone could swap.
         self._owns_dir = not isinstance(path, OutputDir)
@@ -80,6 +88,10 @@ class CaptureWriter:
             self.options["compression"] = compression
         self.parts = 0
         self.rows = 0
+        self.files = 0
+        self.full = False
+        self.dropped: dict[str, Any] = {}
+        self._roller = PartRoller(self._dir, self.options, policy or RollPolicy(), clock)
         self.error: CaptureFileError | None = None
         # Bounded: if the disk cannot keep up, the consumer blocks here rather
         # than buffering without limit; the ring buffer then reports loss.
@@ -110,12 +122,15 @@ class CaptureWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
             if self.error is not None:
+                if item is _STOP:
+                    return
                 continue
             try:
-                if item is _END_PART:
+                if item is _STOP:
+                    self._roller.finish()  # compact: few files once the capture ends
+                    self._publish()
+                elif item is _END_PART:
                     self._finish_part()
                 else:
                     self._write(item)
@@ -125,6 +140,8 @@ class CaptureWriter:
                     f"writing {self.path}: {reason}; "
                     f"{self.parts} parts ({self.rows} events) already written are intact"
                 )
+            if item is _STOP:
+                return
 
     def _write(self, table: pa.Table) -> None:
         table = table.cast(SCHEMA) if table.schema != SCHEMA else table
@@ -145,10 +162,20 @@ class CaptureWriter:
             writer.close()
         finally:
             f.close()
-        self._dir.rename(tmp, f"part-{self.parts:06d}.parquet")
+        self._dir.rename(tmp, PartRange(self.parts, self.parts).name)
         with self._lock:
             self.parts += 1
             self.rows += rows
+        self._roller.added(self.parts - 1, rows)
+        self._publish()
+
+    def _publish(self) -> None:
+        """What the roller did, for the capture's thread (metadata, stopping)."""
+        with self._lock:
+            self.files = self._roller.files
+            self.full = self._roller.full
+            d = self._roller.dropped
+            self.dropped = d.to_dict() if d.files else {}
 
     def close(self) -> None:
         """Write everything submitted so far; raise if any part failed."""

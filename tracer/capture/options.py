@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.capfile import PROTO_NUMBERS
+from tracer.capfile.rolling import ON_FULL, RollPolicy
 from tracer.capture.abi import POINTS
 from tracer.capture.backends import parse_backend_option
 from tracer.errors import UsageError
@@ -37,6 +39,17 @@ class CaptureOptions:
     # Where the CLI writes the summary document after the capture; the
     # session checks it can before attaching anything (writable_summary).
     summary_json: Path | None = None
+    # Long captures (tracer.capfile.rolling): bytes, or None for no bound.
+    max_size: int | None = None
+    on_full: str = "drop-oldest"
+    keep: int | None = None
+    segment_size: int = RollPolicy.segment_bytes
+    segment_seconds: float = RollPolicy.segment_seconds
+
+    @property
+    def roll_policy(self) -> RollPolicy:
+        return RollPolicy(segment_bytes=self.segment_size, segment_seconds=self.segment_seconds,
+                          keep=self.keep, max_bytes=self.max_size, on_full=self.on_full)
 
     @property
     def points(self) -> tuple[str, ...]:
@@ -49,6 +62,30 @@ class CaptureOptions:
         given = (("client", self.client), ("endpoint", self.endpoint), ("port", self.port),
                  ("proto", self.proto))
         return {k: v for k, v in given if v is not None}
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str, option: str) -> int:
+    """'500M', '2G', '1.5GiB', '4096' -> bytes (powers of 1024)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"{option}: {text!r} is not a size (e.g. 500M, 2G)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def _validate_rolling(opts: CaptureOptions) -> None:
+    if opts.max_size is not None and opts.max_size < 1 << 20:
+        raise UsageError("--max-size must be at least 1M")
+    if opts.on_full not in ON_FULL:
+        raise UsageError(f"--on-full must be one of {', '.join(ON_FULL)}")
+    if opts.keep is not None and opts.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    if opts.segment_size < 1 << 20:
+        raise UsageError("--segment-size must be at least 1M")
+    if not opts.segment_seconds >= 1:  # also NaN
+        raise UsageError("--segment-seconds must be at least 1")
 
 
 def validate_options(opts: CaptureOptions) -> None:
@@ -82,4 +119,5 @@ def validate_options(opts: CaptureOptions) -> None:
         raise UsageError("--ringbuf-mb must be a power of two between 1 and 1024")
     if opts.fault_nat_entry_one_in < 1:
         raise UsageError("--fault-nat-entry-one-in must be at least 1")
+    _validate_rolling(opts)
     parse_backend_option(opts.backend)

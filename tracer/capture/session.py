@@ -37,7 +37,7 @@ from tracer.capture.ringbuf import RingBufferReader
 from tracer.capture.service_filter import ServiceKeyMap, service_keys
 from tracer.capture.sink import BATCH_EVENTS, EventSink
 from tracer.capture.stopper import Stopper
-from tracer.capture.summary import CaptureSummary, render_summary
+from tracer.capture.summary import CaptureSummary, dropped_line, render_summary
 from tracer.errors import UsageError
 from tracer.kube.resolved import ResolvedService
 from tracer.kube.rules_source import find_service, read_kube_proxy_rules
@@ -62,7 +62,8 @@ class CaptureResult:
         return {"summary": self.summary.to_dict(), "stats": self.stats,
                 "backends": self.meta.get("backends"), "node": self.meta.get("node"),
                 "startup": self.meta.get("startup"),
-                "histograms": self.meta.get("histograms")}
+                "histograms": self.meta.get("histograms"),
+                "dropped": self.meta.get("dropped", {})}
 
     def write_summary_json(self, path: Path) -> None:
         write_text(path, json.dumps(self.summary_document(), indent=1, default=str))
@@ -149,7 +150,7 @@ class CaptureSession:
         clock = metadata.clock_offset()
         decoder = EventDecoder(node, clock[0], self.scope.namespaces, drop_reason_names(btf))
         printer = None if o.quiet else RateLimitedPrinter(self.cb.line, o.max_lines_per_s)
-        writer = CaptureWriter(o.output) if o.output is not None else None
+        writer = CaptureWriter(o.output, policy=o.roll_policy) if o.output is not None else None
         self.sink = EventSink(decoder, writer, printer, o.count)
         if o.mode == "events":
             self.reader = RingBufferReader(self.prog.table("events").map_fd,
@@ -209,6 +210,8 @@ class CaptureSession:
             ended_ns=time.monotonic_ns(),
             ended_by=self.stop_reason,
             parts=writer.parts if writer else 0,
+            files=writer.files if writer else 0,
+            dropped=writer.dropped if writer else {},
             complete=complete,
         )
 
@@ -237,6 +240,9 @@ class CaptureSession:
             return stopper.reason
         if deadline is not None and now >= deadline:
             return f"--duration {self.opts.duration:g}s"
+        writer = self.sink.writer if self.sink is not None else None
+        if writer is not None and writer.full:
+            return f"--max-size {self.opts.max_size} bytes reached (--on-full stop)"
         return ""
 
     def run(self, stopper: Stopper) -> None:
@@ -330,6 +336,10 @@ class CaptureSession:
             title += f", written to {self.opts.output}"
         text = render_summary(summary, title=title, stats=stats, kernel_histograms=hists,
                               show_kernel_histograms=self.opts.mode == "hist")
+        dropped = self.sink.writer.dropped if self.sink.writer is not None else {}
+        if dropped:
+            meta["dropped"] = dropped
+            text += "\n" + dropped_line(dropped)
         return CaptureResult(summary, stats, meta, text, self.opts.output)
 
     def close(self) -> None:

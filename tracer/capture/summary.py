@@ -188,3 +188,10 @@ def render_summary(
             lines.append(f"\n  NAT hook {h['hook']}, {kind}: in-kernel histogram")
             lines.append(format_buckets(fill_bucket_gaps(h["buckets"]), "nsecs"))
     return "\n".join(lines)
+
+
+def dropped_line(dropped: dict[str, Any]) -> str:
+    """The summary's line for what --keep / --max-size removed (metadata "dropped")."""
+    return (f"dropped by {' and '.join(dropped['reasons'])}: {dropped['events']} events in "
+            f"{dropped['files']} oldest file(s), {dropped['bytes']} bytes "
+            f"(parts {dropped['first_part']}-{dropped['last_part']}); the rest is intact")
