@@ -6,23 +6,21 @@ was dropped. Needs the lab: run by the lead, not in the fast tests."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
 
 from tests.capture.lab_capture import capture
 from tracer.capfile import load, part_files, read_meta
+from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODE_A = "192.168.64.57"
-
 
 def _requests(n: int) -> None:
-    for _ in range(n):
-        subprocess.run(["ip", "netns", "exec", "lab-client", "curl", "-s", "-m", "0.5",
-                        f"http://{NODE_A}:8088/"], capture_output=True)
+    """n requests on new connections to the external IP, from the lab client."""
+    result = run_traffic(requests=n, concurrency=4, target="external-ip")
+    assert result.ok == n, result
 
 
 def test_rotation_drops_counts_and_compacts(lab_state, tmp_path):
@@ -51,7 +49,7 @@ def test_max_size_stop_ends_the_capture(lab_state, tmp_path):
     with capture(args, out, ready_timeout=60) as run:
         deadline = time.monotonic() + 120
         while run.proc.poll() is None and time.monotonic() < deadline:
-            _requests(50)
+            _requests(500)
     assert run.returncode == 0
     assert "ended by --max-size" in run.stdout
     assert read_meta(out)["ended_by"].startswith("--max-size")

@@ -36,7 +36,11 @@ def is_capture_file(name: str) -> bool:
 def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
     """Create the capture directory (0700), or accept an existing one of the
     caller's (tracer.safe_output), or fail in one line before any probe is attached."""
-    with output_dir(path) as out:
+    try:
+        out = output_dir(path)
+    except CaptureFileError as exc:
+        raise CaptureFileError(f"cannot write capture to {path}: {exc}") from None
+    with out:
         try:
             entries = out.names()
             if entries and not overwrite:
