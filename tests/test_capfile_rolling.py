@@ -167,6 +167,18 @@ def test_keep_drops_the_oldest_segments_and_counts_them(tmp_path, rows):
     assert d.bytes > 0 and d.files >= 1
 
 
+def test_segments_shorter_than_the_merge_cadence_are_cut_by_time(tmp_path, rows):
+    # --segment-seconds 2 --keep 2 with the default merge cadence (60 parts):
+    # a segment every ~2 s, so 12 s keep only the newest few seconds.
+    path, clock = _capture_dir(tmp_path), Clock()
+    roller = PartRoller(path, PARQUET_OPTIONS, RollPolicy(segment_seconds=2, keep=2), clock)
+    _run_seconds(roller, rows, clock, 12)
+    d = roller.dropped
+    assert d.reasons == ["--keep 2"] and d.events > 0
+    assert len(roller.segments) == 2
+    assert d.events + len(_ts(path)) == 36 and _ts(path) == list(range(d.events, 36))
+
+
 @pytest.mark.parametrize("on_full", ["drop-oldest", "stop"])
 def test_max_size_bounds_the_parts(tmp_path, rows, on_full):
     path, clock = _capture_dir(tmp_path), Clock()

@@ -151,8 +151,12 @@ class PartRoller:
         """Small part `number` is in place."""
         r = PartRange(number, number)
         self.small.append(PartFile(r, rows, _size(self.directory, r.name), self.clock()))
+        # A segment is due when the small parts are many, big, or span the
+        # segment's time (--segment-seconds shorter than merge_every seconds
+        # must still cut segments that often, or --keep would never apply).
         if (len(self.small) >= self.policy.merge_every
-                or sum(p.bytes for p in self.small) >= self.policy.segment_bytes):
+                or sum(p.bytes for p in self.small) >= self.policy.segment_bytes
+                or self.clock() - self.small[0].started >= self.policy.segment_seconds):
             self.roll()
         self.enforce()
 
