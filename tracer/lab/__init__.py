@@ -13,7 +13,9 @@ Modules, one job each:
     build       make a whole lab from a plan: namespaces, LAN, pods, daemons, rules
     reconcile   can the running infrastructure stay; make pods, rules, tunnels match
     teardown    stop the lab's processes, delete its namespaces and run dir
-    controller  up / down / exec (serialised by a lock file)
+    controller  up / down / exec / fault add|clear (serialised by a lock file)
+    faults      the record of injected faults: add, list, clear
+    fault_kinds one small definition per fault kind (policy-drop, route-withdrawn)
     status      what runs: nodes, pods, BGP sessions and routes, services
     access_log  read the pods' nginx access logs
     traffic     real HTTP load from the client (or a pod), with exact counts

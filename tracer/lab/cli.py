@@ -94,6 +94,42 @@ def status_command(ctx: click.Context, as_json: bool) -> int:
     return 0 if st.up and st.healthy else 1
 
 
+@lab.group("fault")
+def fault_commands() -> None:
+    """Break the lab the way real clusters break (tracer/lab/fault_kinds.py)."""
+
+
+@fault_commands.command("add")
+@click.argument("kind")
+@click.option("--node", default=None, help="Node to break (a, b, node-a, ...).")
+@click.option("--pod", default=None, help="Pod to break (faults that act on one pod).")
+def fault_add_command(kind: str, node: str | None, pod: str | None) -> None:
+    """Inject fault KIND (tracer lab fault list shows the kinds)."""
+    from tracer.lab import controller
+
+    fault = controller.add_fault(kind, node=node, pod=pod)
+    click.echo(f"fault added: {fault.describe()}")
+
+
+@fault_commands.command("list")
+def fault_list_command() -> None:
+    """The fault kinds, and the faults in effect."""
+    from tracer.lab import controller
+
+    for line in controller.fault_lines():
+        click.echo(line)
+
+
+@fault_commands.command("clear")
+@click.argument("kind", required=False)
+def fault_clear_command(kind: str | None) -> None:
+    """Take back every fault, or those of KIND."""
+    from tracer.lab import controller
+
+    cleared = controller.clear_faults(kind)
+    click.echo("\n".join(f"fault cleared: {f.describe()}" for f in cleared) or "no fault to clear")
+
+
 @lab.command(
     "exec",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

@@ -86,6 +86,8 @@ class LabStatus:
     services: tuple[ServiceStatus, ...]
     problems: tuple[str, ...]
     encap: str = "none"  # Calico's encapsulation between the nodes
+    # Faults injected with `tracer lab fault add` (kind, node, pod, in effect).
+    faults: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,7 +194,15 @@ def _collect(state: LabState) -> LabStatus:
         up=True, healthy=not problems, run_dir=state.run_dir, manifest=state.manifest,
         replicas=state.replicas, client=client, tor=tor, nodes=nodes, pods=pods,
         services=services, problems=tuple(problems), encap=state.encap,
+        faults=_faults(state),
     )
+
+
+def _faults(state: LabState) -> tuple[dict, ...]:
+    from tracer.lab import faults
+
+    return tuple({"kind": f.kind, "node": f.node, "pod": f.pod, "in_effect": live}
+                 for f, live in faults.status(state))
 
 
 def _encap_text(mode: str) -> str:
@@ -246,6 +256,10 @@ def format_status(st: LabStatus) -> str:
         eps = sum(len(p["endpoints"]) for p in s.ports)
         lines.append(f"  {s.namespace}/{s.name:<16} {s.type:<10} {' '.join(a for a in addrs if a)}"
                      f"  ({eps} endpoints)")
+    if st.faults:
+        lines += ["", "faults injected (tracer lab fault):"]
+        lines += [f"  {f['kind']} on {f['node']}" + (f", pod {f['pod']}" if f["pod"] else "")
+                  + ("" if f["in_effect"] else "  (no longer in effect)") for f in st.faults]
     if st.problems:
         lines += ["", "problems:"] + [f"  {p}" for p in st.problems]
     return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Faults injected into the lab (tracer/lab/faults.py, fault_kinds.py) are
+real: the client sees the failures, and the kernel's own counters say where
+the packets went. Each test clears what it added, and checks that clearing
+brings the Service back."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.capture.lab_capture import sep_counters, sh
+from tracer.cli import main
+from tracer.lab import bird, controller, faults
+from tracer.lab.traffic import run_traffic
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+REQUESTS = 24
+
+
+@pytest.fixture
+def faulty_lab(lab_state) -> Iterator:
+    """The lab, with every fault cleared afterwards, however the test ended."""
+    yield lab_state
+    controller.clear_faults()
+    assert faults.active(lab_state) == []
+
+
+def _dnat_to(netns: str, pod_ip: str, before: dict[str, int]) -> int:
+    """New connections DNATed to pod_ip on netns since `before` (KUBE-SEP counters)."""
+    after = sep_counters(netns)
+    chains = {line.split()[1] for line in sh(netns, "iptables-save", "-t", "nat").splitlines()
+              if line.startswith("-A KUBE-SEP-") and f"--to-destination {pod_ip}:" in line}
+    return sum(after[c] - before.get(c, 0) for c in chains if c in after)
+
+
+def _traffic():
+    return run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
+
+
+def _drop_counter(netns: str, chain: str) -> int:
+    for line in sh(netns, "iptables-save", "-c", "-t", "filter").splitlines():
+        m = re.match(rf"^\[(\d+):\d+\] -A {re.escape(chain)} .*-j DROP", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no DROP rule in {chain}")
+
+
+def test_policy_drop_silences_one_endpoint_until_cleared(faulty_lab, capsys):
+    state = faulty_lab
+    victim = state.pods_on(state.nodes[-1].name)[0]
+    before = sep_counters("lab-node-a")
+    assert main_exit(["lab", "fault", "add", "policy-drop"]) == 0
+    fault = faults.active(state)[0]
+    assert (fault.kind, fault.node, fault.pod) == ("policy-drop", victim.node, victim.name)
+    result = _traffic()
+    to_victim = _dnat_to("lab-node-a", victim.ip, before)
+    # Every connection DNATed to the victim failed, and only those.
+    assert result.failed == to_victim > 0 and result.ok == REQUESTS - to_victim
+    assert victim.name not in result.served_by_pod or result.served_by_pod[victim.name] == 0
+    # The Felix-shaped DROP rule on the victim's node counted their SYNs.
+    assert _drop_counter(state.node(victim.node).netns, fault.detail["chain"]) >= to_victim
+    capsys.readouterr()
+    assert main_exit(["lab", "status", "--json"]) in (0, 1)
+    status = json.loads(capsys.readouterr().out)
+    assert status["faults"] == [{"kind": "policy-drop", "node": victim.node, "pod": victim.name,
+                                 "in_effect": True}]
+    assert main_exit(["lab", "fault", "clear", "policy-drop"]) == 0
+    assert "cali-FORWARD" not in sh(state.node(victim.node).netns, "iptables-save", "-t", "filter")
+    healthy = _traffic()
+    assert healthy.ok == REQUESTS and healthy.failed == 0
+
+
+def test_route_withdrawn_takes_a_pod_block_away_until_cleared(faulty_lab):
+    state = faulty_lab
+    node_b = state.nodes[-1]
+    remote = state.pods_on(node_b.name)[0]
+    assert any(dst == node_b.pod_cidr for dst, _ in bird.installed("lab-node-a"))
+    before = sep_counters("lab-node-a")
+    fault = controller.add_fault("route-withdrawn")
+    assert (fault.kind, fault.node) == ("route-withdrawn", node_b.name)
+    # node A learnt node B's block from the ToR; now it is gone (BIRD's own table).
+    assert not any(dst == node_b.pod_cidr for dst, _ in bird.installed("lab-node-a"))
+    result = _traffic()
+    to_remote = _dnat_to("lab-node-a", remote.ip, before)
+    assert result.failed == to_remote > 0 and result.ok == REQUESTS - to_remote
+    assert [live for _, live in faults.status(state)] == [True]
+    controller.clear_faults("route-withdrawn")
+    assert any(dst == node_b.pod_cidr for dst, _ in bird.installed("lab-node-a"))
+    healthy = _traffic()
+    assert healthy.ok == REQUESTS and healthy.failed == 0
+
+
+def test_fault_errors_are_one_line(faulty_lab, capsys):
+    for argv, code, text in [
+        (["lab", "fault", "add", "no-such-fault"], 2, "no fault 'no-such-fault'"),
+        (["lab", "fault", "add", "policy-drop", "--pod", "nope"], 2, "no lab pod 'nope'"),
+        (["lab", "fault", "add", "policy-drop", "--node", "z"], 2, "no lab node 'z'"),
+        (["lab", "fault", "clear", "no-such-fault"], 2, "no fault 'no-such-fault'"),
+    ]:
+        capsys.readouterr()
+        assert main_exit(argv) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and text in err[0], err
+    assert faults.active(faulty_lab) == []
+
+
+def main_exit(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return int(exc.value.code or 0)

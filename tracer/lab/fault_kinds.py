@@ -1,0 +1,164 @@
+"""The fault kinds the lab can inject (tracer/lab/faults.py), one small
+definition each. Another fault of these families (filtering, routing, NAT,
+conntrack, neighbour) is one more FaultKind here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from typing import Any
+
+from tracer.errors import LabError, UsageError
+from tracer.lab import bird
+from tracer.lab.faults import Fault, FaultKind
+from tracer.lab.state import LabState, Pod
+from tracer.system import run
+
+# --- policy-drop: a NetworkPolicy deny, as Calico's Felix programs it ---------
+#
+# Felix hooks the filter table's FORWARD chain with one rule jumping to
+# cali-FORWARD, dispatches traffic towards a workload by its cali* interface
+# (cali-to-wl-dispatch) to a per-workload chain cali-tw-<iface>, and ends that
+# chain with a DROP when no policy accepted the packet. Every rule carries a
+# "cali:<hash>" comment. Only the chains on the path to the one pod exist here.
+FELIX_FORWARD = "cali-FORWARD"
+FELIX_DISPATCH = "cali-to-wl-dispatch"
+
+
+def _cali_comment(*parts: str) -> str:
+    """A Felix-style rule id: 16 characters of a hash of what the rule is."""
+    digest = hashlib.sha224("\0".join(parts).encode()).digest()
+    return "cali:" + base64.urlsafe_b64encode(digest).decode()[:16]
+
+
+def _workload_chain(pod: Pod) -> str:
+    return f"cali-tw-{pod.veth}"
+
+
+def _forward_jump(node_netns: str) -> list[str]:
+    return ["-m", "comment", "--comment", _cali_comment(node_netns, "FORWARD"), "-j", FELIX_FORWARD]
+
+
+def _policy_drop_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
+    assert pod is not None
+    netns = state.node(node).netns
+    tw = _workload_chain(pod)
+    rules = "\n".join([
+        "*filter",
+        f":{FELIX_FORWARD} - [0:0]",
+        f":{FELIX_DISPATCH} - [0:0]",
+        f":{tw} - [0:0]",
+        f"-A {FELIX_FORWARD} -o cali+ -m comment --comment "
+        f"\"{_cali_comment(tw, 'to-wl')}\" -j {FELIX_DISPATCH}",
+        f"-A {FELIX_DISPATCH} -o {pod.veth} -m comment --comment "
+        f"\"{_cali_comment(tw, 'dispatch')}\" -g {tw}",
+        f"-A {tw} -m comment --comment \"{_cali_comment(tw, 'drop')}\" "
+        "-m comment --comment \"Drop if no policies passed packet\" -j DROP",
+        f"-I FORWARD 1 {' '.join(_forward_jump(netns))}",
+        "COMMIT", "",
+    ])
+    run(["iptables-restore", "--noflush"], netns=netns, input=rules)
+    return {"chain": tw, "pod_ip": pod.ip, "veth": pod.veth}
+
+
+def _policy_drop_remove(state: LabState, fault: Fault) -> None:
+    netns = state.node(fault.node).netns
+    tw = fault.detail["chain"]
+    run(["iptables", "-t", "filter", "-D", "FORWARD", *_forward_jump(netns)], netns=netns, check=False)
+    for chain in (FELIX_FORWARD, FELIX_DISPATCH, tw):
+        run(["iptables", "-t", "filter", "-F", chain], netns=netns, check=False)
+    for chain in (FELIX_FORWARD, FELIX_DISPATCH, tw):
+        run(["iptables", "-t", "filter", "-X", chain], netns=netns, check=False)
+    if _policy_drop_in_effect(state, fault):
+        raise LabError(f"policy-drop on {fault.node}: {tw} could not be removed")
+
+
+def _policy_drop_in_effect(state: LabState, fault: Fault) -> bool:
+    netns = state.node(fault.node).netns
+    text = run(["iptables-save", "-t", "filter"], netns=netns).stdout
+    return f"-A {fault.detail['chain']} " in text and f"-j {FELIX_FORWARD}" in text
+
+
+def _on_node_b_pod(state: LabState) -> tuple[str, str | None]:
+    """One endpoint of two never answers: the first pod of the last node."""
+    for n in reversed(state.nodes):
+        pods = state.pods_on(n.name)
+        if pods:
+            return n.name, pods[0].name
+    raise LabError("the lab runs no pods")
+
+
+POLICY_DROP = FaultKind(
+    name="policy-drop", family="filtering",
+    summary="a NetworkPolicy deny towards one pod (filter FORWARD -> cali-FORWARD -> "
+            "cali-tw-<veth> -> DROP): its connections time out",
+    default_target=_on_node_b_pod, apply=_policy_drop_apply, remove=_policy_drop_remove,
+    in_effect=_policy_drop_in_effect, needs_pod=True)
+
+
+# --- route-withdrawn: a node's BGP session to the ToR goes down ---------------
+#
+# BIRD on the node disables its session to the route reflector: the ToR
+# withdraws the node's pod block from every other node, so a packet DNATed
+# on another node to one of its pods has no route.
+TOR_SESSION = "tor"  # the node's BGP protocol towards the ToR (tracer/lab/bird.py)
+CONVERGE_S = 10.0
+
+
+def _birdc(state: LabState, node: str, *args: str) -> str:
+    files = state.node(node).bird
+    proc = run(["birdc", "-s", files.socket, *args], check=False, timeout=10)
+    if proc.returncode != 0:
+        raise LabError(f"birdc on {node}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def _block_routes_elsewhere(state: LabState, node: str) -> bool:
+    """Whether every other node has a route to `node`'s pod block."""
+    block = state.node(node).pod_cidr
+    return all(any(dst == block for dst, _ in bird.installed(n.netns))
+               for n in state.nodes if n.name != node)
+
+
+def _wait_routes(state: LabState, node: str, present: bool) -> None:
+    deadline = time.monotonic() + CONVERGE_S
+    while _block_routes_elsewhere(state, node) != present:
+        if time.monotonic() > deadline:
+            what = "learnt again" if present else "withdrawn"
+            raise LabError(f"{node}'s pod block was not {what} within {CONVERGE_S:.0f} s")
+        time.sleep(0.1)
+
+
+def _route_withdrawn_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
+    if state.encap != "none":
+        # With VXLAN or IPIP, Felix programs the routes to other blocks, not BIRD.
+        raise UsageError(f"route-withdrawn needs the lab without encapsulation (it runs {state.encap})")
+    _birdc(state, node, "disable", TOR_SESSION)
+    _wait_routes(state, node, present=False)
+    return {"session": TOR_SESSION, "pod_cidr": state.node(node).pod_cidr}
+
+
+def _route_withdrawn_remove(state: LabState, fault: Fault) -> None:
+    _birdc(state, fault.node, "enable", TOR_SESSION)
+    _wait_routes(state, fault.node, present=True)
+
+
+def _route_withdrawn_in_effect(state: LabState, fault: Fault) -> bool:
+    sessions = {p.name: p for p in bird.bgp_sessions(state.node(fault.node).bird)}
+    return TOR_SESSION in sessions and not sessions[TOR_SESSION].established
+
+
+def _last_node(state: LabState) -> tuple[str, str | None]:
+    return state.nodes[-1].name, None
+
+
+ROUTE_WITHDRAWN = FaultKind(
+    name="route-withdrawn", family="routing",
+    summary="a node's BGP session to the ToR is down: its pod block is withdrawn, and "
+            "packets DNATed to its pods elsewhere have no route",
+    default_target=_last_node, apply=_route_withdrawn_apply, remove=_route_withdrawn_remove,
+    in_effect=_route_withdrawn_in_effect)
+
+
+KINDS: dict[str, FaultKind] = {k.name: k for k in (POLICY_DROP, ROUTE_WITHDRAWN)}
