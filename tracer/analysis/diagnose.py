@@ -15,7 +15,7 @@ The JSON document (``Diagnosis.to_dict``; docs/troubleshooting.md):
 undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
 succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
 would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
-common {endpoint, endpoint_node, dnat_node}, finding, syn_retransmits,
+common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
 retransmitted_segments, largest_retransmitted, examples, rule, icmp}. ``rule``
 (the netfilter rule that dropped or rejected) and ``icmp`` (an ICMP error
 sent for the flow) are null until the capture records them.
@@ -168,6 +168,7 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> l
             "common": common,
             "syn_retransmits": int((g["syns"] - 1).clip(lower=0).sum()),
             "retransmitted_segments": int(g["retransmitted_segments"].sum()),
+            "reset_from": next((x for x in g.get("reset_from", []) if isinstance(x, dict)), None),
             "largest_retransmitted": None if g["largest_retransmitted"].isna().all()
             else int(g["largest_retransmitted"].max()),
             "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
@@ -200,7 +201,8 @@ def _finding(group: dict[str, Any], ok_by_ep: pd.Series) -> str:
     n, c = group["count"], group["common"]
     if c["endpoint"]:
         where = f" on {c['endpoint_node']}" if c["endpoint_node"] else ""
-        text = f"all {n} were DNATed to {c['endpoint']}{where}"
+        by = f" by {c['dnat_node']}" if c["dnat_node"] else ""
+        text = f"all {n} were DNATed{by} to {c['endpoint']}{where}"
         same_ok = int(ok_by_ep.get(c["endpoint"], 0))
         others = [f"the {int(v)} to {k} succeeded" for k, v in ok_by_ep.items()
                   if k != c["endpoint"]]
@@ -229,11 +231,15 @@ def _summary(d: Diagnosis) -> str:
     return ", ".join(parts)
 
 
+def _place(s: dict[str, Any]) -> str:
+    return f"{s['node']} {s['device']}" + (f" ({s['netns']})" if s["netns"] != s["node"] else "")
+
+
 def _stop_text(group: dict[str, Any]) -> str:
     s = group["stop"]
     if not s:
         return "stopped: not seen inside the nodes"
-    place = f"{s['node']} {s['device']}" + (f" ({s['netns']})" if s["netns"] != s["node"] else "")
+    place = _place(s)
     if s["kind"] == "dropped":
         hook = f" at {s['hook']}" if s["hook"] else ""
         return f"dropped on {place}{hook}: {s['drop_reason'] or 'no reason recorded'}" + (
@@ -259,6 +265,9 @@ def format_text(d: Diagnosis) -> str:
             why += f" by the {g['reset_by']}"
         lines.append(f"failure {i}: {g['count']} connection(s) {why}")
         lines.append(f"  {_stop_text(g)}")
+        if g["reset_from"] and g["stop"] and g["stop"]["kind"] != "sent_by":
+            who = "the pod" if g["reset_by"] == "pod" else "the node (no pod involved: a REJECT)"
+            lines.append(f"  RST sent by {who}, from {_place(g['reset_from'])}")
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")

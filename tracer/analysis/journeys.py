@@ -68,7 +68,8 @@ def server_rows(cc: ClientConnections, ev: pd.DataFrame) -> pd.DataFrame:
     before it."""
     conns = cc.conns[cc.conns["endpoint_ip"].notna()]
     if not len(conns):
-        return ev.iloc[0:0].assign(conn=pd.Series(dtype=np.int64))
+        return ev.iloc[0:0].assign(conn=pd.Series(dtype=np.int64),
+                                    payload=pd.Series(dtype=np.int64))
     keys = pd.DataFrame({
         "src": conns["endpoint_ip"].astype(np.int64), "sport": conns["endpoint_port"].astype(np.int64),
         "dst": conns["post_src"].astype(np.int64), "dport": conns["post_sport"].astype(np.int64),
@@ -92,10 +93,15 @@ def _stop(ix: PacketIndex, row: int, kind: str) -> dict:
         "node": str(e["node"]), "probe": str(e["probe"]), "device": str(e["ifname"]),
         "netns": str(e["netns"]), "hook": str(e["hook"]) or None,
         "drop_reason": str(e["drop_reason"]) or None,
-        "after": None if prev is None else
-        f"{prev['node']} {prev['probe']} {prev['ifname']}".strip(),
+        "after": None if prev is None else _hop_text(prev),
         "packet": int(e["packet"]), "hop": int(e["hop"]),
     }
+
+
+def _hop_text(e: pd.Series) -> str:
+    if e["probe"] == "nat":
+        return f"{e['node']} {e['nat_kind']} at {e['hook']} on {e['ifname']}"
+    return f"{e['node']} {e['probe']} {e['ifname']}"
 
 
 def _reset_by(ix: PacketIndex, packet: int, endpoint_ip: float) -> str:
@@ -134,9 +140,11 @@ def locate(cc: ClientConnections, ev: pd.DataFrame, failed: np.ndarray) -> pd.Da
     for c in conns.index[failed]:
         r = conns.loc[c]
         conn = int(r["conn"])
-        res: dict = {"reset_by": None, "retransmitted_segments": 0, "largest_retransmitted": None}
+        res: dict = {"reset_by": None, "reset_from": None, "retransmitted_segments": 0,
+                     "largest_retransmitted": None}
         if r["outcome"] == "reset":
             res["reset_by"] = _reset_by(ix, int(r["rst_packet"]), r["endpoint_ip"])
+            res["reset_from"] = _stop(ix, int(ix.first[int(r["rst_packet"])]), "sent_by")
         if conn in retx_by.index:
             res["retransmitted_segments"] = int(retx_by.at[conn, "segments"])
             res["largest_retransmitted"] = int(retx_by.at[conn, "largest"])
