@@ -196,6 +196,17 @@ def correlate(captures, out, force, as_json) -> None:
 
 @cli.command()
 @click.argument("captures", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as one JSON document.")
+def diagnose(captures, as_json) -> None:
+    """Which client connections failed, how, and where their packets stopped."""
+    from tracer.analysis import commands
+
+    notes: list[str] = []
+    _echo_all(commands.diagnose(captures, as_json=as_json, notes=notes), notes)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True)
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Also plot the distributions to this file (.png, .svg or .pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")

@@ -163,6 +163,19 @@ def fairness(
     _note_no_events(captures, notes)
 
 
+def diagnose(
+    captures: Sequence[str | Path], *, as_json: bool = False, notes: list[str] | None = None,
+) -> Iterator[str]:
+    from tracer.analysis import diagnose as diagnose_mod
+
+    result = diagnose_mod.diagnose(captures)
+    if as_json:
+        yield to_json(result.to_dict(), indent=1)
+    else:
+        yield diagnose_mod.format_text(result)
+    _note_no_events(captures, notes)
+
+
 def correlate(
     captures: Sequence[str | Path],
     out: str | Path,

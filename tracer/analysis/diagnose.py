@@ -1,0 +1,287 @@
+"""`tracer diagnose`: what is wrong with the Service, in words.
+
+Every client connection's outcome (tracer.analysis.outcomes), and for the
+failed ones where their packets stopped (tracer.analysis.journeys), grouped
+by outcome and stop; each group says what its connections have in common
+(the endpoint DNAT chose, the nodes) against the connections that succeeded.
+A capture that lost events, or ended before a connection could be judged,
+makes those connections ``undetermined``: the report says what it could not
+judge instead of blaming.
+
+The JSON document (``Diagnosis.to_dict``; docs/troubleshooting.md):
+``verdict`` (healthy | failing | undetermined | no_connections), ``summary``,
+``service``, ``nodes``, ``capture`` {events, lost, lost_by_node, end_t},
+``connections`` {total, succeeded, reset, no_answer, stalled, no_data,
+undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
+succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
+would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
+common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
+retransmitted_segments, largest_retransmitted, examples, rule, icmp}. ``rule``
+(the netfilter rule that dropped or rejected) and ``icmp`` (an ICMP error
+sent for the flow) are null until the capture records them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.events import load_events
+from tracer.analysis.fairness import endpoint_nodes
+from tracer.analysis.journeys import add_dnat, locate
+from tracer.analysis.outcomes import FAILED, OUTCOMES, SETTLE_NS, find_connections
+from tracer.analysis.packets import Packets, assemble
+from tracer.analysis.service import service_name
+
+MAX_EXAMPLES = 3
+WHY = {
+    "no_answer": "no answer to the SYN",
+    "reset": "reset",
+    "stalled": "stalled after the handshake",
+    "no_data": "closed without server data",
+}
+
+
+@dataclass
+class Diagnosis:
+    verdict: str
+    summary: str
+    service: str
+    nodes: list[str]
+    capture: dict[str, Any]
+    connections: dict[str, int]
+    endpoints: list[dict[str, Any]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    undetermined: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _capture_end(packets: Packets) -> int:
+    """Latest time the capture covered: its nodes' recorded end, else the last event."""
+    ends = []
+    for node, meta in packets.node_meta.items():
+        rmm = (meta.get("clock") or {}).get("realtime_minus_monotonic_ns")
+        merged = meta.get("merged") or {}
+        rmm = merged.get("corrected_realtime_minus_monotonic_ns", rmm)
+        if meta.get("ended_ns") is not None and rmm is not None:
+            clock = packets.clocks.nodes.get(node)
+            ends.append(int(meta["ended_ns"]) + int(rmm) - int(clock.offset_ns if clock else 0))
+    last = int(packets.events["t"].max()) if len(packets.events) else 0
+    return max([last, *ends])
+
+
+def _lost(packets: Packets) -> dict[str, int]:
+    return {n: int((m.get("stats") or {}).get("lost") or 0) for n, m in packets.node_meta.items()}
+
+
+def _endpoint_text(ip: float, port: float) -> str | None:
+    return None if np.isnan(ip) else f"{int_to_ip(int(ip))}:{int(port)}"
+
+
+def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS) -> Diagnosis:
+    packets = source if isinstance(source, Packets) else assemble(load_events(source))
+    ev = packets.events
+    cc = find_connections(ev, packets.node_meta)
+    add_dnat(cc, ev)
+    conns = cc.conns
+    conns["endpoint"] = [_endpoint_text(i, p) for i, p in
+                         zip(conns["endpoint_ip"], conns["endpoint_port"], strict=True)]
+    where = endpoint_nodes(ev, packets.node_meta)
+    conns["endpoint_node"] = [where.get(e) if e else None for e in conns["endpoint"]]
+    end_t, lost = _capture_end(packets), _lost(packets)
+    absent = conns["outcome"].isin(["no_answer", "stalled"]).to_numpy()
+    too_late = absent & (conns["last_t"].to_numpy() > end_t - settle_ns)
+    lossy = absent & (sum(lost.values()) > 0)
+    conns["undetermined"] = np.where(too_late, "capture_ended",
+                                     np.where(lossy, "events_lost", ""))
+    failed = conns["outcome"].isin(FAILED).to_numpy() & (conns["undetermined"] == "").to_numpy()
+    located = locate(cc, ev, failed)
+    meta = next((m for m in packets.node_meta.values() if m.get("service")), {})
+    counts = {o: int(((conns["outcome"] == o) & (conns["undetermined"] == "")).sum())
+              for o in OUTCOMES}
+    counts = {"total": len(conns), **counts,
+              "undetermined": int((conns["undetermined"] != "").sum()),
+              "already_open": cc.already_open}
+    failures = _groups(conns, located, failed)
+    undetermined = [
+        {"reason": why, "count": len(g),
+         "would_be": {str(k): int(v) for k, v in g["outcome"].value_counts().items()}}
+        for why, g in conns[conns["undetermined"] != ""].groupby("undetermined")
+    ]
+    verdict = ("no_connections" if not len(conns) else "failing" if failures
+               else "undetermined" if undetermined else "healthy")
+    diag = Diagnosis(
+        verdict=verdict, summary="", service=service_name(meta.get("service")),
+        nodes=list(packets.node_meta),
+        capture={"events": len(ev), "lost": sum(lost.values()), "lost_by_node": lost,
+                 "end_t": end_t},
+        connections=counts, endpoints=_endpoints(conns), failures=failures,
+        undetermined=undetermined,
+    )
+    diag.summary = _summary(diag)
+    return diag
+
+
+def _endpoints(conns: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    judged = conns[conns["undetermined"] == ""]
+    for ep, g in judged[judged["endpoint"].notna()].groupby("endpoint", sort=True):
+        ok = int((g["outcome"] == "succeeded").sum())
+        out.append({"endpoint": ep, "node": g["endpoint_node"].iloc[0],
+                    "connections": len(g), "succeeded": ok, "failed": len(g) - ok})
+    return out
+
+
+def _stop_key(stop: Any) -> tuple:
+    if not isinstance(stop, dict):
+        return ("", "", "", "", "")
+    return (stop["node"], stop["probe"], stop["device"], stop["netns"], stop["drop_reason"] or "")
+
+
+def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> list[dict]:
+    if not failed.any():
+        return []
+    f = conns[failed].join(located)
+    f["stop_key"] = [_stop_key(s) for s in f["stop"]]
+    ok = conns[(conns["outcome"] == "succeeded") & (conns["undetermined"] == "")]
+    ok_by_ep = ok["endpoint"].value_counts()
+    groups = []
+    for (outcome, reset_by, _), g in f.groupby(
+        ["outcome", f["reset_by"].fillna(""), "stop_key"], sort=False
+    ):
+        stop = g["stop"].iloc[0] if isinstance(g["stop"].iloc[0], dict) else None
+        eps = g["endpoint"].fillna("(none)").value_counts()
+        common = _common(g)
+        group = {
+            "outcome": outcome, "count": len(g), "reset_by": reset_by or None, "stop": stop,
+            "endpoints": {str(k): int(v) for k, v in eps.items()},
+            "dnat_nodes": {str(k): int(v) for k, v in g["dnat_node"].fillna("(none)")
+                           .value_counts().items()},
+            "common": common,
+            "syn_retransmits": int((g["syns"] - 1).clip(lower=0).sum()),
+            "retransmitted_segments": int(g["retransmitted_segments"].sum()),
+            "reset_from": next((x for x in g.get("reset_from", []) if isinstance(x, dict)), None),
+            "largest_retransmitted": None if g["largest_retransmitted"].isna().all()
+            else int(g["largest_retransmitted"].max()),
+            "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
+            "rule": None, "icmp": None,
+        }
+        group["finding"] = _finding(group, ok_by_ep)
+        groups.append(group)
+    return sorted(groups, key=lambda x: -x["count"])
+
+
+def _common(g: pd.DataFrame) -> dict[str, Any]:
+    def one(col: str) -> Any:
+        values = g[col].dropna().unique()
+        return values[0] if len(values) == 1 and g[col].notna().all() else None
+    return {"endpoint": one("endpoint"), "endpoint_node": one("endpoint_node"),
+            "dnat_node": one("dnat_node")}
+
+
+def _example(r: pd.Series) -> dict[str, Any]:
+    return {
+        "client": f"{int_to_ip(int(r['client_ip']))}:{int(r['client_port'])}",
+        "frontend": f"{int_to_ip(int(r['frontend_ip']))}:{int(r['frontend_port'])}",
+        "endpoint": r["endpoint"], "start_t": int(r["start_t"]),
+        "syn_packet": None if np.isnan(r["last_syn_packet"]) else int(r["last_syn_packet"]),
+    }
+
+
+def _finding(group: dict[str, Any], ok_by_ep: pd.Series) -> str:
+    """What the group's connections share, against the ones that succeeded."""
+    n, c = group["count"], group["common"]
+    if c["endpoint"]:
+        where = f" on {c['endpoint_node']}" if c["endpoint_node"] else ""
+        by = f" by {c['dnat_node']}" if c["dnat_node"] else ""
+        text = f"all {n} were DNATed{by} to {c['endpoint']}{where}"
+        same_ok = int(ok_by_ep.get(c["endpoint"], 0))
+        others = [f"the {int(v)} to {k} succeeded" for k, v in ok_by_ep.items()
+                  if k != c["endpoint"]]
+        if same_ok:
+            others.insert(0, f"{same_ok} others to it succeeded")
+        return "; ".join([text, *others])
+    if set(group["endpoints"]) == {"(none)"}:
+        return f"none of the {n} was DNATed: no endpoint was chosen"
+    spread = ", ".join(f"{k} ({v})" for k, v in group["endpoints"].items())
+    return f"spread over endpoints: {spread}"
+
+
+def _summary(d: Diagnosis) -> str:
+    c = d.connections
+    if d.verdict == "no_connections":
+        return "no client connection to the Service in the capture"
+    head = f"{c['succeeded']} of {c['total']} connections succeeded"
+    if d.verdict == "healthy":
+        return f"all {c['total']} connections succeeded; nothing to blame"
+    failed = sum(c[o] for o in FAILED)
+    parts = [head]
+    if failed:
+        parts.append(f"{failed} failed")
+    if c["undetermined"]:
+        parts.append(f"{c['undetermined']} could not be judged")
+    return ", ".join(parts)
+
+
+def _place(s: dict[str, Any]) -> str:
+    return f"{s['node']} {s['device']}" + (f" ({s['netns']})" if s["netns"] != s["node"] else "")
+
+
+def _stop_text(group: dict[str, Any]) -> str:
+    s = group["stop"]
+    if not s:
+        return "stopped: not seen inside the nodes"
+    place = _place(s)
+    if s["kind"] == "dropped":
+        hook = f" at {s['hook']}" if s["hook"] else ""
+        return f"dropped on {place}{hook}: {s['drop_reason'] or 'no reason recorded'}" + (
+            f", after {s['after']}" if s["after"] else "")
+    if s["kind"] == "sent_by":
+        who = "the pod" if group["reset_by"] == "pod" else "the node (no pod involved: a REJECT)"
+        return f"RST sent by {who}, from {place}"
+    return f"last seen: {s['probe']} on {place}, then no event"
+
+
+def format_text(d: Diagnosis) -> str:
+    c = d.connections
+    lines = [f"service {d.service}: {d.summary}"]
+    if d.verdict != "no_connections":
+        lines.append("  " + ", ".join(f"{o.replace('_', ' ')} {c[o]}" for o in OUTCOMES)
+                     + f", undetermined {c['undetermined']}")
+    if c["already_open"]:
+        lines.append(f"  {c['already_open']} connection(s) began before the capture: not judged")
+    for i, g in enumerate(d.failures, 1):
+        lines.append("")
+        why = WHY[g["outcome"]]
+        if g["reset_by"]:
+            why += f" by the {g['reset_by']}"
+        lines.append(f"failure {i}: {g['count']} connection(s) {why}")
+        lines.append(f"  {_stop_text(g)}")
+        if g["reset_from"] and g["stop"] and g["stop"]["kind"] != "sent_by":
+            who = "the pod" if g["reset_by"] == "pod" else "the node (no pod involved: a REJECT)"
+            lines.append(f"  RST sent by {who}, from {_place(g['reset_from'])}")
+        lines.append(f"  {g['finding']}")
+        if g["syn_retransmits"]:
+            lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")
+        if g["retransmitted_segments"]:
+            lines.append(f"  {g['retransmitted_segments']} server segment(s) retransmitted, the "
+                         f"largest {g['largest_retransmitted']} bytes, never acknowledged")
+        ex = g["examples"][0]
+        packet = f" (`tracer timeline --packet {g['stop']['packet']}`)" if g["stop"] else ""
+        lines.append(f"  e.g. {ex['client']} -> {ex['frontend']}{packet}")
+    for u in d.undetermined:
+        lines.append("")
+        would = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in u["would_be"].items())
+        why = ("the capture ended before they could be judged" if u["reason"] == "capture_ended"
+               else f"the capture lost {d.capture['lost']} events: a missing answer may be a "
+               "lost event")
+        lines.append(f"not judged: {u['count']} connection(s) ({would}): {why}")
+    return "\n".join(lines)
