@@ -75,9 +75,10 @@ def commands(caps: list[Path], other: Path, out: Path) -> Iterator[list[str]]:
     yield ["export", names[0], "--pcap", str(out / "x.pcapng")]
     yield ["report", *names, "-o", str(out / "report")]
     yield ["correlate", *names, str(other), "-o", str(out / "merged")]
+    yield ["diagnose", *names]
 
 
-COMMAND_NAMES = ["timeline", "latency", "fairness", "export", "report", "correlate"]
+COMMAND_NAMES = ["timeline", "latency", "fairness", "export", "report", "correlate", "diagnose"]
 
 
 def nth_command(i: int, caps: list[Path], other: Path, out: Path) -> list[str]:

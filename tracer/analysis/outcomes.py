@@ -101,6 +101,9 @@ def _instances(client: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Number client packets by connection: a SYN with a sequence number new
     for its tuple starts one (a retransmitted SYN repeats it)."""
     c = client.sort_values(["k1", "k2", "t", "row"], kind="stable").reset_index(drop=True)
+    if c.empty:  # no packet reached a frontend: no connection to number
+        return c.assign(conn=np.zeros(0, np.int64), is_syn=np.zeros(0, bool),
+                        starts=np.zeros(0, bool)), 0
     flags = c["tcp_flags"].to_numpy()
     is_syn = ((flags & SYN) != 0) & ((flags & ACK) == 0)
     k1, k2, seq = c["k1"].to_numpy(), c["k2"].to_numpy(), c["seq"].to_numpy()
