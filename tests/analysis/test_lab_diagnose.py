@@ -38,7 +38,7 @@ def _capture_and_diagnose(tmp_path, capsys) -> tuple[object, dict[str, int], dic
     sh("lab-node-a", "conntrack", "-F")
     before = sep_counters("lab-node-a")
     specs = {n: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{n}"], tmp_path / n) for n in "ab"}
-    with captures(specs):
+    with captures(specs, stop_last_first=True):
         traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
         # diagnose judges a connection unanswered only when the capture
         # went on SETTLE_NS after its last packet (else: undetermined).
@@ -84,3 +84,23 @@ def test_diagnose_names_the_fault(clean_lab, tmp_path, capsys, kind, stop_node, 
     traffic, dnat, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
     assert traffic.ok == REQUESTS and doc["verdict"] == "healthy" and doc["failures"] == []
     assert doc["connections"]["succeeded"] == REQUESTS
+
+
+def test_diagnose_names_a_wrong_target_port(clean_lab, tmp_path, capsys):
+    fault = controller.add_fault("wrong-target-port")
+    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
+    assert traffic.ok == 0 and traffic.failed == REQUESTS == sum(dnat.values())
+    assert doc["verdict"] == "failing" and doc["connections"]["reset"] == REQUESTS
+    # Every pod resets: the groups are resets by the pod, per endpoint, and
+    # their endpoints are the pods on the wrong port, as DNAT chose them.
+    assert {(g["outcome"], g["reset_by"]) for g in doc["failures"]} == {("reset", "pod")}
+    per_ip: dict[str, int] = {}
+    for g in doc["failures"]:
+        for endpoint, n in g["endpoints"].items():
+            ip, port = endpoint.rsplit(":", 1)
+            assert int(port) == fault.detail["target_port"]
+            per_ip[ip] = per_ip.get(ip, 0) + n
+    assert per_ip == dnat
+    controller.clear_faults("wrong-target-port")
+    traffic, _, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
+    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy"

@@ -47,14 +47,15 @@ class Run:
 def run(state: LabState, kind: str, tmp: Path, requests: int = 60, ready_timeout: float = 60) -> Run:
     """Both captures start together, so that their BCC compiles overlap; under
     qemu without KVM one compile alone can take a minute, so the VM guest
-    passes a longer `ready_timeout`."""
+    passes a longer `ready_timeout`. They stop node B first, then node A, as
+    the nested captures this replaced did (lab_capture.captures)."""
     assert state.encap == kind, f"the lab is in {state.encap} mode, not {kind}"
     sh("lab-node-a", "conntrack", "-F")
     before = sep_counters("lab-node-a")
     pcap = tmp / "node-a-eth0.pcap"
     specs = {node: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{node}"], tmp / node)
              for node in ("a", "b")}
-    with captures(specs, ready_timeout=ready_timeout) as runs, \
+    with captures(specs, ready_timeout=ready_timeout, stop_last_first=True) as runs, \
             tcpdump_witness.recording("lab-node-a", "eth0", "not tcp port 179", pcap):
         result = run_traffic(requests=requests, concurrency=4, target="external-ip")
     a, b = runs["a"], runs["b"]

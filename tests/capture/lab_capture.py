@@ -103,12 +103,18 @@ def capture(args: list[str], output: Path | None = None, *, ready_timeout: float
 
 
 @contextlib.contextmanager
-def captures(specs: dict[str, tuple[list[str], Path | None]], *, ready_timeout: float = 60
-             ) -> Iterator[dict[str, CaptureRun]]:
+def captures(specs: dict[str, tuple[list[str], Path | None]], *, ready_timeout: float = 60,
+             stop_last_first: bool = False) -> Iterator[dict[str, CaptureRun]]:
     """Several captures started at once, so that their compiles overlap; the
     block runs when all are ready. All are stopped (SIGINT) when it ends:
     signalled together, once (a second SIGINT would cut a capture's shutdown
-    short, as a second Ctrl-C does), then waited for."""
+    short, as a second Ctrl-C does), then waited for.
+
+    stop_last_first: stop them one by one instead, the last spec first, each
+    ended before the next is signalled. Captures on a packet's path (node A
+    then node B) want this: a packet still in flight as they stop (a late
+    FIN or ACK from B back to A) is then either missing from B's capture or
+    whole in A's, never seen leaving B and cut short on A."""
     started = {name: _start(args, output, None) for name, (args, output) in specs.items()}
     try:
         deadline = time.monotonic() + ready_timeout
@@ -116,11 +122,15 @@ def captures(specs: dict[str, tuple[list[str], Path | None]], *, ready_timeout: 
             _wait_ready(run, ready, deadline)
         yield {name: run for name, (run, _, _) in started.items()}
     finally:
-        for run, _, _ in started.values():
-            if run.proc.poll() is None:
-                run.proc.send_signal(signal.SIGINT)
-        for run, _, pump in started.values():
-            _end(run, pump, None, None)
+        if stop_last_first:
+            for run, _, pump in reversed(list(started.values())):
+                _end(run, pump, signal.SIGINT, None)
+        else:
+            for run, _, _ in started.values():
+                if run.proc.poll() is None:
+                    run.proc.send_signal(signal.SIGINT)
+            for run, _, pump in started.values():
+                _end(run, pump, None, None)
 
 
 def sh(netns: str, *cmd: str) -> str:

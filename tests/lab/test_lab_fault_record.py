@@ -100,3 +100,15 @@ def test_the_shipped_kinds_name_their_family():
     assert {"policy-drop", "route-withdrawn"} <= set(KINDS)
     assert all(k.family in ("filtering", "routing", "nat", "conntrack", "neighbour")
                for k in KINDS.values())
+
+
+def test_a_cluster_wide_fault_takes_no_node_nor_pod(state):
+    calls: list = []
+    kind = _stand_in("svc", calls)
+    kinds = {"svc": faults.FaultKind(**{**kind.__dict__, "cluster_wide": True})}
+    for where in ({"node": "a"}, {"pod": state.pods[0].name}):
+        with pytest.raises(UsageError, match="acts on every node"):
+            faults.add(state, "svc", kinds=kinds, **where)
+    fault = faults.add(state, "svc", kinds=kinds)
+    assert (fault.node, fault.pod) == (faults.CLUSTER, None) and calls[-1][2] == faults.CLUSTER
+    assert fault.describe() == "svc on all nodes"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from dataclasses import replace
 from typing import Any
 
 from tracer.errors import LabError, UsageError
 from tracer.lab import bird
-from tracer.lab.faults import Fault, FaultKind
+from tracer.lab.faults import CLUSTER, Fault, FaultKind
 from tracer.lab.state import LabState, Pod
 from tracer.system import run
 
@@ -161,4 +162,78 @@ ROUTE_WITHDRAWN = FaultKind(
     in_effect=_route_withdrawn_in_effect)
 
 
-KINDS: dict[str, FaultKind] = {k.name: k for k in (POLICY_DROP, ROUTE_WITHDRAWN)}
+# --- wrong-target-port: the Service's targetPort names a port no pod serves ----
+#
+# kube-proxy on every node DNATs to endpoint IP:targetPort; with a targetPort
+# the pods do not listen on, each pod's kernel answers the SYN with a RST.
+# The rules are rendered by the same renderer as the healthy lab's, from the
+# lab's state with the Service's endpoint port changed, and loaded on every
+# node. `tracer lab up` puts the healthy rules back (their digest changed).
+
+
+def _first_service(state: LabState) -> tuple[str, str | None]:
+    return CLUSTER, None
+
+
+def _unused_port(state: LabState, service: str) -> int:
+    """A port none of the Service's pods listens on (nginx listens on the
+    ports the manifest's Services and containers name)."""
+    used = {sp.target_port for s in state.services for sp in s.ports}
+    used |= {e.port for s in state.services for sp in s.ports for e in sp.endpoints}
+    return next(p for p in range(8081, 9000) if p not in used)
+
+
+def _with_endpoint_port(state: LabState, service: str, port: int | None) -> LabState:
+    """The state with `service`'s endpoints on `port` (None: as they are)."""
+    if port is None:
+        return state
+    services = tuple(
+        replace(s, ports=tuple(replace(sp, endpoints=tuple(replace(e, port=port) for e in sp.endpoints))
+                               for sp in s.ports)) if s.name == service else s
+        for s in state.services)
+    return replace(state, services=services)
+
+
+def _load_rules_everywhere(state: LabState, service: str, port: int | None) -> None:
+    from tracer.kube.manifest import load_manifest
+    from tracer.lab import kubeproxy
+
+    manifest = load_manifest(state.manifest)
+    rendered = _with_endpoint_port(state, service, port)
+    for node in state.nodes:
+        kubeproxy.load(state, node, kubeproxy.render(manifest, rendered, node))
+
+
+def _wrong_target_port_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
+    service = state.services[0].name
+    wrong = _unused_port(state, service)
+    _load_rules_everywhere(state, service, wrong)
+    return {"service": service, "target_port": wrong}
+
+
+def _wrong_target_port_remove(state: LabState, fault: Fault) -> None:
+    _load_rules_everywhere(state, fault.detail["service"], None)
+
+
+def _wrong_target_port_in_effect(state: LabState, fault: Fault) -> bool:
+    from tracer.lab import kubeproxy
+
+    port = fault.detail["target_port"]
+    ips = {e.ip for s in state.services if s.name == fault.detail["service"]
+           for sp in s.ports for e in sp.endpoints}
+    node = state.nodes[0]
+    text = (kubeproxy.nft_table(node.netns) if state.proxy_mode == "nftables"
+            else kubeproxy.save(node.netns)) or ""
+    return any(f"{ip}:{port}" in text for ip in ips)
+
+
+WRONG_TARGET_PORT = FaultKind(
+    name="wrong-target-port", family="nat",
+    summary="the Service's targetPort is a port its pods do not listen on: every "
+            "connection is reset by the pod",
+    default_target=_first_service, apply=_wrong_target_port_apply,
+    remove=_wrong_target_port_remove, in_effect=_wrong_target_port_in_effect,
+    cluster_wide=True)
+
+
+KINDS: dict[str, FaultKind] = {k.name: k for k in (POLICY_DROP, ROUTE_WITHDRAWN, WRONG_TARGET_PORT)}

@@ -23,6 +23,8 @@ from tracer.errors import LabError, UsageError
 from tracer.lab.state import LabState, Pod
 
 FAULTS_FILE = "faults.json"
+# The node of a fault that every node's kernel holds (a Service's rules).
+CLUSTER = "all nodes"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class FaultKind:
     remove: Callable[[LabState, Fault], None]
     in_effect: Callable[[LabState, Fault], bool]
     needs_pod: bool = False
+    cluster_wide: bool = False  # every node at once: --node and --pod make no sense
 
 
 def _faults_path(state: LabState) -> Path:
@@ -81,6 +84,10 @@ def _save(state: LabState, faults: list[Fault]) -> None:
 def _target(state: LabState, kind: FaultKind, node: str | None, pod: str | None
             ) -> tuple[str, Pod | None]:
     """(node name, pod) the fault applies to, from what the user named."""
+    if kind.cluster_wide:
+        if node is not None or pod is not None:
+            raise UsageError(f"{kind.name} acts on every node: give neither --node nor --pod")
+        return CLUSTER, None
     if pod is not None:
         p = state.pod(pod)
         if node is not None and state.node(node).name != p.node:
