@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_run import one_line_error, run
 from tracer import netns
 from tracer.capfile import CaptureWriter
 from tracer.capture.backends import parse_backend_option
@@ -21,26 +22,11 @@ from tracer.capture.live import RateLimitedPrinter
 from tracer.capture.options import CaptureOptions, validate_options
 from tracer.capture.session import CaptureSession
 from tracer.capture.sink import EventSink
-from tracer.cli import main
 from tracer.errors import CaptureFileError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "notebooks" / "data" / "lab-sample" / "lab-node-a"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tracer: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:

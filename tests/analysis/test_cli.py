@@ -9,21 +9,7 @@ import sys
 
 import pytest
 
-from tracer.cli import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tracer: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+from tests.cli_run import one_line_error, run
 
 
 def test_timeline_text(capsys, small):
