@@ -70,7 +70,10 @@ def test_diagnose_names_the_fault(clean_lab, tmp_path, capsys, kind, stop_node, 
     traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
     assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
     c = doc["connections"]
-    assert doc["verdict"] == "failing" and c["total"] == REQUESTS == sum(dnat.values())
+    # A SYN retried after a MASQUERADE port clash with a healthy pod's
+    # TIME_WAIT is DNATed twice but is one client connection (stop 8's notes):
+    # the counters may exceed the connections, never fall short.
+    assert doc["verdict"] == "failing" and c["total"] == REQUESTS <= sum(dnat.values())
     assert c["succeeded"] == traffic.ok and c["no_answer"] == traffic.failed
     (group,) = doc["failures"]
     assert group["count"] == traffic.failed and group["outcome"] == "no_answer"
