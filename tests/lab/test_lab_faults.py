@@ -14,6 +14,7 @@ import pytest
 from tests.capture.lab_capture import sep_counters, sh
 from tracer.cli import main
 from tracer.lab import bird, controller, faults
+from tracer.lab.fault_kinds import KINDS
 from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -87,7 +88,7 @@ def test_route_withdrawn_takes_a_pod_block_away_until_cleared(faulty_lab):
     result = _traffic()
     to_remote = _dnat_to("lab-node-a", remote.ip, before)
     assert result.failed == to_remote > 0 and result.ok == REQUESTS - to_remote
-    assert [live for _, live in faults.status(state)] == [True]
+    assert [live for _, live in faults.status(state, KINDS)] == [True]
     controller.clear_faults("route-withdrawn")
     assert any(dst == node_b.pod_cidr for dst, _ in bird.installed("lab-node-a"))
     healthy = _traffic()

@@ -33,6 +33,7 @@ from tracer.kube.model import Manifest
 from tracer.lab import encap as lab_encap
 from tracer.lab import faults, kubeproxy, netdev, plan
 from tracer.lab.build import build_lab
+from tracer.lab.fault_kinds import KINDS
 from tracer.lab.reconcile import infra_problem, reconcile
 from tracer.lab.state import RUN_DIR, LabState, load_state, save_state, try_load_state
 from tracer.lab.teardown import DownResult, teardown
@@ -175,22 +176,20 @@ def exec_in(name: str, argv: Sequence[str]) -> int:
 def add_fault(kind: str, *, node: str | None = None, pod: str | None = None) -> faults.Fault:
     require_root("tracer lab fault")
     with _locked():
-        return faults.add(load_state(), kind, node=node, pod=pod)
+        return faults.add(load_state(), kind, kinds=KINDS, node=node, pod=pod)
 
 
 def clear_faults(kind: str | None = None) -> list[faults.Fault]:
     require_root("tracer lab fault")
     with _locked():
-        return faults.clear(load_state(), kind)
+        return faults.clear(load_state(), kind, kinds=KINDS)
 
 
 def fault_lines() -> list[str]:
     """What `tracer lab fault list` prints: the kinds, then the faults applied."""
-    from tracer.lab.fault_kinds import KINDS
-
     lines = [f"{k.name:<16} {k.family:<10} {k.summary}" for k in KINDS.values()]
     state = try_load_state()
-    applied = faults.status(state) if state is not None else []
+    applied = faults.status(state, KINDS) if state is not None else []
     lines += ["", "in effect:" if applied else "in effect: none"]
     lines += [f"  {f.describe()}" + ("" if live else "  (no longer in effect)") for f, live in applied]
     return lines

@@ -105,11 +105,11 @@ def _target(state: LabState, kind: FaultKind, node: str | None, pod: str | None
     return n, (state.pod(pod_name) if pod_name else None)
 
 
-def add(state: LabState, kind_name: str, *, node: str | None = None, pod: str | None = None,
-        kinds: dict[str, FaultKind] | None = None) -> Fault:
-    """Apply one fault and record it. A fault of the same kind already in
-    place on the same target is an error (clear it first)."""
-    kinds = kinds if kinds is not None else _kinds()
+def add(state: LabState, kind_name: str, *, kinds: dict[str, FaultKind], node: str | None = None,
+        pod: str | None = None) -> Fault:
+    """Apply one fault of `kinds` (tracer.lab.fault_kinds.KINDS) and record
+    it. A fault of the same kind already in place on the same target is an
+    error (clear it first)."""
     kind = kinds.get(kind_name)
     if kind is None:
         raise UsageError(f"no fault {kind_name!r} (faults: {', '.join(sorted(kinds))})")
@@ -124,17 +124,15 @@ def add(state: LabState, kind_name: str, *, node: str | None = None, pod: str | 
     return fault
 
 
-def status(state: LabState, kinds: dict[str, FaultKind] | None = None) -> list[tuple[Fault, bool]]:
+def status(state: LabState, kinds: dict[str, FaultKind]) -> list[tuple[Fault, bool]]:
     """Each recorded fault and whether the kernel still shows it in effect
     (a fault undone by hand, or by `tracer lab up` rebuilding a node, is not)."""
-    kinds = kinds if kinds is not None else _kinds()
     return [(f, f.kind in kinds and kinds[f.kind].in_effect(state, f)) for f in active(state)]
 
 
-def clear(state: LabState, kind_name: str | None = None,
-          kinds: dict[str, FaultKind] | None = None) -> list[Fault]:
+def clear(state: LabState, kind_name: str | None = None, *,
+          kinds: dict[str, FaultKind]) -> list[Fault]:
     """Take back every fault (or those of one kind), newest first; returns them."""
-    kinds = kinds if kinds is not None else _kinds()
     if kind_name is not None and kind_name not in kinds:
         raise UsageError(f"no fault {kind_name!r} (faults: {', '.join(sorted(kinds))})")
     faults = active(state)
@@ -145,8 +143,3 @@ def clear(state: LabState, kind_name: str | None = None,
         _save(state, faults)  # what is left stays recorded if a later removal fails
     return cleared
 
-
-def _kinds() -> dict[str, FaultKind]:
-    from tracer.lab.fault_kinds import KINDS
-
-    return KINDS

@@ -200,9 +200,10 @@ def _collect(state: LabState) -> LabStatus:
 
 def _faults(state: LabState) -> tuple[dict, ...]:
     from tracer.lab import faults
+    from tracer.lab.fault_kinds import KINDS
 
     return tuple({"kind": f.kind, "node": f.node, "pod": f.pod, "in_effect": live}
-                 for f, live in faults.status(state))
+                 for f, live in faults.status(state, KINDS))
 
 
 def _encap_text(mode: str) -> str:
