@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.analysis.test_cli import one_line_error, run
+from tests.cli_run import one_line_error, run
 from tests.test_cli_arguments import tree_hash
 from tracer.errors import CaptureFileError
 from tracer.option_checks import plot_file

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.analysis.test_cli import one_line_error, run
+from tests.cli_run import one_line_error, run
 from tests.output_attack import Attack, attack_fixture, digest, mode  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.root
