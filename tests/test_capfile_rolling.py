@@ -17,6 +17,7 @@ from tracer.capfile.parts import PartRange
 from tracer.capfile.rolling import PartFile, PartRoller, RollPolicy, merge_files
 from tracer.capfile.writer import PARQUET_OPTIONS
 from tracer.errors import CaptureFileError
+from tracer.safe_output import OutputDir
 
 SAMPLE = Path(__file__).parent.parent / "notebooks" / "data" / "lab-sample" / "lab-node-a"
 
@@ -52,6 +53,22 @@ def _capture_dir(tmp_path: Path, name: str = "cap") -> Path:
     return path
 
 
+_OPENED: list[OutputDir] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_checked_dirs():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def _checked(path: Path) -> OutputDir:
+    """The capture directory as the writer holds it (closed after each test)."""
+    _OPENED.append(OutputDir.open(path))
+    return _OPENED[-1]
+
+
 def _small_part(path: Path, number: int, table: pa.Table) -> None:
     """What CaptureWriter leaves for one second: part-NNNNNN.parquet."""
     pq.write_table(table, path / PartRange(number, number).name, **PARQUET_OPTIONS)
@@ -67,7 +84,7 @@ def _run_seconds(roller: PartRoller, rows: pa.Table, clock: Clock, seconds: int,
 
 def test_a_day_of_quiet_seconds_stays_a_few_files(tmp_path, rows):
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS,
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS,
                         RollPolicy(merge_every=30, segment_seconds=600), clock)
     most = 0
     for hour in range(6):  # 6 "hours" of 600 s each: a quiet day, compressed
@@ -84,7 +101,7 @@ def test_a_day_of_quiet_seconds_stays_a_few_files(tmp_path, rows):
 
 def test_segments_stop_growing_at_their_size(tmp_path, rows):
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS,
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS,
                         RollPolicy(merge_every=10, segment_bytes=200_000), clock)
     _run_seconds(roller, rows, clock, 300, per_second=40)
     assert 1 < len(roller.segments) < 30
@@ -100,7 +117,8 @@ def _merge_states(tmp_path: Path, rows: pa.Table) -> tuple[Path, Path, list[int]
     work = tmp_path / "work"
     shutil.copytree(smalls, work)
     inputs = [PartFile(PartRange(s, s), 5, 0, 0.0) for s in range(10)]
-    merged = merge_files(work, inputs, PARQUET_OPTIONS)
+    with OutputDir.open(work) as checked:
+        merged = merge_files(checked, inputs, PARQUET_OPTIONS)
     assert sorted(p.name for p in work.glob("part-*")) == [merged.range.name]
     return smalls, work / merged.range.name, list(range(50))
 
@@ -130,7 +148,7 @@ def test_a_merge_killed_while_writing_leaves_the_small_parts(tmp_path, rows, wri
 
 def test_a_growing_segment_rewritten_and_killed_leaves_each_row_once(tmp_path, rows):
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS, RollPolicy(merge_every=5), clock)
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS, RollPolicy(merge_every=5), clock)
     _run_seconds(roller, rows, clock, 5)
     assert [p.name for p in part_files(path)] == ["part-000000-000004.parquet"]
     before = tmp_path / "before"
@@ -154,7 +172,7 @@ def test_ranges_that_overlap_without_covering_are_an_error(tmp_path, rows):
 
 def test_keep_drops_the_oldest_segments_and_counts_them(tmp_path, rows):
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS,
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS,
                         RollPolicy(merge_every=10, segment_seconds=20, keep=3), clock)
     _run_seconds(roller, rows, clock, 200)
     assert len(roller.segments) == 3
@@ -171,7 +189,7 @@ def test_segments_shorter_than_the_merge_cadence_are_cut_by_time(tmp_path, rows)
     # --segment-seconds 2 --keep 2 with the default merge cadence (60 parts):
     # a segment every ~2 s, so 12 s keep only the newest few seconds.
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS, RollPolicy(segment_seconds=2, keep=2), clock)
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS, RollPolicy(segment_seconds=2, keep=2), clock)
     _run_seconds(roller, rows, clock, 12)
     d = roller.dropped
     assert d.reasons == ["--keep 2"] and d.events > 0
@@ -182,7 +200,7 @@ def test_segments_shorter_than_the_merge_cadence_are_cut_by_time(tmp_path, rows)
 @pytest.mark.parametrize("on_full", ["drop-oldest", "stop"])
 def test_max_size_bounds_the_parts(tmp_path, rows, on_full):
     path, clock = _capture_dir(tmp_path), Clock()
-    roller = PartRoller(path, PARQUET_OPTIONS,
+    roller = PartRoller(_checked(path), PARQUET_OPTIONS,
                         RollPolicy(merge_every=10, segment_seconds=15, max_bytes=60_000,
                                    on_full=on_full), clock)
     for s in range(120):

@@ -28,7 +28,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -80,14 +79,11 @@ class PartFile:
     started: float  # clock() when its first small part was completed
 
 
-def merge_files(directory: OutputDir | Path, inputs: list[PartFile], options: dict[str, Any]) -> PartFile:
+def merge_files(directory: OutputDir, inputs: list[PartFile], options: dict[str, Any]) -> PartFile:
     """One segment holding inputs' rows in order, put in place atomically;
     then the inputs are removed. Reads a row group at a time, so memory
     follows SEGMENT_ROW_GROUP, not the segment. Every file is named relative
     to the checked directory's descriptor (tracer.safe_output)."""
-    if not isinstance(directory, OutputDir):
-        with OutputDir.open(directory) as checked:
-            return merge_files(checked, inputs, options)
     out = PartRange(inputs[0].range.first, inputs[-1].range.last)
     tmp = f".{out.name}.tmp"
     sink = directory.open_new(tmp)
@@ -127,9 +123,9 @@ def _size(directory: OutputDir, name: str) -> int:
 class PartRoller:
     """The writer thread's bookkeeping of the files on disk (its only user)."""
 
-    def __init__(self, directory: OutputDir | Path, options: dict[str, Any], policy: RollPolicy,
+    def __init__(self, directory: OutputDir, options: dict[str, Any], policy: RollPolicy,
                  clock: Callable[[], float] = time.monotonic):
-        self.directory = directory if isinstance(directory, OutputDir) else OutputDir.open(directory)
+        self.directory = directory
         self.options = options
         self.policy = policy
         self.clock = clock
