@@ -336,9 +336,8 @@ class CaptureSession:
             title += f", written to {self.opts.output}"
         text = render_summary(summary, title=title, stats=stats, kernel_histograms=hists,
                               show_kernel_histograms=self.opts.mode == "hist")
-        dropped = self.sink.writer.dropped if self.sink.writer is not None else {}
+        dropped = meta.get("dropped")  # recorded by _write_meta from the writer
         if dropped:
-            meta["dropped"] = dropped
             text += "\n" + dropped_line(dropped)
         return CaptureResult(summary, stats, meta, text, self.opts.output)
 

@@ -171,11 +171,11 @@ ROUTE_WITHDRAWN = FaultKind(
 # node. `tracer lab up` puts the healthy rules back (their digest changed).
 
 
-def _first_service(state: LabState) -> tuple[str, str | None]:
+def _every_node(state: LabState) -> tuple[str, str | None]:
     return CLUSTER, None
 
 
-def _unused_port(state: LabState, service: str) -> int:
+def _unused_port(state: LabState) -> int:
     """A port none of the Service's pods listens on (nginx listens on the
     ports the manifest's Services and containers name)."""
     used = {sp.target_port for s in state.services for sp in s.ports}
@@ -206,7 +206,7 @@ def _load_rules_everywhere(state: LabState, service: str, port: int | None) -> N
 
 def _wrong_target_port_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
     service = state.services[0].name
-    wrong = _unused_port(state, service)
+    wrong = _unused_port(state)
     _load_rules_everywhere(state, service, wrong)
     return {"service": service, "target_port": wrong}
 
@@ -231,7 +231,7 @@ WRONG_TARGET_PORT = FaultKind(
     name="wrong-target-port", family="nat",
     summary="the Service's targetPort is a port its pods do not listen on: every "
             "connection is reset by the pod",
-    default_target=_first_service, apply=_wrong_target_port_apply,
+    default_target=_every_node, apply=_wrong_target_port_apply,
     remove=_wrong_target_port_remove, in_effect=_wrong_target_port_in_effect,
     cluster_wide=True)
 
