@@ -815,3 +815,17 @@ def event_set(rows: Sequence[dict[str, Any]], metas: dict[str, dict[str, Any]] |
             Capture(Path(f"/synthetic/{node}"), {"format": "tracer-capture", **meta}, part)
         )
     return from_captures(captures)
+
+
+def first_dnat_rows(connections: int, endpoints: int) -> list[dict[str, Any]]:
+    """Hand-written events: one client's `connections` first-packet DNATs in
+    PREROUTING, round robin over `endpoints` addresses 10.0.0.1.. port 80."""
+    return [
+        {
+            "ts_ns": i * 1000, "probe": "nat", "hook": "prerouting", "nat_kind": "dnat",
+            "nat_first": True, "sport": 40000 + i, "nat_saddr": "192.168.64.10",
+            "nat_daddr": f"10.0.0.{1 + i % endpoints}", "nat_sport": 40000 + i, "nat_dport": 80,
+            "skb": 0x100 + i,
+        }
+        for i in range(connections)
+    ]

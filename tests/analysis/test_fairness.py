@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.analysis.synthetic import NODE_A, NODE_B, Scenario, event_set, simulate
+from tests.analysis.synthetic import NODE_A, NODE_B, Scenario, event_set, first_dnat_rows, simulate
 from tracer.analysis import fairness
 from tracer.analysis.events import load_events
 from tracer.analysis.packets import assemble
@@ -102,22 +102,7 @@ def test_rules_changing_mid_capture(tmp_path):
 
 
 def test_without_service_metadata_shares_are_equal():
-    rows = [
-        {
-            "ts_ns": i * 1000,
-            "probe": "nat",
-            "hook": "prerouting",
-            "nat_kind": "dnat",
-            "nat_first": True,
-            "sport": 40000 + i,
-            "nat_saddr": "192.168.64.10",
-            "nat_daddr": f"10.0.0.{1 + i % 2}",
-            "nat_sport": 40000 + i,
-            "nat_dport": 80,
-            "skb": 0x100 + i,
-        }
-        for i in range(10)
-    ]
+    rows = first_dnat_rows(10, 2)
     report = fairness.analyze(event_set(rows))
     assert [e.connections for e in report.overall.endpoints] == [5, 5]
     assert report.overall.chi2.p_value == pytest.approx(1.0)

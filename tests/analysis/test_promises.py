@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.analysis.synthetic import event_set
+from tests.analysis.synthetic import event_set, first_dnat_rows
 from tracer.analysis.events import load_events
 from tracer.analysis.fairness import dnat_decisions
 from tracer.analysis.promises import promise_connections
@@ -23,22 +23,7 @@ def test_every_connection_gets_its_promise(scenario):
 
 
 def test_without_metadata_shares_are_equal_over_the_endpoints_seen():
-    rows = [
-        {
-            "ts_ns": i * 1000,
-            "probe": "nat",
-            "hook": "prerouting",
-            "nat_kind": "dnat",
-            "nat_first": True,
-            "sport": 40000 + i,
-            "nat_saddr": "192.168.64.10",
-            "nat_daddr": f"10.0.0.{1 + i % 3}",
-            "nat_sport": 40000 + i,
-            "nat_dport": 80,
-            "skb": 0x100 + i,
-        }
-        for i in range(6)
-    ]
+    rows = first_dnat_rows(6, 3)
     events = event_set(rows)
     p = promise_connections(dnat_decisions(events.events), events.node_meta)
     assert sorted(p.keys) == ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
