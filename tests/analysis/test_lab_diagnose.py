@@ -34,12 +34,13 @@ def _dnat_counts(before: dict[str, int]) -> dict[str, int]:
             if c in after and after[c] > before.get(c, 0)}
 
 
-def _capture_and_diagnose(tmp_path, capsys) -> tuple[object, dict[str, int], dict]:
+def _capture_and_diagnose(tmp_path, capsys, path: str = "/") -> tuple[object, dict[str, int], dict]:
     sh("lab-node-a", "conntrack", "-F")
     before = sep_counters("lab-node-a")
     specs = {n: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{n}"], tmp_path / n) for n in "ab"}
     with captures(specs, stop_last_first=True):
-        traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
+        traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0,
+                              path=path)
         # diagnose judges a connection unanswered only when the capture
         # went on SETTLE_NS after its last packet (else: undetermined).
         time.sleep(SETTLE_NS / 1e9 + 0.5)
@@ -106,4 +107,91 @@ def test_diagnose_names_a_wrong_target_port(clean_lab, tmp_path, capsys):
     assert per_ip == dnat
     controller.clear_faults("wrong-target-port")
     traffic, _, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
+    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy"
+
+
+def _nstat(netns: str, counter: str) -> int:
+    """A kernel SNMP counter of netns, absolute (nstat -a, no history kept)."""
+    for line in sh(netns, "nstat", "-a", "-s", "-z", counter).splitlines():
+        if line.split()[:1] == [counter]:
+            return int(line.split()[1])
+    raise AssertionError(f"{netns}: nstat has no {counter}")
+
+
+def test_diagnose_names_strict_rp_filter(clean_lab, tmp_path, capsys):
+    """Strict rp_filter on node B's eth0, its route back to node A by another
+    NIC: every SYN that node A DNATs (and MASQUERADEs) to node B's pod is
+    dropped on arrival. Witnesses: the kernel's own IPReversePathFilter
+    counter on node B counts exactly the SYNs the capture saw dropped, and the
+    client saw exactly those connections fail."""
+    state = clean_lab
+    victim = state.pods_on(state.nodes[-1].name)[0]
+    rp_before = _nstat("lab-node-b", "TcpExtIPReversePathFilter")
+    controller.add_fault("rp-filter")
+    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
+    rp_dropped = _nstat("lab-node-b", "TcpExtIPReversePathFilter") - rp_before
+    assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
+    assert doc["connections"]["no_answer"] == traffic.failed
+    (group,) = doc["failures"]
+    assert group["stop"]["node"] == "lab-node-b" and group["stop"]["device"] == "eth0"
+    assert group["stop"]["drop_reason"] == "IP_RPFILTER"
+    assert group["common"]["endpoint"] == f"{victim.ip}:80"
+    # Each failed connection's SYN and every retransmission of it.
+    assert rp_dropped == group["count"] + group["syn_retransmits"], rp_dropped
+    controller.clear_faults("rp-filter")
+    traffic, _, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
+    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy"
+
+
+@pytest.fixture
+def vxlan_lab(lab):
+    state = controller.up(encap="vxlan").state
+    yield state
+    controller.clear_faults()
+    controller.up()
+
+
+def _rx_dropped(netns: str, device: str) -> int:
+    (link,) = json.loads(sh(netns, "ip", "-s", "-j", "link", "show", "dev", device))
+    return int(link["stats64"]["rx"]["dropped"])
+
+
+def _drops_on(capture, node: str, device: str) -> int:
+    from tracer.analysis.events import load_events
+
+    ev = load_events([str(capture)]).events
+    return int(((ev["probe"] == "drop") & (ev["node"] == node) & (ev["ifname"] == device)).sum())
+
+
+def test_diagnose_names_an_mtu_blackhole(vxlan_lab, tmp_path, capsys):
+    """Node B's NIC set to jumbo frames on a LAN that carries 1500, with VXLAN:
+    small requests to its pod work, the 64 KiB page from it stalls. The
+    diagnosis blames node B's pod, says the loss is by size, and every frame
+    the capture saw dropped on node B's uplink is one the LAN's switch port
+    (the ToR bridge's port for node B) counted as dropped."""
+    from tracer.lab.encap import mtu
+    from tracer.lab.nginx import LARGE_PATH
+
+    state = vxlan_lab
+    victim = state.pods_on(state.nodes[-1].name)[0]
+    controller.add_fault("mtu-blackhole")
+    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "small", capsys)
+    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy", traffic.errors
+
+    port = state.node("b").lan_port
+    port_before = _rx_dropped(state.tor.netns, port)
+    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "large", capsys, path=LARGE_PATH)
+    port_dropped = _rx_dropped(state.tor.netns, port) - port_before
+    assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
+    assert doc["connections"]["stalled"] == traffic.failed
+    (group,) = doc["failures"]
+    assert group["outcome"] == "stalled" and group["common"]["endpoint"] == f"{victim.ip}:80"
+    assert group["stop"]["node"] == "lab-node-b" and group["stop"]["device"] == "eth0"
+    limit = group["size_limit"]
+    # Lost: packets larger than the tunnel carries on a 1500 LAN (1450).
+    assert limit and limit["smallest_lost"] > mtu("vxlan") >= limit["largest_delivered"], limit
+    assert _drops_on(tmp_path / "large" / "b", "lab-node-b", "eth0") == port_dropped > 0
+
+    controller.clear_faults("mtu-blackhole")
+    traffic, _, doc = _capture_and_diagnose(tmp_path / "cleared", capsys, path=LARGE_PATH)
     assert traffic.ok == REQUESTS and doc["verdict"] == "healthy"

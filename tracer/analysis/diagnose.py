@@ -16,7 +16,8 @@ undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
 succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
 would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
 common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
-retransmitted_segments, largest_retransmitted, examples, rule, icmp}. ``rule``
+retransmitted_segments, largest_retransmitted, size_limit {smallest_lost,
+largest_delivered} or null, examples, rule, icmp}. ``rule``
 (the netfilter rule that dropped or rejected) and ``icmp`` (an ICMP error
 sent for the flow) are null until the capture records them.
 """
@@ -171,12 +172,24 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> l
             "reset_from": next((x for x in g.get("reset_from", []) if isinstance(x, dict)), None),
             "largest_retransmitted": None if g["largest_retransmitted"].isna().all()
             else int(g["largest_retransmitted"].max()),
+            "size_limit": _size_limit(g),
             "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
             "rule": None, "icmp": None,
         }
         group["finding"] = _finding(group, ok_by_ep)
         groups.append(group)
     return sorted(groups, key=lambda x: -x["count"])
+
+
+def _size_limit(g: pd.DataFrame) -> dict[str, int] | None:
+    """A loss by size: in every connection of the group, each retransmitted
+    (lost) segment is larger than every packet that reached the client. That
+    is what a link whose MTU the packets exceed does (a switch drops an
+    oversized frame without a word); None when the sizes overlap or are unknown."""
+    lost, got = g["smallest_retransmitted"], g["largest_delivered"]
+    if lost.isna().any() or got.isna().any() or not (lost > got).all():
+        return None
+    return {"smallest_lost": int(lost.min()), "largest_delivered": int(got.max())}
 
 
 def _common(g: pd.DataFrame) -> dict[str, Any]:
@@ -274,6 +287,11 @@ def format_text(d: Diagnosis) -> str:
         if g["retransmitted_segments"]:
             lines.append(f"  {g['retransmitted_segments']} server segment(s) retransmitted, the "
                          f"largest {g['largest_retransmitted']} bytes, never acknowledged")
+        if g["size_limit"]:
+            lim = g["size_limit"]
+            lines.append(f"  lost by size: no packet of {lim['smallest_lost']} bytes or more got "
+                         f"through, the {lim['largest_delivered']}-byte ones did: a link on the way "
+                         "does not carry packets this large (an MTU mismatch)")
         ex = g["examples"][0]
         packet = f" (`tracer timeline --packet {g['stop']['packet']}`)" if g["stop"] else ""
         lines.append(f"  e.g. {ex['client']} -> {ex['frontend']}{packet}")

@@ -134,20 +134,27 @@ def locate(cc: ClientConnections, ev: pd.DataFrame, failed: np.ndarray) -> pd.Da
         copies=("packet", "size"), size=("len", "max"), packet=("packet", "last"))
     retx = seg[seg["copies"] > 1].reset_index()
     retx_by = retx.groupby("conn").agg(segments=("seq", "size"), largest=("size", "max"),
-                                       packet=("packet", "last"))
+                                       smallest=("size", "min"), packet=("packet", "last"))
+    # The largest packet that did reach the client: against the smallest lost
+    # one, it tells a loss by size (a link whose MTU the packet exceeds).
+    delivered = cc.reply_rows.groupby("conn")["len"].max()
     last_data = data.drop_duplicates("conn", keep="last").set_index("conn")["packet"]
     synack = synack.set_index("conn")["packet"]
     for c in conns.index[failed]:
         r = conns.loc[c]
         conn = int(r["conn"])
         res: dict = {"reset_by": None, "reset_from": None, "retransmitted_segments": 0,
-                     "largest_retransmitted": None}
+                     "largest_retransmitted": None, "smallest_retransmitted": None,
+                     "largest_delivered": None}
         if r["outcome"] == "reset":
             res["reset_by"] = _reset_by(ix, int(r["rst_packet"]), r["endpoint_ip"])
             res["reset_from"] = _stop(ix, int(ix.first[int(r["rst_packet"])]), "sent_by")
         if conn in retx_by.index:
             res["retransmitted_segments"] = int(retx_by.at[conn, "segments"])
             res["largest_retransmitted"] = int(retx_by.at[conn, "largest"])
+            res["smallest_retransmitted"] = int(retx_by.at[conn, "smallest"])
+            if conn in delivered.index:
+                res["largest_delivered"] = int(delivered.at[conn])
         if conn in last_drop.index:
             row = int(ix.first[int(last_drop.at[conn, "packet"])])
             rows = ix.rows(int(last_drop.at[conn, "packet"]))

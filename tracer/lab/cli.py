@@ -164,16 +164,21 @@ def exec_command(name: str, argv: tuple[str, ...]) -> int:
 @click.option("--from", "source", default=None,
               help="client or a pod name (default: client; a pod for cluster-ip).")
 @click.option("--service", default=None, help="Service to target (default: the first that fits).")
+@click.option("--path", default="/", show_default=True,
+              help="URL path to request (every pod serves /large, a 64 KiB page, as well).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds each connect and read may take.")
 @click.option("--json", "as_json", is_flag=True)
 def traffic_command(requests, duration, concurrency, target, keepalive, node, source, service,
-                    as_json) -> int:
+                    path, timeout, as_json) -> int:
     """Send real HTTP requests to a lab Service and report what happened.
     Exits 1 if any request failed."""
     from tracer.lab import traffic
 
     result = traffic.run_traffic(
         requests=requests, duration=duration, concurrency=concurrency, target=target,
-        keepalive=keepalive, node=node, source=source, service=service,
+        keepalive=keepalive, node=node, source=source, service=service, path=path,
+        timeout=timeout,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))

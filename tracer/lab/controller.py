@@ -187,7 +187,8 @@ def clear_faults(kind: str | None = None) -> list[faults.Fault]:
 
 def fault_lines() -> list[str]:
     """What `tracer lab fault list` prints: the kinds, then the faults applied."""
-    lines = [f"{k.name:<16} {k.family:<10} {k.summary}" for k in KINDS.values()]
+    width = max(len(k.name) for k in KINDS.values())
+    lines = [f"{k.name:<{width}}  {k.family:<10} {k.summary}" for k in KINDS.values()]
     state = try_load_state()
     applied = faults.status(state, KINDS) if state is not None else []
     lines += ["", "in effect:" if applied else "in effect: none"]

@@ -13,6 +13,7 @@ from typing import Any
 from tracer.errors import LabError, UsageError
 from tracer.lab import bird
 from tracer.lab.faults import CLUSTER, Fault, FaultKind
+from tracer.lab.link_faults import MTU_BLACKHOLE, RP_FILTER
 from tracer.lab.state import LabState, Pod
 from tracer.system import run
 
@@ -236,4 +237,5 @@ WRONG_TARGET_PORT = FaultKind(
     cluster_wide=True)
 
 
-KINDS: dict[str, FaultKind] = {k.name: k for k in (POLICY_DROP, ROUTE_WITHDRAWN, WRONG_TARGET_PORT)}
+KINDS: dict[str, FaultKind] = {k.name: k for k in (
+    POLICY_DROP, ROUTE_WITHDRAWN, WRONG_TARGET_PORT, MTU_BLACKHOLE, RP_FILTER)}

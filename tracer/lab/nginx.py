@@ -19,6 +19,11 @@ from tracer.lab.state import Pod
 from tracer.system import require_program
 
 # escape=json: every field a valid JSON string; $msec etc. are numbers.
+# A path every pod serves with a large page (64 KiB: some 45 full-size
+# segments), what `tracer lab traffic --path /large` asks for.
+LARGE_PATH = "/large"
+LARGE_PAGE_BYTES = 64 * 1024
+
 LOG_FORMAT = (
     '{"time":"$time_iso8601","msec":$msec,'
     '"remote_addr":"$remote_addr","remote_port":$remote_port,'
@@ -67,9 +72,13 @@ http {{
         root {files.root};
         default_type text/html;
         # Every path answers with the page that names the pod (liveness
-        # probes included).
+        # probes included); {LARGE_PATH} with a large one (responses of many
+        # full-size segments, for MTU faults).
         location / {{
             try_files /index.html =404;
+        }}
+        location = {LARGE_PATH} {{
+            try_files {LARGE_PATH}.html =404;
         }}
     }}
 }}
@@ -91,6 +100,15 @@ def render_page(pod: Pod) -> str:
 """
 
 
+def render_large_page(pod: Pod) -> str:
+    """The page at LARGE_PATH: the same pod line, then LARGE_PAGE_BYTES of
+    filler, so that a response is many full-size TCP segments."""
+    page = render_page(pod)
+    filler_line = "<p>" + "x" * 72 + "</p>\n"
+    lines = (LARGE_PAGE_BYTES - len(page)) // len(filler_line) + 1
+    return page.replace("</body>", filler_line * lines + "</body>")
+
+
 def prepare(pod: Pod) -> None:
     """Write config, page and directories (the logs start empty)."""
     files = pod.nginx
@@ -100,6 +118,7 @@ def prepare(pod: Pod) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     Path(files.config).write_text(render_config(pod))
     (root / "index.html").write_text(render_page(pod))
+    (root / f"{LARGE_PATH.lstrip('/')}.html").write_text(render_large_page(pod))
     for path in (files.pid_file, files.access_log, files.error_log):
         Path(path).unlink(missing_ok=True)
 

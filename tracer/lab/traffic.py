@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tracer import netns as nsmod
 from tracer.errors import LabError, TracerError, UsageError
@@ -43,10 +43,11 @@ class Target:
     port: int
     source: str  # "client" or a pod name
     source_netns: str
+    path: str = "/"
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}/"
+        return f"http://{self.address}:{self.port}{self.path}"
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def _worker(target: Target, total: int, keepalive: bool, timeout: float, tally: 
 
 def _requests(target: Target, total: int, keepalive: bool, timeout: float, tally: _Tally) -> None:
     request = (
-        f"GET / HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
+        f"GET {target.path} HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
         f"User-Agent: tracer-lab\r\nAccept: */*\r\n"
         f"Connection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
     ).encode()
@@ -355,6 +356,7 @@ def run_traffic(
     source: str | None = None,
     service: str | None = None,
     timeout: float = 5.0,
+    path: str = "/",
     state: LabState | None = None,
 ) -> TrafficResult:
     """Send HTTP requests to a lab Service and report what happened."""
@@ -370,7 +372,10 @@ def run_traffic(
     if concurrency < 1:
         raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
     state = state or load_state()
-    tgt = resolve_target(state, target, node=node, source=source, service=service)
+    if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", path):
+        raise UsageError(f"--path must be an absolute URL path, got {path!r}")
+    tgt = replace(resolve_target(state, target, node=node, source=source, service=service),
+                  path=path)
 
     marks = access_log.offsets(state)
     if requests is not None:
