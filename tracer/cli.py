@@ -270,15 +270,35 @@ def report(captures, out, force) -> None:
               help="Requests sent on new connections (one each).")
 @click.option("--keepalive-requests", type=click.IntRange(min=0), default=100, show_default=True,
               help="Requests sent over 4 keep-alive connections.")
-def demo(out, requests, keepalive_requests) -> None:
+@click.option("--fault", "fault", metavar="KIND", default=None,
+              help="The broken-Service story instead: inject KIND (`tracer lab fault list`), "
+                   "capture, diagnose, clear (default output out/demo-fault-KIND, 40 requests).")
+def demo(out, requests, keepalive_requests, fault) -> None:
     """The main job on the lab: capture both nodes under real traffic, correlate, report."""
     from tracer.demo import DemoOptions, format_result, run_demo
 
+    if fault is not None:
+        from tracer.fault_demo import FaultDemoOptions, format_fault_result, run_fault_demo
+
+        given = _given_options(click.get_current_context())
+        fault_result = run_fault_demo(
+            FaultDemoOptions(kind=fault, out=out if "out" in given else None,
+                             **({"requests": requests} if "requests" in given else {})),
+            progress=lambda s: click.echo(s, err=True),
+        )
+        click.echo(format_fault_result(fault_result))
+        return
     result = run_demo(
         DemoOptions(out=out, requests=requests, keepalive_requests=keepalive_requests),
         progress=lambda s: click.echo(s, err=True),
     )
     click.echo(format_result(result))
+
+
+def _given_options(ctx: click.Context) -> set[str]:
+    """The options the user gave (not left to their defaults)."""
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
 
 
 def _reader_left() -> None:

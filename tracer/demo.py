@@ -97,7 +97,7 @@ def _validate(opts: DemoOptions) -> None:
         raise UsageError("keep-alive connections must be at least 1")
 
 
-def _prepare(out: Path) -> Path:
+def prepare(out: Path) -> Path:
     """out/ and out/captures/: created 0700, or existing ones of the caller's
     that nobody else can write (tracer.safe_output); each run's files replace
     the last run's only when complete."""
@@ -106,7 +106,7 @@ def _prepare(out: Path) -> Path:
     return out
 
 
-class _Steps:
+class Steps:
     """Times each step and reports it as it starts."""
 
     def __init__(self, progress: Callable[[str], None]):
@@ -123,7 +123,7 @@ class _Steps:
             self.seconds[name] = time.monotonic() - t0
 
 
-def _start_captures(state: LabState, out: Path, timeout_s: float) -> list[CaptureProcess]:
+def start_captures(state: LabState, out: Path, timeout_s: float) -> list[CaptureProcess]:
     procs: list[CaptureProcess] = []
     try:
         for node in state.nodes:
@@ -146,6 +146,27 @@ def _stop_all(procs: list[CaptureProcess]) -> list[int]:
     return [p.wait() for p in procs]
 
 
+def stop_last_first(procs: list[CaptureProcess]) -> list[int]:
+    """Stop the captures one by one, the last node first, each ended before
+    the next is signalled: a packet in flight between the nodes as they stop
+    is then whole in the first node's capture or missing from the last's,
+    never seen leaving one and cut short on the other (tracer diagnose would
+    call it lost). Exit statuses in procs' order."""
+    codes = {}
+    for p in reversed(procs):
+        p.signal()
+        codes[id(p)] = p.wait()
+    return [codes[id(p)] for p in procs]
+
+
+def check_exits(procs: list[CaptureProcess], codes: list[int]) -> None:
+    failed = [(p, c) for p, c in zip(procs, codes, strict=True) if c != 0]
+    if failed:
+        p, code = failed[0]
+        raise DemoError(f"capture on {p.name} ended with exit status {code}: {p.last_error()} "
+                        f"(log: {p.log})")
+
+
 def _traffic(opts: DemoOptions, state: LabState) -> list[TrafficResult]:
     runs = [run_traffic(requests=opts.requests, concurrency=opts.concurrency, target=TARGET,
                         state=state)]
@@ -159,14 +180,14 @@ def _traffic(opts: DemoOptions, state: LabState) -> list[TrafficResult]:
 def run_demo(opts: DemoOptions, progress: Callable[[str], None] = lambda s: None) -> DemoResult:
     _validate(opts)
     require_root("tracer demo")
-    out = _prepare(opts.out)
-    step = _Steps(progress)
+    out = prepare(opts.out)
+    step = Steps(progress)
 
     with step("lab", "lab up (the seed's two nodes, shipped manifest)"):
         state = controller.up().state
     captures = {n.netns: out / "captures" / n.netns for n in state.nodes}
     with step("attach", f"starting captures of {SERVICE} on {', '.join(captures)}"):
-        procs = _start_captures(state, out, opts.ready_timeout_s)
+        procs = start_captures(state, out, opts.ready_timeout_s)
     try:
         mark = witness.mark(state, SERVICE)
         with step("traffic", f"traffic: {opts.requests} requests on new connections + "
@@ -176,11 +197,7 @@ def run_demo(opts: DemoOptions, progress: Callable[[str], None] = lambda s: None
     finally:
         with step("stop", "stopping captures (SIGINT)"):
             codes = _stop_all(procs)
-    failed = [(p, c) for p, c in zip(procs, codes, strict=True) if c != 0]
-    if failed:
-        p, code = failed[0]
-        raise DemoError(f"capture on {p.name} ended with exit status {code}: {p.last_error()} "
-                        f"(log: {p.log})")
+    check_exits(procs, codes)
     witnessed = witness.since(state, SERVICE, mark)
 
     with step("correlate", "correlating the captures on one clock"):

@@ -54,6 +54,10 @@ class FaultKind:
     in_effect: Callable[[LabState, Fault], bool]
     needs_pod: bool = False
     cluster_wide: bool = False  # every node at once: --node and --pod make no sense
+    # How `tracer demo --fault` shows it: the lab's encapsulation it needs,
+    # and the URL path whose responses it breaks.
+    demo_encap: str = "none"
+    demo_path: str = "/"
 
 
 def _faults_path(state: LabState) -> Path:

@@ -10,6 +10,7 @@ from tracer.errors import LabError, UsageError
 from tracer.lab import encap as lab_encap
 from tracer.lab import netdev
 from tracer.lab.faults import Fault, FaultKind
+from tracer.lab.nginx import LARGE_PATH
 from tracer.lab.state import LabState, Pod
 
 UPLINK = "eth0"  # every lab node's NIC on the LAN (tracer/lab/build.py)
@@ -70,7 +71,8 @@ MTU_BLACKHOLE = FaultKind(
     name="mtu-blackhole", family="link",
     summary="a node's NIC set to jumbo frames (MTU 9000, tunnel and pods sized from it) on a "
             "LAN that carries 1500: small requests work, large responses from its pods vanish",
-    default_target=_last_node, apply=_mtu_apply, remove=_mtu_remove, in_effect=_mtu_in_effect)
+    default_target=_last_node, apply=_mtu_apply, remove=_mtu_remove, in_effect=_mtu_in_effect,
+    demo_encap="vxlan", demo_path=LARGE_PATH)
 
 
 # --- rp-filter: strict reverse-path filtering meets asymmetric routing --------
