@@ -190,7 +190,21 @@ def _group(
 
 def endpoint_nodes(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> dict[str, str]:
     """ip:port -> node, learned from packets delivered into a pod's namespace
-    (an rx outside the node's own netns): the Service metadata does not say."""
+    (an rx outside the node's own netns): the Service metadata does not say.
+    An endpoint no packet reached is placed by the node that routes to its
+    IP over a pod veth (the capture's ``workloads``), when one does."""
+    out = _endpoints_reached(ev, node_meta)
+    routed = {ip: node for node, m in node_meta.items() for ip in (m or {}).get("workloads") or ()}
+    if routed:
+        dnat = dnat_decisions(ev)
+        for ip, port in zip(dnat["out_dst"].tolist(), dnat["out_dport"].tolist(), strict=True):
+            key = f"{int_to_ip(int(ip))}:{int(port)}"
+            if key not in out and int_to_ip(int(ip)) in routed:
+                out[key] = routed[int_to_ip(int(ip))]
+    return out
+
+
+def _endpoints_reached(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> dict[str, str]:
     cats = list(map(str, ev["node"].cat.categories))
     node_ino = np.array(
         [((node_meta.get(n) or {}).get("netns") or {}).get("inode") or 0 for n in cats] + [0],

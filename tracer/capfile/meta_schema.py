@@ -213,6 +213,7 @@ NODE_FIELDS: dict[str, Spec] = {
     "kernel": opt(STR),
     "netns": opt(Record({"path": opt(STR), "inode": opt(INT)})),
     "scoped_netns": opt(MapOf(STR)),
+    "workloads": opt(ListOf(STR)),  # pod IPs routed over a pod veth (capture.scope)
     "backends": opt(MapOf(opt(STR))),
     "backend_targets": opt(MapOf(opt(STR))),
     "mode": OneOf("events", "hist"),

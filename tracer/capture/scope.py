@@ -29,6 +29,10 @@ class NodeScope:
     node_name: str
     namespaces: dict[int, str] = field(default_factory=dict)  # inode -> name
     local_addresses: tuple[str, ...] = ()
+    # Pod addresses the node routes to over a pod's veth (Calico's /32 route
+    # per workload): which node hosts an endpoint even when no packet of the
+    # capture reached it (tracer diagnose names the node of a dead endpoint).
+    workloads: tuple[str, ...] = ()
 
 
 def _named_namespaces() -> dict[str, Path]:
@@ -51,13 +55,17 @@ def discover(node_name: str) -> NodeScope:
             a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
             for a in ipr.get_addr(family=socket.AF_INET)
         )
-        pod_nsids = set()
+        pod_nsids, pod_links = set(), set()
         for link in ipr.get_links():
             info = link.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
             nsid = link.get_attr("IFLA_LINK_NETNSID")
             if kind == "veth" and nsid is not None and link["index"] not in addressed:
                 pod_nsids.add(nsid)
+                pod_links.add(link["index"])
+        scope.workloads = tuple(sorted(
+            r.get_attr("RTA_DST") for r in ipr.get_routes(family=socket.AF_INET)
+            if r["dst_len"] == 32 and r.get_attr("RTA_OIF") in pod_links and r.get_attr("RTA_DST")))
         if not pod_nsids:
             return scope
         for name, path in _named_namespaces().items():

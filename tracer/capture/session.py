@@ -207,6 +207,7 @@ class CaptureSession:
             histograms={"nat_hook_ns": self.read_histograms()},
             service_history=self.service_history,
             scoped_netns={str(k): v for k, v in (self.scope.namespaces if self.scope else {}).items()},
+            workloads=list(self.scope.workloads) if self.scope else [],
             ended_ns=time.monotonic_ns(),
             ended_by=self.stop_reason,
             parts=writer.parts if writer else 0,
