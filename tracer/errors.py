@@ -52,3 +52,7 @@ class ManifestError(UsageError):
 
 class LabError(TracerError):
     """The lab could not be built, or is not up when it must be."""
+
+
+class LegacyXtablesError(EnvironmentProblem):
+    """The rules to trace are in legacy xtables, which nf_tables tracing cannot see."""
