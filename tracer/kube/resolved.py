@@ -4,8 +4,8 @@ share of new connections kube-proxy's load balancing gives each.
 
 Both parsers produce these: tracer.kube.iptables_parse (iptables mode, the
 nat table, and the filter table for Services without endpoints) and
-tracer.kube.nftables_parse (nftables mode, table ip kube-proxy). Chain names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or
-service-.../endpoint-....
+tracer.kube.nftables_parse (nftables mode, table ip kube-proxy). Chain
+names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or service-.../endpoint-....
 """
 
 from __future__ import annotations
