@@ -151,10 +151,17 @@ def test_local_policy_multiport_and_no_endpoints() -> None:
     text = render_kube_proxy_table(manifest.services, eps, node_ips=["192.168.64.57"],
                                    node_name="node-a")
     # shop/empty is given no endpoints (as if its pods were not ready): it only
-    # gets a reject element, as kube-proxy writes it; no NAT, so it is not a
-    # resolved service (as in iptables mode).
+    # gets a reject element, as kube-proxy writes it, and no NAT; it resolves
+    # as a Service with no endpoints, rejected by that map (as in iptables mode
+    # from the filter table).
     assert 'no-endpoint-services { 10.96.10.11 . udp . 53 comment "shop/empty" : goto reject-chain }' in text
-    (web,) = parse_kube_proxy_table(text)
+    assert "service-ips { 10.96.10.11 " not in text
+    empty, web = parse_kube_proxy_table(text)
+    assert empty.full_name == "shop/empty" and empty.no_endpoints and not web.no_endpoints
+    (dns,) = empty.ports
+    assert (dns.protocol, dns.port, dns.cluster_ips, dns.endpoints, dns.chains()) == (
+        "udp", 53, ("10.96.10.11",), (), ())
+    assert dns.no_endpoints and dns.reject_in == ("no-endpoint-services",)
     http, metrics_port = sorted(web.ports, key=lambda p: p.port_name or "")
     assert (http.port_name, http.port, http.node_port) == ("http", 80, 30080)
     assert http.external_policy == "Local"
@@ -180,8 +187,12 @@ def test_local_policy_without_local_endpoints_drops_external_traffic() -> None:
     text = render_kube_proxy_table(manifest.services, {("shop", "web"): pods},
                                    node_ips=["192.168.64.57"], node_name="node-a")
     assert "no-endpoint-nodeports { tcp . 30080 comment \"shop/web:http\" : drop }" in text
-    (web,) = parse_kube_proxy_table(text)
+    # A `drop` element (no local endpoint) is no Service without endpoints;
+    # shop/empty, given none at all, is one.
+    empty, web = parse_kube_proxy_table(text)
+    assert empty.no_endpoints and not web.no_endpoints
     http = next(p for p in web.ports if p.port_name == "http")
+    assert not http.no_endpoints and http.reject_in == ()
     assert http.local_endpoints == () and [e.ip for e in http.endpoints] == ["10.217.121.8"]
     assert http.external_policy == "Local"
 
@@ -304,7 +315,11 @@ def fake_programs(monkeypatch, outputs: dict[str, tuple[int, str]]) -> list[list
 
     def fake_run(cmd, **kwargs):
         calls.append(list(cmd))
-        code, out = outputs[cmd[0]]
+        # `-t filter` answers outputs["PROGRAM -t filter"], an empty table if not given.
+        if cmd[1:] == ["-t", "filter"]:
+            code, out = outputs.get(f"{cmd[0]} -t filter", (0, ""))
+        else:
+            code, out = outputs[cmd[0]]
         return subprocess.CompletedProcess(cmd, code, out if code == 0 else "", out)
 
     monkeypatch.setattr(rules_source, "_find", lambda p: p if p in outputs else None)

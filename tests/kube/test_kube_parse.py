@@ -142,10 +142,16 @@ def test_unrelated_chains_and_tables(seed_manifest) -> None:
     kube_body = "\n".join(kube.splitlines()[1:-1])  # without "*nat" and "COMMIT"
     text = head + kube_body + "\nCOMMIT\n" + tail
     services = parse_iptables_nat_rules(text)
-    check_seed_services(services, 2)
-    # The filter table's KUBE-SERVICES REJECT rule is not a nat service.
-    assert "ns9/ghost" not in by_name(services)
-    assert parse_iptables_nat_rules(UNRELATED) == []
+    # The filter table's KUBE-SERVICES REJECT rule is a Service without
+    # endpoints (kube-proxy's, among Calico's filter chains); no nat rule.
+    ghost = by_name(services)["ns9/ghost"]
+    check_seed_services([s for s in services if s is not ghost], 2)
+    assert ghost.no_endpoints
+    (port,) = ghost.ports
+    assert (port.port_name, port.protocol, port.port, port.cluster_ips) == (
+        "p80", "tcp", 80, ("10.96.9.9",))
+    assert (port.endpoints, port.chains(), port.reject_in) == ((), (), ("KUBE-SERVICES",))
+    assert parse_iptables_nat_rules(UNRELATED) == [ghost]
 
 
 def test_no_kube_proxy_rules() -> None:

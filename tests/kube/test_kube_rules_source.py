@@ -117,7 +117,11 @@ def fake_programs(monkeypatch, outputs: dict[str, tuple[int, str]]) -> list[list
 
     def fake_run(cmd, **kwargs):
         calls.append(list(cmd))
-        code, out = outputs[cmd[0]]
+        # `-t filter` answers outputs["PROGRAM -t filter"], an empty table if not given.
+        if cmd[1:] == ["-t", "filter"]:
+            code, out = outputs.get(f"{cmd[0]} -t filter", (0, ""))
+        else:
+            code, out = outputs[cmd[0]]
         return subprocess.CompletedProcess(cmd, code, out if code == 0 else "", out)
 
     monkeypatch.setattr(rules_source, "_find", lambda p: p if p in outputs else None)
@@ -133,7 +137,8 @@ def test_read_kube_proxy_rules_picks_the_backend_with_kube_services(monkeypatch,
     rules = read_kube_proxy_rules()
     assert (rules.text, rules.source) == (text, "iptables-legacy-save")
     assert [s.name for s in rules.services] == ["web", "cart", "web"]
-    assert calls == [["iptables-save", "-t", "nat"], ["iptables-legacy-save", "-t", "nat"]]
+    assert calls == [["iptables-save", "-t", "nat"], ["iptables-save", "-t", "filter"],
+                     ["iptables-legacy-save", "-t", "nat"], ["iptables-legacy-save", "-t", "filter"]]
     fake_programs(monkeypatch, {"iptables-save": (0, text), "iptables-legacy-save": (0, empty)})
     rules = read_kube_proxy_rules()
     assert (rules.text, rules.source) == (text, "iptables-save")

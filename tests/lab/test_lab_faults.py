@@ -113,3 +113,52 @@ def main_exit(argv: list[str]) -> int:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     return int(exc.value.code or 0)
+
+
+def _reject_packets(state, netns: str) -> int:
+    """SYNs kube-proxy's REJECT refused on netns: the filter rule's counter
+    for nginx-demo-1's external IP (iptables mode), or reject-chain's counter
+    the lab adds (nftables mode)."""
+    if state.proxy_mode == "nftables":
+        chain = sh(netns, "nft", "list", "chain", "ip", "kube-proxy", "reject-chain")
+        m = re.search(r"counter packets (\d+) ", chain)
+        assert m, chain
+        return int(m.group(1))
+    for line in sh(netns, "iptables-save", "-c", "-t", "filter").splitlines():
+        m = re.match(r"^\[(\d+):\d+\] -A KUBE-EXTERNAL-SERVICES .*nginx-demo-1 has no endpoints.*"
+                     r"-j REJECT", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("no REJECT rule for nginx-demo-1 on " + netns)
+
+
+def test_no_endpoints_refuses_every_connection_until_cleared(faulty_lab, capsys):
+    state = faulty_lab
+    node_a = state.nodes[0].netns
+    assert main_exit(["lab", "fault", "add", "no-endpoints"]) == 0
+    # The rules were just loaded (a new REJECT rule, or a new table): 0 in
+    # either mode, read rather than assumed.
+    before = _reject_packets(state, node_a)
+    fault = faults.active(state)[0]
+    assert (fault.kind, fault.node) == ("no-endpoints", faults.CLUSTER)
+    assert "default/nginx-demo-1" in fault.detail["services"]
+    assert [live for _, live in faults.status(state, KINDS)] == [True]
+    result = _traffic()
+    # Refused, not timed out: the REJECT answers ICMP port unreachable.
+    assert (result.ok, result.failed) == (0, REQUESTS)
+    assert result.errors == {"ConnectionRefusedError": REQUESTS}
+    assert result.served == 0
+    # The kernel's own count: one refused SYN per connection.
+    assert _reject_packets(state, node_a) - before == REQUESTS
+    capsys.readouterr()
+    assert main_exit(["services", "--netns", node_a, "--json"]) == 0
+    listed = {s["name"]: s for s in json.loads(capsys.readouterr().out)}
+    (port,) = listed["nginx-demo-1"]["ports"]
+    assert port["no_endpoints"] and port["endpoints"] == []
+    assert port["cluster_ips"] == ["10.96.88.88"]
+    assert main_exit(["services", "--netns", node_a]) == 0
+    assert "no endpoints (REJECT)" in capsys.readouterr().out
+    assert main_exit(["lab", "fault", "clear", "no-endpoints"]) == 0
+    assert "has no endpoints" not in sh(node_a, "iptables-save", "-t", "filter")
+    healthy = _traffic()
+    assert healthy.ok == REQUESTS and healthy.failed == 0

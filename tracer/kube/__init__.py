@@ -12,6 +12,8 @@ Modules, one job each:
     proxy_plan       what kube-proxy decides per service port in either mode (addresses
                      checked, endpoints ordered and categorized), before any rule
     iptables_render  Services + Endpoints -> `iptables-restore` input for the nat table
+    iptables_filter  Services + Endpoints -> the filter-table half (REJECTs of Services
+                     without endpoints, kube-proxy's jump chains)
     iptables_table   `iptables-save -t nat` text -> NatTable (chains of tokenized rules)
     iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
     nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction

@@ -1,5 +1,6 @@
-"""`iptables-save -t nat` text -> the Services kube-proxy programmed, resolved
-from the rules alone (no API server).
+"""`iptables-save` text -> the Services kube-proxy programmed, resolved from
+the rules alone (no API server): the nat table, and the filter table for
+Services without endpoints.
 
 The walk follows the jumps kube-proxy writes (pkg/proxy/iptables/proxier.go):
 
@@ -18,6 +19,18 @@ In large-cluster mode kube-proxy drops only the per-endpoint comments, so the
 KUBE-SERVICES comments still name the service; when no comment names it at
 all, the service is named after its chain and `name_source` says "chain".
 
+A Service without endpoints has no nat rules: kube-proxy only REJECTs its
+traffic in the filter table (tracer.kube.iptables_filter), one rule per
+destination with the comment "ns/name:port has no endpoints":
+
+    filter KUBE-SERVICES           -d VIP --dport P             -j REJECT
+    filter KUBE-EXTERNAL-SERVICES  -d EXT-IP --dport P          -j REJECT
+                                   --dst-type LOCAL --dport N   -j REJECT  (node port)
+
+Such ports come back with no endpoints, no_endpoints set and reject_in
+naming those chains. Text without a "*filter" section (`iptables-save -t
+nat`) has none.
+
 Accepts iptables-save output of both backends (nft and legacy), with or
 without counters (`-c`: "[pkts:bytes] -A ..."), kube-proxy's own restore input,
 and tables with unrelated chains (Docker, Calico's cali-*). Chains that no
@@ -30,7 +43,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from tracer.kube.iptables_table import NatTable, Rule, read_nat_table
+from tracer.kube.iptables_table import NatTable, Rule, read_nat_table, read_table
 
 # The result types live in tracer.kube.resolved (shared with the nftables
 # parser); they are re-exported here, where callers have always found them.
@@ -54,6 +67,8 @@ __all__ = [
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+NO_ENDPOINTS_SUFFIX = " has no endpoints"
 SEP_PREFIX = "KUBE-SEP-"
 
 # Per-service-port chain prefixes; KUBE-XLB- is the Local-policy chain of
@@ -172,7 +187,48 @@ def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
         parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
         name = (parsed[0], parsed[1]) if parsed else None
         ports.append((name, next(iter(port.chains()), "KUBE-SVC-" + draft.hash), port))
+    ports += _rejected_ports(read_table(iptables_save_text, "filter"))
     return group_services(ports, name_source="comment")
+
+
+def _rejected_ports(
+    table: NatTable,
+) -> list[tuple[tuple[str, str], str, ResolvedServicePort]]:
+    """The service ports kube-proxy REJECTs in the filter table for want of
+    endpoints, named by their comments, in the order the rules list them."""
+    drafts: dict[str, _PortDraft] = {}
+    chains: dict[str, list[str]] = {}
+    for chain in (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES):
+        for rule in table.rules(chain):
+            comment = rule.comment or ""
+            spn = comment.removesuffix(NO_ENDPOINTS_SUFFIX)
+            if rule.target != "REJECT" or spn == comment or not _parse_service_port_name(spn):
+                continue
+            draft = drafts.setdefault(spn, _PortDraft(hash="", names=[spn]))
+            draft.protocol = draft.protocol or _protocol(rule)
+            dport = rule.get("--dport")
+            ip = _address(rule.get("-d"))
+            if dport is None or not dport.isdigit():
+                continue
+            if chain == KUBE_SERVICES:
+                draft.port = int(dport)
+                if ip and ip not in draft.cluster_ips:
+                    draft.cluster_ips.append(ip)
+            elif ip is None:  # `-m addrtype --dst-type LOCAL`: the node port
+                draft.node_port = int(dport)
+            elif ip not in draft.external_ips:
+                # External and load-balancer IPs share the chain and comment.
+                draft.external_ips.append(ip)
+                draft.port = draft.port or int(dport)
+            if chain not in chains.setdefault(spn, []):
+                chains[spn].append(chain)
+    out = []
+    for spn, draft in drafts.items():
+        ns, name, port_name = _parse_service_port_name(spn) or ("", "", "")
+        port = draft.resolved(port_name=port_name, protocol=draft.protocol or "tcp",
+                              no_endpoints=True, reject_in=tuple(chains[spn]))
+        out.append(((ns, name), spn, port))
+    return out
 
 
 def _protocol(rule: Rule) -> str | None:

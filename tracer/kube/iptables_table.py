@@ -1,6 +1,7 @@
-"""The nat table of `iptables-save` text (or `iptables-restore` input) read
-into chains of rules, each reduced to its options: the tokenizer under
-tracer.kube.iptables_parse, which resolves Services from it.
+"""A table of `iptables-save` text (or `iptables-restore` input) read into
+chains of rules, each reduced to its options: the tokenizer under
+tracer.kube.iptables_parse, which resolves Services from the nat table (and
+from the filter table, those without endpoints).
 
 Accepts output of both iptables backends (nft and legacy), with or without
 counters (`-c`: "[pkts:bytes] -A ..."), long option names, `-I CHAIN N`, and
@@ -77,8 +78,14 @@ def read_nat_table(text: str) -> NatTable:
 
     Lines before any "*table" header count as nat, so a bare list of rules
     works too. Lines that do not tokenize are skipped."""
+    return read_table(text, "nat", headerless="nat")
+
+
+def read_table(text: str, name: str, headerless: str | None = None) -> NatTable:
+    """Table `name` ("nat", "filter") of iptables-save text; lines before any
+    "*table" header belong to table `headerless` (None: to none)."""
     table = NatTable()
-    current: str | None = "nat"
+    current: str | None = headerless
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -89,7 +96,7 @@ def read_nat_table(text: str) -> NatTable:
         if line == "COMMIT":
             current = None
             continue
-        if current != "nat":
+        if current != name:
             continue
         if line.startswith(":"):
             table.chains.setdefault(line[1:].split()[0], [])

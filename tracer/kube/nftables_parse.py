@@ -23,9 +23,17 @@ chain (kube-proxy gives each endpoint one slot: 1/N).
 
 Like the iptables parser, only service ports the dispatch maps reach are
 services: kube-proxy keeps a removed service's chains for a second (flushed)
-before deleting them, and a Service without endpoints is only in the
-no-endpoint-* maps of the filter chains (no NAT), as in iptables mode where it
-has no nat rules at all.
+before deleting them. A Service without endpoints has no chains at all, only
+elements in the filter chains' verdict maps, each commented with its
+ServicePortName:
+
+    map no-endpoint-services:  IP . proto . port : goto reject-chain
+    map no-endpoint-nodeports: proto . nodePort  : goto reject-chain
+
+(an IP in set cluster-ips is the cluster IP, the others external or LB IPs).
+Such ports come back with no endpoints, no_endpoints set and reject_in
+naming the maps. Elements whose verdict is `drop` (externalTrafficPolicy
+Local without a local endpoint) belong to ports that have endpoints.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ from tracer.kube.resolved import (
 SERVICE_IPS_MAP = "service-ips"
 SERVICE_NODEPORTS_MAP = "service-nodeports"
 FIREWALL_IPS_MAP = "firewall-ips"
+NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
+CLUSTER_IPS_SET = "cluster-ips"
+REJECT_CHAIN = "reject-chain"
 MARK_MASQ_CHAIN = "mark-for-masquerade"
 
 _PORT_CHAIN_PREFIXES = (
@@ -151,7 +163,49 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
         parsed = parse_chain_base(draft.base)
         name = (parsed[0], parsed[1]) if parsed else None
         ports.append((name, next(iter(port.chains()), NFT_SERVICE_CHAIN_PREFIX + draft.base), port))
+    ports += _rejected_ports(table)
     return group_services(ports, name_source="chain-name")
+
+
+# ServicePortName.String(): "ns/name" or "ns/name:port".
+_SERVICE_PORT_NAME = re.compile(r"^([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*)(?::([-a-z0-9]*))?$")
+
+
+def _rejected_ports(table: NftTable) -> list[tuple[tuple[str, str], str, ResolvedServicePort]]:
+    """The service ports whose traffic the no-endpoint-* maps send to
+    reject-chain, named by the elements' comments, in map order."""
+    cluster_ips = {e.key[0] for e in table.elements.get(CLUSTER_IPS_SET, []) if e.key}
+    drafts: dict[str, PortDraft] = {}
+    maps: dict[str, list[str]] = {}
+    for map_name, width in ((NO_ENDPOINT_SERVICES_MAP, 3), (NO_ENDPOINT_NODEPORTS_MAP, 2)):
+        for element in table.elements.get(map_name, []):
+            spn = element.comment or ""
+            rejects = element.verdict == "goto" and element.target == REJECT_CHAIN
+            if not rejects or len(element.key) != width or not _SERVICE_PORT_NAME.match(spn):
+                continue
+            *ip, protocol, port = element.key
+            if not port.isdigit():
+                continue
+            draft = drafts.setdefault(spn, PortDraft())
+            draft.protocol = draft.protocol or protocol
+            if not ip:
+                draft.node_port = int(port)
+            else:
+                bucket = draft.cluster_ips if ip[0] in cluster_ips else draft.external_ips
+                if ip[0] not in bucket:
+                    bucket.append(ip[0])
+                if draft.port is None or ip[0] in cluster_ips:
+                    draft.port = int(port)
+            if map_name not in maps.setdefault(spn, []):
+                maps[spn].append(map_name)
+    out = []
+    for spn, draft in drafts.items():
+        match = _SERVICE_PORT_NAME.match(spn)
+        assert match is not None
+        port_ = draft.resolved(port_name=match.group(3) or "", protocol=draft.protocol or "tcp",
+                               no_endpoints=True, reject_in=tuple(maps[spn]))
+        out.append(((match.group(1), match.group(2)), spn, port_))
+    return out
 
 
 def _existing(table: NftTable, chain: str) -> str | None:

@@ -22,9 +22,10 @@ affinity, loadBalancerSourceRanges (firewall-* chains), internalTrafficPolicy
 Local, topology, masqueradeAll, terminating endpoints, IPv6.
 
 One deliberate, opt-in difference: endpoint_counters=True puts a `counter` in
-each endpoint chain's DNAT rule. kube-proxy writes no counters at all; the lab
-adds them so tests can compare the tracer's DNAT choices with the kernel's
-own count (see tracer.lab.kubeproxy).
+each endpoint chain's DNAT rule and in reject-chain's reject (what Services
+without endpoints are refused by). kube-proxy writes no counters at all; the
+lab adds them so tests can compare the tracer's DNAT choices and refusals
+with the kernel's own count (see tracer.lab.kubeproxy).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def render_kube_proxy_table(
     Arguments as render_nat_table (tracer.kube.iptables_render), plus:
     service_cidrs: kube-proxy's drop rule for unallocated cluster IPs
         (empty: no such rule, as before kube-proxy has seen ServiceCIDRs).
-    endpoint_counters: add `counter` to each endpoint's DNAT rule (not
-        kube-proxy's output; see the module docstring).
+    endpoint_counters: add `counter` to each endpoint's DNAT rule and to
+        reject-chain's rule (not kube-proxy's output; see the module docstring).
     replace_table: start with "add table; delete table" so loading the text
         replaces whatever table ip kube-proxy held (kube-proxy instead flushes
         stale chains and deletes them a second later; the lab reloads whole).
@@ -142,7 +143,7 @@ def render_kube_proxy_table(
     if replace_table:
         tx.lines += [f"add table {tx.where}", f"delete table {tx.where}"]
     _setup(tx, node_addresses if nodeport_addresses == "node-ips" else None,
-           masquerade_mark, cidrs)
+           masquerade_mark, cidrs, reject_counter=endpoint_counters)
 
     plan = sorted(
         (
@@ -165,6 +166,8 @@ def _setup(
     nodeport_ips: list[ipaddress.IPv4Address] | None,
     mark: str,
     service_cidrs: list[str],
+    *,
+    reject_counter: bool = False,
 ) -> None:
     """setupNFTables: the table, base chains, jump chains and fixed rules."""
     no_localhost = "ip daddr != 127.0.0.0/8"
@@ -211,7 +214,7 @@ def _setup(
     tx.op("add", "chain", f'{REJECT_CHAIN} {{ comment "helper for @no-endpoint-services / '
           '@no-endpoint-nodeports" ; }')
     tx.op("flush", "chain", REJECT_CHAIN)
-    tx.rule(REJECT_CHAIN, "reject")
+    tx.rule(REJECT_CHAIN, "counter" if reject_counter else "", "reject")
     tx.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
     nodeport_match = no_localhost if nodeport_ips is None else "ip daddr @nodeport-ips"
     tx.rule("nodeport-endpoints-check", nodeport_match,

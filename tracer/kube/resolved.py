@@ -3,9 +3,9 @@ Services with their addresses and the endpoints behind each port, with the
 share of new connections kube-proxy's load balancing gives each.
 
 Both parsers produce these: tracer.kube.iptables_parse (iptables mode, the
-nat table) and tracer.kube.nftables_parse (nftables mode, table ip
-kube-proxy). Chain names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or
-service-.../endpoint-....
+nat table, and the filter table for Services without endpoints) and
+tracer.kube.nftables_parse (nftables mode, table ip kube-proxy). Chain
+names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or service-.../endpoint-....
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ class ResolvedServicePort:
     external_policy: str | None = None
     endpoints: tuple[ResolvedEndpoint, ...] = ()  # cluster-policy choice (KUBE-SVC / service-)
     local_endpoints: tuple[ResolvedEndpoint, ...] = ()  # local-policy choice (KUBE-SVL / local-)
+    # The Service has no ready endpoint: kube-proxy wrote no NAT for this
+    # port, only filter rules that REJECT its traffic (the client sees ICMP
+    # port unreachable: connection refused). reject_in names where: the
+    # filter chains (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES) or the verdict
+    # maps (no-endpoint-services, no-endpoint-nodeports).
+    no_endpoints: bool = False
+    reject_in: tuple[str, ...] = ()
 
     def service_addresses(self) -> list[Address]:
         """Every (ip, port, protocol) this port is reached at; node ports as (None, ...)."""
@@ -109,6 +116,8 @@ class ResolvedServicePort:
             "external_policy": self.external_policy,
             "endpoints": [e.to_dict() for e in self.endpoints],
             "local_endpoints": [e.to_dict() for e in self.local_endpoints],
+            "no_endpoints": self.no_endpoints,
+            "reject_in": list(self.reject_in),
         }
 
     @classmethod
@@ -130,6 +139,8 @@ class ResolvedServicePort:
             local_endpoints=tuple(
                 ResolvedEndpoint.from_dict(e) for e in data.get("local_endpoints", ())
             ),
+            no_endpoints=bool(data.get("no_endpoints", False)),
+            reject_in=tuple(data.get("reject_in", ())),
         )
 
 
@@ -146,6 +157,11 @@ class ResolvedService:
     @property
     def full_name(self) -> str:
         return f"{self.namespace}/{self.name}" if self.namespace is not None else self.name
+
+    @property
+    def no_endpoints(self) -> bool:
+        """Every port is rejected for want of endpoints (see ResolvedServicePort)."""
+        return bool(self.ports) and all(p.no_endpoints for p in self.ports)
 
     def service_addresses(self) -> list[Address]:
         """(ip, port, protocol) of every VIP, external and LB IP; node ports as (None, ...)."""

@@ -2,7 +2,8 @@
 
 kube-proxy runs in one of two modes, and the node's rules are where that
 mode writes them:
-  - iptables mode: the nat table, in whichever iptables backend kube-proxy
+  - iptables mode: the nat table (and the filter table, where a Service
+    without endpoints is rejected), in whichever iptables backend kube-proxy
     used: the nf_tables one (`iptables-save`, Debian's default) or the legacy
     one (`iptables-legacy-save`); kube-proxy's image picks the backend that
     already holds rules;
@@ -55,7 +56,7 @@ class KubeProxyRules:
 def read_kube_proxy_rules() -> KubeProxyRules:
     """kube-proxy's rules in the caller's network namespace (the calling
     thread's: enter another with tracer.netns.entered first), from
-    `iptables-save -t nat` in iptables mode or `nft -j list table ip
+    `iptables-save -t nat` and `-t filter` in iptables mode or `nft -j list table ip
     kube-proxy` in nftables mode, parsed.
 
     When both modes' rules are there (a node switching modes, before
@@ -127,16 +128,20 @@ def _read_nft() -> tuple[str | None, str | None]:
 
 
 def _read_iptables() -> tuple[tuple[str, str] | None, list[str]]:
-    """((program, its `-t nat` output) of the backend with kube-proxy's rules,
-    or None; failures). Prefers the backend with KUBE-SERVICES (more KUBE-
-    lines if both have it), else the first that answered."""
+    """((program, its `-t nat` output followed by its `-t filter` output) of
+    the backend with kube-proxy's rules, or None; failures). Prefers the
+    backend with KUBE-SERVICES (more KUBE- lines if both have it), else the
+    first that answered. The filter table only adds the Services without
+    endpoints: a backend whose filter table cannot be read still counts."""
     available = [p for p in SAVE_PROGRAMS if _find(p)]
     outputs: list[tuple[str, str]] = []
     failures: list[str] = []
     for program in available:
         proc = run([program, "-t", "nat"], check=False)
         if proc.returncode == 0:
-            outputs.append((program, proc.stdout))
+            filter_proc = run([program, "-t", "filter"], check=False)
+            extra = filter_proc.stdout if filter_proc.returncode == 0 else ""
+            outputs.append((program, proc.stdout + extra))
             continue
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         failures.append(f"{program}: {detail[-1] if detail else f'exit {proc.returncode}'}")
@@ -187,7 +192,9 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
     """One row per service port, every value a string, for `tracer services`.
 
     Columns: service, port, cluster_ip, external_ips, node_port, endpoints
-    (ip:port with the share of new connections each gets), chain."""
+    (ip:port with the share of new connections each gets; "no endpoints
+    (REJECT)" for a port kube-proxy rejects), chain (for such a port: where
+    the REJECT is, a filter chain or a verdict map)."""
     rows = []
     for service in services:
         for port in service.ports:
@@ -197,6 +204,8 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
             # internalTrafficPolicy Local services have only a KUBE-SVL choice.
             choice = port.endpoints or port.local_endpoints
             endpoints = " ".join(f"{e.ip}:{e.port}({e.share:.0%})" for e in choice) or "-"
+            if port.no_endpoints:
+                endpoints = "no endpoints (REJECT)"
             rows.append(
                 {
                     "service": service.full_name,
@@ -206,7 +215,8 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                     or "-",
                     "node_port": str(port.node_port) if port.node_port is not None else "-",
                     "endpoints": endpoints,
-                    "chain": port.service_chain or port.external_chain or "-",
+                    "chain": port.service_chain or port.external_chain
+                    or ",".join(port.reject_in) or "-",
                 }
             )
     return rows

@@ -237,5 +237,78 @@ WRONG_TARGET_PORT = FaultKind(
     cluster_wide=True)
 
 
+# --- no-endpoints: the Deployment behind a Service has no ready pod ------------
+#
+# kube-proxy then writes no NAT for the Services that select it, only filter
+# rules that REJECT their traffic (KUBE-SERVICES / KUBE-EXTERNAL-SERVICES,
+# "<ns/name> has no endpoints"; in nftables mode no-endpoint-* map elements
+# that goto reject-chain): the client gets ICMP port unreachable, i.e.
+# connection refused. The lab has no readiness probes to fail, so the pods
+# keep running; the rules are rendered, on every node, as if none were ready.
+
+
+def _selecting_services(state: LabState) -> list[str]:
+    """The first Service and every other one selecting the same pods (its
+    Deployment's): with no ready pod, all of them lose their endpoints."""
+    first = state.services[0]
+    pods = {e.pod for sp in first.ports for e in sp.endpoints}
+    return [f"{s.namespace}/{s.name}" for s in state.services if s is first
+            or (pods and pods == {e.pod for sp in s.ports for e in sp.endpoints})]
+
+
+def _without_endpoints(state: LabState, services: list[str]) -> LabState:
+    """The state with the Services (namespace/name) left without endpoints."""
+    return replace(state, services=tuple(
+        replace(s, ports=tuple(replace(sp, endpoints=()) for sp in s.ports))
+        if f"{s.namespace}/{s.name}" in services else s for s in state.services))
+
+
+def _load_rendered_everywhere(state: LabState, rendered: LabState) -> None:
+    from tracer.kube.manifest import load_manifest
+    from tracer.lab import kubeproxy
+
+    manifest = load_manifest(state.manifest)
+    for node in state.nodes:
+        kubeproxy.load(state, node, kubeproxy.render(manifest, rendered, node))
+
+
+def _no_endpoints_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
+    services = _selecting_services(state)
+    _load_rendered_everywhere(state, _without_endpoints(state, services))
+    return {"services": services}
+
+
+def _no_endpoints_remove(state: LabState, fault: Fault) -> None:
+    _load_rendered_everywhere(state, state)
+
+
+def _no_endpoints_in_effect(state: LabState, fault: Fault) -> bool:
+    """Every node rejects the Services: their REJECT rule (iptables) or
+    no-endpoint-services element (nftables) is loaded."""
+    from tracer.lab import kubeproxy
+
+    nft = state.proxy_mode == "nftables"
+    for node in state.nodes:
+        lines = ((kubeproxy.nft_table(node.netns) or "") if nft
+                 else kubeproxy.save(node.netns, table="filter")).splitlines()
+        for full in fault.detail["services"]:
+            # kube-proxy's comment is the ServicePortName: "ns/name" or "ns/name:port".
+            named = [line for line in lines
+                     if f'"{full}"' in line or f'"{full}:' in line or f'"{full} ' in line]
+            verdict = "goto reject-chain" if nft else "has no endpoints"
+            if not any(verdict in line and ("REJECT" in line or nft) for line in named):
+                return False
+    return True
+
+
+NO_ENDPOINTS = FaultKind(
+    name="no-endpoints", family="nat",
+    summary="the Deployment has no ready pod: kube-proxy REJECTs its Services' traffic "
+            "(connection refused). The lab models no readiness: its pods keep running, "
+            "only kube-proxy's rules change",
+    default_target=_every_node, apply=_no_endpoints_apply, remove=_no_endpoints_remove,
+    in_effect=_no_endpoints_in_effect, cluster_wide=True)
+
+
 KINDS: dict[str, FaultKind] = {k.name: k for k in (
-    POLICY_DROP, ROUTE_WITHDRAWN, WRONG_TARGET_PORT, MTU_BLACKHOLE, RP_FILTER)}
+    POLICY_DROP, ROUTE_WITHDRAWN, WRONG_TARGET_PORT, NO_ENDPOINTS, MTU_BLACKHOLE, RP_FILTER)}

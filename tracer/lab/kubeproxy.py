@@ -2,8 +2,13 @@
 load them into the node's namespace, then read them back (digest, counters).
 
 Two proxy modes, as kube-proxy's --proxy-mode:
-  - iptables (the default): tracer.kube.iptables_render, rule for rule, loaded
-    with the nf_tables `iptables-restore`, as kube-proxy on a Debian 12 node;
+  - iptables (the default): tracer.kube.iptables_render (nat) and
+    tracer.kube.iptables_filter (filter: the REJECTs of Services without
+    endpoints), rule for rule, loaded with the nf_tables `iptables-restore`,
+    as kube-proxy on a Debian 12 node. The lab leaves out kube-proxy's
+    KUBE-FORWARD and KUBE-FIREWALL rules (its chains stay empty): they would
+    change how every healthy node forwards (an INVALID drop), which the
+    lab's tests do not expect;
   - nftables: tracer.kube.nftables_render, kube-proxy's nftables transaction,
     loaded with `nft -f`. The lab adds one thing kube-proxy does not write: a
     `counter` in every endpoint chain's DNAT rule, the witness the tests
@@ -23,6 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import LabError, MissingPackageError, TracerError
+from tracer.kube.iptables_filter import (
+    FILTER_CHAINS,
+    FILTER_JUMP_RULES,
+    KUBE_FIREWALL,
+    render_filter_table,
+)
 from tracer.kube.iptables_render import render_nat_table
 from tracer.kube.model import Endpoint as KubeEndpoint
 from tracer.kube.model import Manifest
@@ -35,10 +46,11 @@ from tracer.system import run
 # Debian alternative, which could point at the legacy backend.
 RESTORE = "iptables-nft-restore"
 SAVE = "iptables-nft-save"
+IPTABLES = "iptables-nft"
 NFT = "nft"
 NFT_TABLE = ("ip", "kube-proxy")
 
-_PACKAGE = {RESTORE: "iptables", SAVE: "iptables", NFT: "nftables"}
+_PACKAGE = {RESTORE: "iptables", SAVE: "iptables", IPTABLES: "iptables", NFT: "nftables"}
 # An empty nat table: restoring it (without --noflush) removes every KUBE-
 # chain and jump, which is what kube-proxy's iptables cleanup amounts to here
 # (the lab's nat table holds nothing else).
@@ -54,7 +66,7 @@ def _require(program: str) -> str:
 
 # What loading and reading back the rules needs, in either mode: nft too in
 # iptables mode, to remove (or find no) table ip kube-proxy.
-REQUIRED_PROGRAMS = (RESTORE, SAVE, NFT)
+REQUIRED_PROGRAMS = (RESTORE, SAVE, IPTABLES, NFT)
 
 
 def require_programs() -> None:
@@ -91,13 +103,57 @@ def render(manifest: Manifest, state: LabState, node: Node) -> str:
             endpoint_counters=True,
             replace_table=True,
         )
-    return render_nat_table(
+    # kube-proxy's one restore input: "*filter" (REJECTs; its jumps are made
+    # by load(), once) then "*nat".
+    return render_filter_table(
+        manifest.services,
+        endpoints(state),
+        node_name=node.name,
+        forwarding_rules=False,
+        jump_rules=False,
+    ) + render_nat_table(
         manifest.services,
         endpoints(state),
         node_ips=[node.ip],
         cluster_cidr=state.cluster_cidr,
         node_name=node.name,
     )
+
+
+def _split_filter(text: str) -> tuple[str, str]:
+    """(the "*filter" section, the rest) of iptables-restore input."""
+    head, marker, rest = text.partition("*nat\n")
+    if not marker or not head.startswith("*filter"):
+        return "", text
+    return head, marker + rest
+
+
+# kube-proxy's cleanup of its filter table (CleanupLeftovers): each chain
+# flushed, then deleted (the jumps to them are removed first); with the
+# (empty, unreferenced) KUBE-FIREWALL the lab declares.
+_LAB_FILTER_CHAINS = (*FILTER_CHAINS, KUBE_FIREWALL)
+_FILTER_CLEANUP = "\n".join(
+    ["*filter", *(f":{c} - [0:0]" for c in _LAB_FILTER_CHAINS),
+     *(f"-X {c}" for c in _LAB_FILTER_CHAINS), "COMMIT", ""])
+
+
+def _ensure_filter_jumps(netns: str) -> None:
+    """kube-proxy's EnsureRule(Prepend) for its filter jumps: each one that
+    is not there (`iptables -C`) is inserted first, in kube-proxy's order."""
+    for jump in FILTER_JUMP_RULES:
+        if run([IPTABLES, "-t", "filter", "-C", jump.source, *jump.args()],
+               netns=netns, check=False).returncode != 0:
+            run([IPTABLES, "-t", "filter", "-I", jump.source, *jump.args()], netns=netns)
+
+
+def _remove_filter_rules(netns: str) -> None:
+    """Take kube-proxy's iptables filter chains and jumps away (a node
+    switching to nftables mode)."""
+    for jump in FILTER_JUMP_RULES:
+        while run([IPTABLES, "-t", "filter", "-C", jump.source, *jump.args()],
+                  netns=netns, check=False).returncode == 0:
+            run([IPTABLES, "-t", "filter", "-D", jump.source, *jump.args()], netns=netns)
+    run([RESTORE, "--noflush"], netns=netns, input=_FILTER_CLEANUP)
 
 
 def rules_file(state: LabState, node: Node) -> Path:
@@ -112,9 +168,12 @@ def load(state: LabState, node: Node, text: str) -> str:
     (see digest()).
 
     iptables: without --noflush the whole nat table is replaced, so a reload
-    after a replica change leaves no stale KUBE-SEP chain behind. nftables:
-    the transaction starts by deleting table ip kube-proxy. The filter table
-    and other nftables tables are not touched.
+    after a replica change leaves no stale KUBE-SEP chain behind; the filter
+    section goes in with --noflush (declaring a chain flushes it; other
+    chains, Felix's, stay) and its jumps are added where missing. nftables:
+    the transaction starts by deleting table ip kube-proxy, and kube-proxy's
+    iptables chains go. Other filter chains and nftables tables are not
+    touched.
     """
     require_programs()
     path = rules_file(state, node)
@@ -123,9 +182,14 @@ def load(state: LabState, node: Node, text: str) -> str:
     try:
         if state.proxy_mode == "nftables":
             run([RESTORE], netns=node.netns, input=_EMPTY_NAT)
+            _remove_filter_rules(node.netns)
             run([NFT, "-f", "-"], netns=node.netns, input=text)
         else:
-            run([RESTORE], netns=node.netns, input=text)
+            filter_text, nat_text = _split_filter(text)
+            run([RESTORE], netns=node.netns, input=nat_text)
+            if filter_text:
+                run([RESTORE, "--noflush"], netns=node.netns, input=filter_text)
+                _ensure_filter_jumps(node.netns)
             if nft_table(node.netns) is not None:
                 run([NFT, "delete", "table", *NFT_TABLE], netns=node.netns)
     except TracerError as exc:
@@ -152,22 +216,25 @@ def _lab_only(netns: str) -> None:
         raise LabError(f"refusing to read rules of non-lab namespace {netns!r}")
 
 
-def save(netns: str, *, counters: bool = False) -> str:
-    """`iptables-save -t nat` of a lab namespace."""
+def save(netns: str, *, counters: bool = False, table: str = "nat") -> str:
+    """`iptables-save -t nat` (or another table) of a lab namespace."""
     _require(SAVE)
     _lab_only(netns)
-    return run([SAVE, "-t", "nat", *(["-c"] if counters else [])], netns=netns).stdout
+    return run([SAVE, "-t", table, *(["-c"] if counters else [])], netns=netns).stdout
 
 
 def digest(netns: str) -> str:
-    """sha256 of the nat rules and of table ip kube-proxy (not counters, not
-    comments) as the kernel gives them back: equal digests mean the same
-    rules are loaded, in either mode."""
+    """sha256 of the nat rules, of kube-proxy's filter rules (the KUBE- lines)
+    and of table ip kube-proxy (not counters, not comments) as the kernel
+    gives them back: equal digests mean the same rules are loaded, in either
+    mode."""
     lines = [
         re.sub(r"\[\d+:\d+\]", "", line)
         for line in save(netns).splitlines()
         if line and not line.startswith("#")
     ]
+    lines += [line for line in save(netns, table="filter").splitlines()
+              if "KUBE-" in line and not line.startswith("#")]
     table = nft_table(netns, stateless=True)
     if table is not None:
         lines += ["# table ip kube-proxy", *table.splitlines()]
