@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.capture.lab_capture import captures, sep_counters, sh
+from tests.capture.lab_capture import captures, nstat, sep_counters, sh
 from tracer.analysis.outcomes import SETTLE_NS
 from tracer.cli import main
 from tracer.lab import controller
@@ -110,14 +110,6 @@ def test_diagnose_names_a_wrong_target_port(clean_lab, tmp_path, capsys):
     assert traffic.ok == REQUESTS and doc["verdict"] == "healthy"
 
 
-def _nstat(netns: str, counter: str) -> int:
-    """A kernel SNMP counter of netns, absolute (nstat -a, no history kept)."""
-    for line in sh(netns, "nstat", "-a", "-s", "-z", counter).splitlines():
-        if line.split()[:1] == [counter]:
-            return int(line.split()[1])
-    raise AssertionError(f"{netns}: nstat has no {counter}")
-
-
 def test_diagnose_names_strict_rp_filter(clean_lab, tmp_path, capsys):
     """Strict rp_filter on node B's eth0, its route back to node A by another
     NIC: every SYN that node A DNATs (and MASQUERADEs) to node B's pod is
@@ -126,10 +118,18 @@ def test_diagnose_names_strict_rp_filter(clean_lab, tmp_path, capsys):
     client saw exactly those connections fail."""
     state = clean_lab
     victim = state.pods_on(state.nodes[-1].name)[0]
-    rp_before = _nstat("lab-node-b", "TcpExtIPReversePathFilter")
+    # Node B's strict check also refuses node A's ARP (arp_process routes the
+    # request back to its sender): once node A's entry for node B goes stale
+    # and is probed, the connections fail on node A instead (neighbour
+    # failed). A fresh entry stays reachable for at least 15 s
+    # (base_reachable_time 30 s, randomised by half), far longer than this run.
+    # An ARP exchange makes one: the old entry goes, the ping resolves anew.
+    sh("lab-node-a", "ip", "neigh", "flush", "to", state.nodes[-1].ip)
+    sh("lab-node-a", "ping", "-c", "1", "-W", "1", state.nodes[-1].ip)
+    rp_before = nstat("lab-node-b", "TcpExtIPReversePathFilter")
     controller.add_fault("rp-filter")
     traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
-    rp_dropped = _nstat("lab-node-b", "TcpExtIPReversePathFilter") - rp_before
+    rp_dropped = nstat("lab-node-b", "TcpExtIPReversePathFilter") - rp_before
     assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
     assert doc["connections"]["no_answer"] == traffic.failed
     (group,) = doc["failures"]

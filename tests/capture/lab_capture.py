@@ -138,6 +138,14 @@ def sh(netns: str, *cmd: str) -> str:
                           capture_output=True, text=True).stdout
 
 
+def nstat(netns: str, counter: str) -> int:
+    """A kernel SNMP counter of netns, absolute (nstat -a, no history kept)."""
+    for line in sh(netns, "nstat", "-a", "-s", "-z", counter).splitlines():
+        if line.split()[:1] == [counter]:
+            return int(line.split()[1])
+    raise AssertionError(f"{netns}: nstat has no {counter}")
+
+
 _COUNTER = re.compile(r"^\[(\d+):(\d+)\] -A (KUBE-SEP-\w+) .*-j DNAT")
 
 
