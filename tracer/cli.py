@@ -102,6 +102,10 @@ cli.add_command(_cluster_commands)
               help="A segment (one file) stops growing at this size.")
 @click.option("--segment-seconds", type=float, default=3600, show_default=True, metavar="S",
               help="... or when it spans this long.")
+@click.option("--rules", is_flag=True,
+              help="Also record every netfilter rule the Service's packets walk, with its verdict "
+                   "(nf_tables tracing; iptables-nft or nftables, not legacy xtables). Costs: "
+                   "see docs/benchmarks.md.")
 # Fault injection for the tests of unmeasured NAT hook times (bpf/nat.bpf.h).
 @click.option("--fault-nat-entry-one-in", "fault_nat_entry_one_in", type=int, default=1, hidden=True)
 def capture_command(service: str, netns: str | None, node: str | None, output: Path | None,
@@ -109,7 +113,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
                     quiet: bool, backend: str | None, probes: str, client: str | None,
                     endpoint: str | None, port: int | None, proto: str | None, ringbuf_mb: int,
                     summary_json: Path | None, max_size: str | None, on_full: str,
-                    keep: int | None, segment_size: str, segment_seconds: float,
+                    keep: int | None, segment_size: str, segment_seconds: float, rules: bool,
                     fault_nat_entry_one_in: int) -> None:
     """Trace every packet of one Service as this node handles it."""
     from tracer.capture.live import StatusLine
@@ -124,7 +128,7 @@ def capture_command(service: str, netns: str | None, node: str | None, output: P
         fault_nat_entry_one_in=fault_nat_entry_one_in, summary_json=summary_json,
         max_size=None if max_size is None else parse_size(max_size, "--max-size"),
         on_full=on_full, keep=keep, segment_size=parse_size(segment_size, "--segment-size"),
-        segment_seconds=segment_seconds,
+        segment_seconds=segment_seconds, rules=rules,
     )
     status = StatusLine(lambda text, nl: click.echo(text, err=True, nl=nl), sys.stderr.isatty())
     callbacks = Callbacks(line=click.echo, status=status.status, notice=status.notice,

@@ -42,6 +42,7 @@ underlay may rewrite it (another tunnel, NAT between sites).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,7 @@ class Packets:
     links: pd.DataFrame
     clocks: ClockSolution
     node_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node_source: dict[str, Path] = field(default_factory=dict)  # node -> its capture directory
     # Derived views kept by presentation code (e.g. timeline's column arrays).
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -428,5 +430,6 @@ def assemble(
     out, comp_ev = _with_segments(ev, seg, links, clocks)
     out = _number_packets(out, seg, comp_ev)
     return Packets(
-        events=out, links=_links_by_row(ev, links), clocks=clocks, node_meta=events.node_meta
+        events=out, links=_links_by_row(ev, links), clocks=clocks, node_meta=events.node_meta,
+        node_source=events.node_source,
     )

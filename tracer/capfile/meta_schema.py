@@ -213,7 +213,10 @@ NODE_FIELDS: dict[str, Spec] = {
     "kernel": opt(STR),
     "netns": opt(Record({"path": opt(STR), "inode": opt(INT)})),
     "scoped_netns": opt(MapOf(STR)),
-    "workloads": opt(ListOf(STR)),  # pod IPs routed over a pod veth (capture.scope)
+    "workloads": opt(ListOf(STR)),
+    # --rules: the trace table, trace events and walks recorded, messages lost.
+    "rules": opt(Record({"table": opt(STR), "events": opt(INT), "walks": opt(INT),
+                         "lost": opt(INT)})),  # pod IPs routed over a pod veth (capture.scope)
     "backends": opt(MapOf(opt(STR))),
     "backend_targets": opt(MapOf(opt(STR))),
     "mode": OneOf("events", "hist"),

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tracer.capfile.meta import META_FILE
 from tracer.capfile.parts import PartRange
 from tracer.capfile.rolling import PartRoller, RollPolicy
+from tracer.capfile.rule_trace import RULES_FILE
 from tracer.capfile.schema import SCHEMA
 from tracer.errors import CaptureFileError
 from tracer.safe_output import OutputDir, output_dir
@@ -30,7 +31,8 @@ _END_PART = object()
 
 def is_capture_file(name: str) -> bool:
     """An entry the tracer writes in a capture directory (what --force may replace)."""
-    return name == META_FILE or name.startswith((f".{META_FILE}.", "part-", ".part-"))
+    return name in (META_FILE, RULES_FILE) or name.startswith(
+        (f".{META_FILE}.", "part-", ".part-"))
 
 
 def prepare_directory(path: Path, *, overwrite: bool = False) -> None:
@@ -180,6 +182,11 @@ class CaptureWriter:
             self.full = self._roller.full
             d = self._roller.dropped
             self.dropped = d.to_dict() if d.files else {}
+
+    def open_side_file(self, name: str) -> IO[str]:
+        """A new text file beside the parts (0600, never an existing name or a
+        link), through the same checked directory: the rule trace of --rules."""
+        return self._dir.open_new(name, "w")
 
     def close(self) -> None:
         """Write everything submitted so far; raise if any part failed."""

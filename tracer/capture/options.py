@@ -39,6 +39,9 @@ class CaptureOptions:
     # Where the CLI writes the summary document after the capture; the
     # session checks it can before attaching anything (writable_summary).
     summary_json: Path | None = None
+    # --rules: record the netfilter rules the Service's packets walk
+    # (nf_tables tracing; tracer.capture.rule_recorder). Opt-in: it costs.
+    rules: bool = False
     # Long captures (tracer.capfile.rolling): bytes, or None for no bound.
     max_size: int | None = None
     on_full: str = "drop-oldest"

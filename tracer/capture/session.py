@@ -23,6 +23,7 @@ from typing import Any
 from tracer import netns
 from tracer.btf import Btf
 from tracer.capfile import PROTO_NUMBERS, CaptureWriter, prepare_directory
+from tracer.capfile.rule_trace import RULES_FILE
 from tracer.capture import metadata
 from tracer.capture import scope as node_scope
 from tracer.capture.backends import parse_backend_option, select_backends
@@ -34,6 +35,7 @@ from tracer.capture.offsets import drop_reason_names
 from tracer.capture.options import CaptureOptions, validate_options
 from tracer.capture.program import LoadedProgram, ProgramSettings, load_and_attach
 from tracer.capture.ringbuf import RingBufferReader
+from tracer.capture.rule_recorder import RuleRecorder
 from tracer.capture.service_filter import ServiceKeyMap, service_keys
 from tracer.capture.sink import BATCH_EVENTS, EventSink
 from tracer.capture.stopper import Stopper
@@ -94,6 +96,7 @@ class CaptureSession:
         self.meta: dict[str, Any] = {}
         self.key_map: ServiceKeyMap | None = None
         self.scope: node_scope.NodeScope | None = None
+        self.rules: RuleRecorder | None = None
         self.stop_reason = ""
 
     @property
@@ -152,6 +155,8 @@ class CaptureSession:
         printer = None if o.quiet else RateLimitedPrinter(self.cb.line, o.max_lines_per_s)
         writer = CaptureWriter(o.output, policy=o.roll_policy) if o.output is not None else None
         self.sink = EventSink(decoder, writer, printer, o.count)
+        if o.rules:
+            self._start_rules(writer)
         if o.mode == "events":
             self.reader = RingBufferReader(self.prog.table("events").map_fd,
                                            self.prog.settings.ringbuf_bytes)
@@ -169,6 +174,15 @@ class CaptureSession:
             f"{READY_PREFIX} {self.service.full_name} on {node} in {o.mode} mode "
             f"[{described}] ({self.prog.all_attached_s:.2f}s to attach); Ctrl-C to stop"
         )
+
+    def _start_rules(self, writer: CaptureWriter | None) -> None:
+        """--rules: trace the Service's packets through netfilter (an owner
+        table in this namespace; tracer.capture.rule_recorder)."""
+        assert self.service is not None and self.scope is not None
+        out = writer.open_side_file(RULES_FILE) if writer is not None else None
+        keys = service_keys(self.service, self.scope.local_addresses)
+        self.rules = RuleRecorder(keys, out, None if self.opts.quiet else self.cb.line)
+        self.rules.__enter__()
 
     def _fill_scope(self) -> None:
         assert self.prog is not None and self.scope is not None
@@ -208,6 +222,7 @@ class CaptureSession:
             service_history=self.service_history,
             scoped_netns={str(k): v for k, v in (self.scope.namespaces if self.scope else {}).items()},
             workloads=list(self.scope.workloads) if self.scope else [],
+            **({"rules": self.rules.stats()} if self.rules is not None else {}),
             ended_ns=time.monotonic_ns(),
             ended_by=self.stop_reason,
             parts=writer.parts if writer else 0,
@@ -230,6 +245,8 @@ class CaptureSession:
         if fresh != self.service:
             self.service = fresh
             self.key_map.sync(service_keys(fresh, self.scope.local_addresses))
+            if self.rules is not None:
+                self.rules.replace_keys(service_keys(fresh, self.scope.local_addresses))
             self.service_history.append({"ts_ns": time.monotonic_ns(), "service": fresh.to_dict()})
             self.meta["service"] = fresh.to_dict()
             eps = sum(len(p.endpoints) for p in fresh.ports)
@@ -266,6 +283,8 @@ class CaptureSession:
             if reason:
                 done, self.stop_reason = True, reason
             got = self.reader.read_into(batch) if self.reader is not None else 0
+            if self.rules is not None:
+                self.rules.pump()
             # Decode a batch when it is full, has waited long enough, or the
             # capture ends; and before closing a part, so that a part holds
             # everything up to now and a SIGKILL loses at most the last
@@ -319,6 +338,9 @@ class CaptureSession:
         assert self.prog is not None and self.sink is not None
         self.prog.detach()
         self._drain()
+        if self.rules is not None:
+            self.rules.pump()
+            self.rules.close()
         stats = self.read_stats()
         hists = self.read_histograms()
         if self.sink.writer is not None:
@@ -340,9 +362,17 @@ class CaptureSession:
         dropped = meta.get("dropped")  # recorded by _write_meta from the writer
         if dropped:
             text += "\n" + dropped_line(dropped)
+        if self.rules is not None:
+            r = self.rules.stats()
+            text += (f"\n  rules (--rules): {r['events']} nf_tables trace events, {r['walks']} "
+                     f"walks of a base chain, {r['lost']} trace messages lost")
         return CaptureResult(summary, stats, meta, text, self.opts.output)
 
     def close(self) -> None:
+        if self.rules is not None:
+            with contextlib.suppress(Exception):
+                self.rules.close()
+            self.rules = None
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 self.reader.close()

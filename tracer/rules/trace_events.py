@@ -66,6 +66,8 @@ class TraceEvent:
     sport: int | None = None
     dport: int | None = None
     tcp_flags: int | None = None
+    ip_id: int | None = None  # with seq: which packet, to match the capture's events
+    seq: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -92,11 +94,13 @@ def _ipv4_tuple(network: bytes | None, transport: bytes | None) -> dict[str, obj
         return {}
     proto = network[9]
     out: dict[str, object] = {"src": str(ipaddress.IPv4Address(network[12:16])),
-                              "dst": str(ipaddress.IPv4Address(network[16:20])), "proto": proto}
+                              "dst": str(ipaddress.IPv4Address(network[16:20])), "proto": proto,
+                              "ip_id": struct.unpack(">H", network[4:6])[0]}
     if transport and len(transport) >= 4 and proto in (6, 17, 132):
         out["sport"], out["dport"] = struct.unpack(">HH", transport[:4])
         if proto == 6 and len(transport) >= 14:
             out["tcp_flags"] = transport[13]
+            out["seq"] = struct.unpack(">I", transport[4:8])[0]
     return out
 
 

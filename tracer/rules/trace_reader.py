@@ -20,7 +20,7 @@ RCVBUF = 32 << 20  # a burst of traced packets makes ~10 messages each
 # The kernel copies the packet's headers into the first event of a walk
 # only; the rest get them from here, by trace id.
 TUPLES_KEPT = 4096
-_TUPLE_FIELDS = ("src", "dst", "proto", "sport", "dport", "tcp_flags")
+_TUPLE_FIELDS = ("src", "dst", "proto", "sport", "dport", "tcp_flags", "ip_id", "seq")
 
 
 class TraceReader:
