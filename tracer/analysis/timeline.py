@@ -242,7 +242,10 @@ def _detail(h: dict[str, Any]) -> str:
         n = h["nat"]
         first = " first" if n["first"] else ""
         took = "(time not measured)" if n["ns"] is None else f"in {fmt_duration(n['ns'])}"
-        return f"{n['kind'].upper()}{first} {took}: {n['before']}  =>  {n['after']}"
+        text = f"{n['kind'].upper()}{first} {took}: {n['before']}  =>  {n['after']}"
+        if h.get("icmp") and h["icmp"]["quoted"]:
+            text += f"  (icmp {h['icmp']['type']}/{h['icmp']['code']}, quote now {h['icmp']['quoted']})"
+        return text
     text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
     if h.get("encap"):
         e = h["encap"]
