@@ -24,8 +24,15 @@ import numpy as np
 import pytest
 
 from tracer.btf import Btf
-from tracer.capture.abi import EVENT_DTYPE, EVENT_SIZE, PROBE_RX, ROLE_FRONTEND, STAT_ICMP_UNQUOTED
-from tracer.capture.abi import be16_as_loaded, be32_as_loaded
+from tracer.capture.abi import (
+    EVENT_DTYPE,
+    EVENT_SIZE,
+    PROBE_RX,
+    ROLE_FRONTEND,
+    STAT_ICMP_UNQUOTED,
+    be16_as_loaded,
+    be32_as_loaded,
+)
 from tracer.capture.backends import select_backends
 from tracer.capture.counters import read_kernel_counters
 from tracer.capture.features import KernelFeatures
@@ -66,9 +73,9 @@ def _connect_refused() -> int:
     """Connect from the client namespace; the client's source port."""
     code = (
         "import socket,sys\n"
-        "s=socket.socket(); s.bind(('%s',0)); print(s.getsockname()[1], flush=True)\n"
-        "try:\n s.settimeout(5); s.connect(('%s',%d)); sys.exit(3)\n"
-        "except ConnectionRefusedError: sys.exit(0)\n" % (CLIENT, SERVER, PORT)
+        f"s=socket.socket(); s.bind(('{CLIENT}',0)); print(s.getsockname()[1], flush=True)\n"
+        f"try:\n s.settimeout(5); s.connect(('{SERVER}',{PORT})); sys.exit(3)\n"
+        "except ConnectionRefusedError: sys.exit(0)\n"
     )
     r = subprocess.run(["ip", "netns", "exec", CLIENT_NS, "python3", "-c", code],
                        capture_output=True, text=True, timeout=30)
