@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tracer.analysis.addresses import int_to_ip, proto_name
-from tracer.analysis.events import PROBE_RX
+from tracer.analysis.events import PROBE_NAT, PROBE_RX
 
 # (type, code) -> name; a type's name alone where the code is not listed.
 ICMP_TYPES = {3: "destination unreachable", 11: "time exceeded", 12: "parameter problem"}
@@ -114,7 +114,12 @@ def attach(ev: pd.DataFrame, conns: pd.DataFrame, client_rows: pd.DataFrame) -> 
         e = first_rows.loc[r.packet]
         sender = int(e["src"])
         ep = None if endpoint is None else endpoint.get(r.conn)
-        if ep is not None and not np.isnan(ep) and int(ep) == sender:
+        # A nat event's "before" source of an ICMP error is conntrack's word
+        # (the reply tuple's source: the pod), not the packet's: an error
+        # first seen at a NAT hook began on that node (ip_local_out).
+        if int(e["probe_code"]) == PROBE_NAT:
+            by = "node"
+        elif ep is not None and not np.isnan(ep) and int(ep) == sender:
             by = "pod"
         elif int(e["probe_code"]) == PROBE_RX:
             by = "router"
