@@ -63,6 +63,14 @@ static __always_inline void fill_event(struct tracer_event *e, u64 ts, u8 probe,
 	e->encap = p->encap;
 	e->outer_saddr = p->outer_saddr;
 	e->outer_daddr = p->outer_daddr;
+	e->quoted_saddr = p->quoted_saddr;
+	e->quoted_daddr = p->quoted_daddr;
+	e->quoted_sport = p->quoted_sport;
+	e->quoted_dport = p->quoted_dport;
+	e->icmp_type = p->icmp_type;
+	e->icmp_code = p->icmp_code;
+	e->quoted_proto = p->quoted_proto;
+	e->pad = 0;
 }
 
 #ifndef MODE_HIST
@@ -112,6 +120,8 @@ static __always_inline struct tracer_event *packet_event(u8 probe, const void *s
 		stat_add(TRACER_STAT_PARSE_ERROR, 1);
 		return NULL;
 	}
+	if (p.icmp_type && !p.quoted_proto)
+		stat_add(TRACER_STAT_ICMP_UNQUOTED, 1);
 	/* A tunnel packet's conntrack entry is the tunnel's (see fill_event):
 	 * judged like a packet with none. */
 	if (!packet_wanted(&p, p.encap ? 0 : field_u64(skb, OFF_SKB_NFCT)))

@@ -192,6 +192,23 @@ static __always_inline void flow_add(const struct tracer_pkt *p)
 }
 #endif
 
+/* The packet an ICMP error quotes, as a packet of its own in *q; 0 when p
+ * is no ICMP error with a readable quote. Conntrack gives an error about one
+ * of its connections that connection's entry (ctinfo RELATED), so where the
+ * skb has an entry, ct_is_service() already judges it; the quote decides
+ * where it has none (receive, before conntrack; after a namespace crossing). */
+static __always_inline int quoted_packet(const struct tracer_pkt *p, struct tracer_pkt *q)
+{
+	if (!p->quoted_proto)
+		return 0;
+	q->saddr = p->quoted_saddr;
+	q->daddr = p->quoted_daddr;
+	q->sport = p->quoted_sport;
+	q->dport = p->quoted_dport;
+	q->proto = p->quoted_proto;
+	return 1;
+}
+
 /* The whole filter for one tuple at a non-NAT probe. A packet with a
  * conntrack entry is judged by its connection (ct_is_service(): every packet
  * of a connection whose original destination is the Service's shows the
@@ -199,21 +216,26 @@ static __always_inline void flow_add(const struct tracer_pkt *p)
  * runs before conntrack, a namespace crossing scrubs it) by its tuple, and,
  * when that shows an endpoint but no frontend, by whether NAT saw the flow
  * as another Service's (foreign_known: no other Service's flow ever shows
- * this Service's frontend, so that lookup is spared). */
+ * this Service's frontend, so that lookup is spared). An ICMP error about
+ * one of the Service's packets is judged by the tuple it quotes. */
 static __always_inline int packet_wanted(const struct tracer_pkt *p, u64 nfct)
 {
 	int belongs = ct_is_service((const void *)(nfct & ~7ULL));
 	if (belongs == 0)
 		return 0;
+	struct tracer_pkt q = {};
+	int quoted = quoted_packet(p, &q);
 	if (belongs < 0) {
-		u8 role = svc_match(p);
-		if (!role || (!(role & TRACER_ROLE_FRONTEND) && foreign_known(p)))
+		/* An ICMP error is the Service's when the packet it quotes is. */
+		const struct tracer_pkt *t = quoted ? &q : p;
+		u8 role = svc_match(t);
+		if (!role || (!(role & TRACER_ROLE_FRONTEND) && foreign_known(t)))
 			return 0;
 	}
 #ifdef TRACK_FLOWS
-	return user_match(p) || flow_known(p);
+	return user_match(p) || flow_known(p) || (quoted && (user_match(&q) || flow_known(&q)));
 #else
-	return user_match(p);
+	return user_match(p) || (quoted && user_match(&q));
 #endif
 }
 

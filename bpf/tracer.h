@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Every struct and constant that crosses from the BPF programs to Python.
- * tracer/capture/event_layout.py mirrors this file; tests/capture/
- * test_event_layout.py compiles it with gcc and checks that the two agree.
+ * tracer/capture/abi.py mirrors this file; tests/capture/test_abi.py
+ * compiles it with gcc and checks that the two agree.
  *
  * Only fixed-width types: the same layout on both sides, no padding left to
  * the compiler. Addresses, ports, IP ID, length, seq and ack stay in network
@@ -73,7 +73,27 @@ struct tracer_event {
 	__u8 encap;         /* TRACER_ENCAP_*: the fields above are the inner packet's */
 	__u32 outer_saddr;  /* outer IPv4 header of an encapsulated packet, else 0 */
 	__u32 outer_daddr;
+	/* ICMP errors (TRACER_ICMP_ERROR_TYPES): the packet the error quotes (RFC
+	 * 792: its IPv4 header and first 8 bytes), as the sender of the error
+	 * saw it; for nat events, as the NAT hook left it. The fields above are
+	 * the ICMP packet's own. quoted_proto 0: no error, or its quote was
+	 * unreadable (TRACER_STAT_ICMP_UNQUOTED). */
+	__u32 quoted_saddr;
+	__u32 quoted_daddr;
+	__u16 quoted_sport;
+	__u16 quoted_dport;
+	__u8 icmp_type;     /* an ICMP error's type (3, 11, 12), else 0 */
+	__u8 icmp_code;
+	__u8 quoted_proto;
+	__u8 pad;
 };
+
+/* ICMP types whose message quotes the offending packet and that say it did
+ * not get through: destination unreachable (3, code 4: fragmentation needed),
+ * time exceeded (11), parameter problem (12). */
+#define TRACER_ICMP_DEST_UNREACH 3
+#define TRACER_ICMP_TIME_EXCEEDED 11
+#define TRACER_ICMP_PARAMETERPROB 12
 
 /* Counters in the per-CPU array "stats", summed by Python. */
 #define TRACER_STAT_EVENTS 0          /* events queued to the ring buffer */
@@ -86,6 +106,10 @@ struct tracer_event {
 #define TRACER_STAT_NAT_UNTIMED 7     /* Service packets through NAT whose hook time
                                        * was not measured (exit found no entry) */
 #define TRACER_STAT_LOST_BASE 8       /* + TRACER_PROBE_*: lost per probe */
+#define TRACER_STAT_ICMP_UNQUOTED 14  /* ICMP errors (namespaces in scope) whose quoted
+                                       * packet was unreadable or not IPv4: judged by
+                                       * their conntrack entry alone (not after LOST_BASE's
+                                       * slots: room for two more probes) */
 #define TRACER_STAT_NR 16
 
 /* In-kernel log2 histogram of NAT hook time: per-CPU array indexed by

@@ -617,6 +617,14 @@ def simulate(sc: Scenario) -> Simulation:
             "encap": cat(np.zeros(n_ev, np.int64), [""]),
             "outer_saddr": cat(np.zeros(n_ev, np.int64), [""]),
             "outer_daddr": cat(np.zeros(n_ev, np.int64), [""]),
+            # No ICMP errors in these scenarios (synthetic_faults writes some).
+            "icmp_type": np.zeros(n_ev, np.uint8),
+            "icmp_code": np.zeros(n_ev, np.uint8),
+            "quoted_saddr": cat(np.zeros(n_ev, np.int64), [""]),
+            "quoted_daddr": cat(np.zeros(n_ev, np.int64), [""]),
+            "quoted_sport": np.zeros(n_ev, np.uint16),
+            "quoted_dport": np.zeros(n_ev, np.uint16),
+            "quoted_proto": np.zeros(n_ev, np.uint8),
             "_t_true": t_true,
             "_packet": ev_pkt,
             "_conn": conn[ev_pkt],
@@ -780,6 +788,13 @@ EVENT_DEFAULTS: dict[str, Any] = {
     "encap": "",
     "outer_saddr": "",
     "outer_daddr": "",
+    "icmp_type": 0,
+    "icmp_code": 0,
+    "quoted_saddr": "",
+    "quoted_daddr": "",
+    "quoted_sport": 0,
+    "quoted_dport": 0,
+    "quoted_proto": 0,
 }
 
 

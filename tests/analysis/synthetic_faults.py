@@ -18,6 +18,11 @@ way the kernel records them today (rx/tx/nat/drop events only):
 - ``mtu_stall``: handshake and request fine; the pod on B's 1500-byte
   response leaves B's eth0 and vanishes (no drop event: the underlay drops
   it); the pod retransmits it 3 times, the client never sees it.
+- ``reject_icmp``: node B REJECTs the SYN to its pod with ICMP port
+  unreachable (``--reject-with icmp-port-unreachable``): the SYN is dropped on
+  B's eth0 (NETFILTER_DROP), B sends ICMP 3/3 quoting the masqueraded SYN
+  (node A -> pod), and node A's reverse NAT rewrites the error and its quote
+  on the way back to the client (which then gives up: a hard error).
 - ``healthy``: every connection completes.
 """
 
@@ -35,6 +40,7 @@ from tests.analysis.synthetic import (
     NODE_A,
     NODE_A_IP,
     NODE_B,
+    NODE_B_IP,
     NODE_BOOT_NS,
     NODE_NETNS_INO,
     NODE_SKB_BASE,
@@ -51,7 +57,8 @@ from tests.analysis.synthetic import (
     write_capture,
 )
 
-FAULTS = ("healthy", "policy_drop", "wrong_target_port", "reject", "route_withdrawn", "mtu_stall")
+FAULTS = ("healthy", "policy_drop", "wrong_target_port", "reject", "route_withdrawn", "mtu_stall",
+          "reject_icmp")
 SYN, SYNACK, ACK, PSH_ACK, FIN_ACK, RST_ACK = 0x02, 0x12, 0x10, 0x18, 0x11, 0x14
 CLIENT = "192.168.64.10"
 BAD_POD = 1  # the fault's pod (on node B) where the fault has one
@@ -121,6 +128,41 @@ class _Builder:
         self.rows.append(row)
 
 
+def _icmp_error(b: _Builder, t: int, pod: Any, code: int, hops: list[tuple]) -> None:
+    """An ICMP 3/code error along hops: (node, probe, hook, (src, dst) before,
+    (src, dst) after a nat event or None, nat_kind, quoted tuple at that hop)."""
+    b.ip_id += 1
+    node_prev = None
+    for i, (node, probe, hook, addrs, after, kind, quote) in enumerate(hops):
+        t += WIRE_NS if node_prev and node != node_prev else (HOP_NS if i else 0)
+        if node != node_prev:
+            b.skb[node] += 0x100
+        node_prev = node
+        nat = None if after is None else (after[0], 0, after[1], 0)
+        b._row(t, node, probe, hook, "eth0", (addrs[0], 0, addrs[1], 0), 0, 0, 0, 0, 64 - (node == NODE_A),
+               b.ip_id, pod, nat=nat, nat_kind=kind)
+        b.rows[-1].update(proto=1, tcp_hlen=0, len=56, icmp_type=3, icmp_code=code,
+                          quoted_saddr=quote[0], quoted_sport=quote[1], quoted_daddr=quote[2],
+                          quoted_dport=quote[3], quoted_proto=6)
+
+
+def _reject_icmp(b: _Builder, t: int, c2s: list[tuple], up: str, syn: dict) -> None:
+    """The SYN dropped by B's REJECT, and B's ICMP port unreachable back
+    through A's reverse NAT (the quote rewritten with it)."""
+    t = b.packet(t, c2s, _cut(up, 5), **syn, first=True, drop=("eth0", "NETFILTER_DROP"))
+    client, masq = c2s[0], c2s[2]
+    pre_dnat = (client[0], client[1], client[2], client[3])
+    post_dnat = (client[0], client[1], masq[2], masq[3])
+    _icmp_error(b, t + HOP_NS, syn["pod"], 3, [
+        (NODE_B, "tx", "", (NODE_B_IP, NODE_A_IP), None, "", masq),
+        (NODE_A, "rx", "", (NODE_B_IP, NODE_A_IP), None, "", masq),
+        (NODE_A, "nat", "prerouting", (NODE_B_IP, NODE_A_IP), (NODE_B_IP, CLIENT), "rev_snat",
+         post_dnat),
+        (NODE_A, "nat", "postrouting", (NODE_B_IP, CLIENT), (VIP, CLIENT), "rev_dnat", pre_dnat),
+        (NODE_A, "tx", "", (VIP, CLIENT), None, "", pre_dnat),
+    ])
+
+
 def _cut(path: str, hops: int) -> list[tuple]:
     return PATHS[path][:hops]
 
@@ -143,6 +185,9 @@ def _connection(b: _Builder, fault: str, t: int, cport: int, ep: int, rng) -> tu
         rst = [(NODE_A, "tx", "", "eth0", 0, "", 64)]
         b.packet(t + 30_000, [s2c[2]], rst, flags=RST_ACK, seq=0, ack=isn_c + 1, pod=pod, ip_id=0)
         return "reset", "node"
+    if fault == "reject_icmp" and bad and remote:
+        _reject_icmp(b, t, c2s, up, syn)
+        return "unreachable", None
     if fault in ("policy_drop", "route_withdrawn") and bad:
         hops, drop = ((_cut(up, 5), ("eth0", "NETFILTER_DROP")) if fault == "policy_drop"
                       else (_cut(up, 2), ("eth0", "IP_NOROUTE")))

@@ -129,9 +129,23 @@ def test_part_with_a_column_of_another_type_is_exit_5(capsys, cap):
 def test_tunnel_columns_may_lack_only_in_a_version_1_capture(capsys, cap):
     part = part_files(cap)[-1]
     rewrite_part(part, lambda t: t.drop_columns(["encap", "outer_saddr", "outer_daddr"]))
-    expect_error(capsys, ["latency", str(cap)], [cap], part.name, "version 2",
+    expect_error(capsys, ["latency", str(cap)], [cap], part.name, "version 3",
                  "no column encap, outer_saddr, outer_daddr")
     edit_meta(cap, lambda m: {**m, "version": 1})
+    code, out, err = run(capsys, "latency", str(cap))
+    assert code == 0 and err == "" and "NAT hook time" in out
+
+
+ICMP_COLUMNS = ["icmp_type", "icmp_code", "quoted_saddr", "quoted_daddr", "quoted_sport",
+                "quoted_dport", "quoted_proto"]
+
+
+def test_icmp_columns_may_lack_only_in_a_version_2_capture(capsys, cap):
+    part = part_files(cap)[-1]
+    rewrite_part(part, lambda t: t.drop_columns(ICMP_COLUMNS))
+    expect_error(capsys, ["latency", str(cap)], [cap], part.name, "version 3",
+                 "no column " + ", ".join(ICMP_COLUMNS))
+    edit_meta(cap, lambda m: {**m, "version": 2})
     code, out, err = run(capsys, "latency", str(cap))
     assert code == 0 and err == "" and "NAT hook time" in out
 
@@ -187,7 +201,7 @@ def _set(key: str, value: Any):
 
 
 BAD_METADATA = {
-    "future version": (_set("version", 3), "format version 3 is newer than this tracer reads"),
+    "future version": (_set("version", 4), "format version 4 is newer than this tracer reads"),
     "version a string": (_set("version", "2"), "version is a string, the format has an integer"),
     "version missing": (lambda m: {k: v for k, v in m.items() if k != "version"},
                         "version is missing"),

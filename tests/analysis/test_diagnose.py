@@ -163,3 +163,57 @@ def test_cli_errors_are_one_line(args):
     if args:
         assert r.returncode == 5 and r.stderr.strip().splitlines() == [
             "tracer: error: /nonexistent/capture: no such capture"]
+
+
+def test_icmp_reject_on_node_b_followed_through_nat(tmp_path):
+    """Node B rejects with ICMP 3/3; the error quotes the masqueraded SYN
+    (node A -> pod) where it begins and the client's tuple after A's reverse
+    NAT: either way it is attached to the client's connection, which is
+    judged refused by ICMP from node B, not 'no answer'."""
+    sim, d = _run("reject_icmp", tmp_path)
+    truth = _counts(sim)
+    assert truth.get("unreachable", 0) > 0
+    assert d.connections["unreachable"] == truth["unreachable"]
+    assert d.connections["no_answer"] == 0
+    assert d.connections["succeeded"] == truth["succeeded"]
+    _never_blames_the_healthy_pod(d)
+    (g,) = d.failures
+    assert g["outcome"] == "unreachable" and g["count"] == truth["unreachable"]
+    i = g["icmp"]
+    assert (i["type"], i["code"], i["name"]) == (3, 3, "port unreachable")
+    assert (i["sender"], i["sent_by"], i["node"], i["probe"]) == ("192.168.64.58", "node", "lab-node-b", "tx")
+    assert i["count"] == truth["unreachable"]
+    assert i["quoted"].startswith("192.168.64.57:") and i["quoted"].endswith(f"-> {BAD} tcp")
+    assert g["stop"]["node"] == "lab-node-b" and g["stop"]["drop_reason"] == "NETFILTER_DROP"
+    text = format_text(d)
+    assert (f"{truth['unreachable']} connection(s) refused by ICMP 3/3 (port unreachable) from "
+            "192.168.64.58 (node lab-node-b)") in text
+    assert "sent by the node (no pod involved), first seen at tx on lab-node-b eth0" in text
+    assert json.loads(json.dumps(d.to_dict()))["failures"][0]["icmp"]["sent_by"] == "node"
+
+
+def test_without_the_icmp_error_the_same_connections_get_no_answer(tmp_path):
+    """The judgement rests on the ICMP events: the same capture without them
+    is the plain 'no answer' it would be without the quote followed."""
+    sim = simulate_fault("reject_icmp")
+    for node, f in sim.events.items():
+        sim.events[node] = f[f["proto"].to_numpy() != 1].reset_index(drop=True)
+    d = diagnose(sim.write(tmp_path))
+    assert d.connections["unreachable"] == 0
+    assert all(g["icmp"] is None for g in d.failures)
+
+
+def test_timeline_shows_the_icmp_error_and_its_quote_at_each_hop(tmp_path):
+    from tracer.analysis.timeline import format_journey, journey, packets_of
+
+    sim = simulate_fault("reject_icmp", 6)
+    packets = packets_of(sim.write(tmp_path))
+    ev = packets.events
+    pid = int(ev[ev["proto"].to_numpy() == 1]["packet"].iloc[0])
+    doc = journey(packets, pid)
+    assert [h["icmp"]["code"] for h in doc["hops"]] == [3] * 5
+    text = format_journey(doc)
+    assert "tx        lab-node-b/eth0  icmp 3/3 port unreachable from 192.168.64.58 to 192.168.64.57, " \
+           "quoting 192.168.64.57:" in text
+    assert "icmp 3/3 port unreachable from 192.168.64.57 to 192.168.64.10, quoting 192.168.64.10:" in text
+    assert "(icmp 3/3, quote now 192.168.64.10:" in text

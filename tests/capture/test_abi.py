@@ -93,3 +93,12 @@ def test_addresses_as_the_c_loads_them():
     # load of 192.168.64.10 reads 0x0A40A8C0, of port 8088 (0x1F98) 0x981F.
     assert abi.be32_as_loaded("192.168.64.10") == 0x0A40A8C0
     assert abi.be16_as_loaded(8088) == 0x981F
+
+
+def test_icmp_counter_and_types(c_layout):
+    c = c_layout["constants"]
+    # Its own slot: not one of the per-probe loss counters, inside the array.
+    assert c["TRACER_STAT_LOST_BASE"] + c["TRACER_PROBE_NR"] - 1 < c["TRACER_STAT_ICMP_UNQUOTED"]
+    assert c["TRACER_STAT_ICMP_UNQUOTED"] < c["TRACER_STAT_NR"]
+    assert (c["TRACER_ICMP_DEST_UNREACH"], c["TRACER_ICMP_TIME_EXCEEDED"],
+            c["TRACER_ICMP_PARAMETERPROB"]) == (3, 11, 12)

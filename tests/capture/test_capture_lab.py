@@ -448,7 +448,8 @@ _SAME_IN_BOTH = [
     "probe", "hook", "netns", "netns_ino", "ifindex", "ifname", "skb", "ct", "saddr", "daddr", "sport",
     "dport", "nat_saddr", "nat_daddr", "nat_sport", "nat_dport", "nat_kind", "nat_first", "seq", "ack",
     "ip_id", "len", "ttl", "proto", "tcp_flags", "drop_reason", "ip_hlen", "tcp_hlen", "encap",
-    "outer_saddr", "outer_daddr",
+    "outer_saddr", "outer_daddr", "icmp_type", "icmp_code", "quoted_saddr", "quoted_daddr",
+    "quoted_sport", "quoted_dport", "quoted_proto",
 ]
 
 

@@ -141,3 +141,25 @@ def test_an_unmeasured_nat_time_is_shown_as_such_and_left_out_of_the_latency():
     text = render_summary(s, title="t", stats={"lost": 0, "nat_untimed": 1})
     assert "NAT hook time not measured: 1 packet(s)" in text
     assert "not measured" not in render_summary(s, title="t", stats={"lost": 0, "nat_untimed": 0})
+
+
+def test_decode_icmp_error_columns():
+    """An ICMP 3/3 on the client's side, as the kernel writes it: the
+    quoted tuple in network order (ports too) comes out as the capture's
+    quoted_* columns; events with no quote read '' and 0."""
+    ev = make_events()
+    ev["proto"][3] = 1
+    ev["icmp_type"][3], ev["icmp_code"][3], ev["quoted_proto"][3] = 3, 3, 6
+    ev["quoted_saddr"][3] = _be32("192.168.64.10")
+    ev["quoted_daddr"][3] = _be32("10.96.0.10")
+    ev["quoted_sport"][3], ev["quoted_dport"][3] = 40000, 80
+    ev["quoted_saddr"][4] = _be32("1.2.3.4")  # left by the kernel, but no quote: not shown
+    # The raw bytes as the C struct holds them: big-endian address and ports.
+    raw = ev[3:4].tobytes()
+    assert raw[112:116] == socket.inet_aton("192.168.64.10") and raw[120:122] == (40000).to_bytes(2, "big")
+    df = EventDecoder("lab-node-a", 0).to_table(ev).to_pandas()
+    assert list(df["quoted_saddr"]) == ["", "", "", "192.168.64.10", ""]
+    assert list(df["quoted_daddr"]) == ["", "", "", "10.96.0.10", ""]
+    assert (df.loc[3, "icmp_type"], df.loc[3, "icmp_code"], df.loc[3, "quoted_proto"]) == (3, 3, 6)
+    assert (df.loc[3, "quoted_sport"], df.loc[3, "quoted_dport"]) == (40000, 80)
+    assert list(df["icmp_type"]) == [0, 0, 0, 3, 0]

@@ -11,15 +11,19 @@ judge instead of blaming.
 The JSON document (``Diagnosis.to_dict``; docs/troubleshooting.md):
 ``verdict`` (healthy | failing | undetermined | no_connections), ``summary``,
 ``service``, ``nodes``, ``capture`` {events, lost, lost_by_node, end_t},
-``connections`` {total, succeeded, reset, no_answer, stalled, no_data,
-undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
+``connections`` {total, succeeded, reset, unreachable, no_answer, stalled,
+no_data, undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
 succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
 would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
 common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
 retransmitted_segments, largest_retransmitted, size_limit {smallest_lost,
-largest_delivered} or null, examples, rule, icmp}. ``rule``
-(the netfilter rule that dropped or rejected) and ``icmp`` (an ICMP error
-sent for the flow) are null until the capture records them.
+largest_delivered} (a loss by size) or null, examples, rule, icmp}. ``rule``
+is the netfilter rule that dropped or rejected the group's packets, from a
+capture taken with --rules (tracer.analysis.rule_walks), null otherwise.
+``icmp`` is the ICMP error sent for the group's connections
+(tracer.analysis.icmp), null if none: {type, code, name, sender, sent_by
+(pod | node | router), node, probe, device, netns (where it was first seen),
+quoted, packet, count}.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import pandas as pd
 from tracer.analysis.addresses import int_to_ip
 from tracer.analysis.events import load_events
 from tracer.analysis.fairness import endpoint_nodes
+from tracer.analysis.icmp import attach as attach_icmp
+from tracer.analysis.icmp import icmp_name, judgement_text
 from tracer.analysis.journeys import add_dnat, locate
 from tracer.analysis.outcomes import FAILED, OUTCOMES, SETTLE_NS, find_connections
 from tracer.analysis.packets import Packets, assemble
@@ -44,6 +50,7 @@ MAX_EXAMPLES = 3
 WHY = {
     "no_answer": "no answer to the SYN",
     "reset": "reset",
+    "unreachable": "unreachable by ICMP",
     "stalled": "stalled after the handshake",
     "no_data": "closed without server data",
 }
@@ -95,6 +102,7 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     conns = cc.conns
     conns["endpoint"] = [_endpoint_text(i, p) for i, p in
                          zip(conns["endpoint_ip"], conns["endpoint_port"], strict=True)]
+    _judge_icmp(conns, attach_icmp(ev, conns, cc.client_rows))
     where = endpoint_nodes(ev, packets.node_meta)
     conns["endpoint_node"] = [where.get(e) if e else None for e in conns["endpoint"]]
     end_t, lost = _capture_end(packets), _lost(packets)
@@ -131,6 +139,31 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     return diag
 
 
+def _judge_icmp(conns: pd.DataFrame, icmp: pd.DataFrame) -> None:
+    """Each connection's ICMP error (a dict, or None), and ``unreachable``
+    for a connection that got no answer but an ICMP error."""
+    docs: list[dict[str, Any] | None] = [None] * len(conns)
+    for i, conn in enumerate(conns["conn"].tolist()):
+        if conn in icmp.index:
+            r = icmp.loc[conn]
+            docs[i] = {
+                "type": int(r["icmp_type"]), "code": int(r["icmp_code"]),
+                "name": icmp_name(int(r["icmp_type"]), int(r["icmp_code"])),
+                "sender": int_to_ip(int(r["sender"])), "sent_by": str(r["sent_by"]),
+                "node": str(r["node"]), "probe": str(r["probe"]), "device": str(r["device"]),
+                "netns": str(r["netns"]), "quoted": str(r["quoted"]), "packet": int(r["packet"]),
+            }
+    conns["icmp"] = docs
+    got = np.array([d is not None for d in docs], dtype=bool)
+    conns.loc[got & (conns["outcome"] == "no_answer").to_numpy(), "outcome"] = "unreachable"
+
+
+def _icmp_key(doc: Any) -> tuple:
+    if not isinstance(doc, dict):
+        return ()
+    return (doc["type"], doc["code"], doc["sent_by"], doc["sender"], doc["node"])
+
+
 def _endpoints(conns: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     judged = conns[conns["undetermined"] == ""]
@@ -152,11 +185,12 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> l
         return []
     f = conns[failed].join(located)
     f["stop_key"] = [_stop_key(s) for s in f["stop"]]
+    f["icmp_key"] = [_icmp_key(d) for d in f["icmp"]]
     ok = conns[(conns["outcome"] == "succeeded") & (conns["undetermined"] == "")]
     ok_by_ep = ok["endpoint"].value_counts()
     groups = []
-    for (outcome, reset_by, _), g in f.groupby(
-        ["outcome", f["reset_by"].fillna(""), "stop_key"], sort=False
+    for (outcome, reset_by, _, _), g in f.groupby(
+        ["outcome", f["reset_by"].fillna(""), "stop_key", "icmp_key"], sort=False
     ):
         stop = g["stop"].iloc[0] if isinstance(g["stop"].iloc[0], dict) else None
         eps = g["endpoint"].fillna("(none)").value_counts()
@@ -174,7 +208,7 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> l
             else int(g["largest_retransmitted"].max()),
             "size_limit": _size_limit(g),
             "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
-            "rule": None, "icmp": None,
+            "rule": None, "icmp": _group_icmp(g),
         }
         group["finding"] = _finding(group, ok_by_ep)
         groups.append(group)
@@ -190,6 +224,13 @@ def _size_limit(g: pd.DataFrame) -> dict[str, int] | None:
     if lost.isna().any() or got.isna().any() or not (lost > got).all():
         return None
     return {"smallest_lost": int(lost.min()), "largest_delivered": int(got.max())}
+
+
+def _group_icmp(g: pd.DataFrame) -> dict[str, Any] | None:
+    """The group's ICMP error (all its connections got the same kind from the
+    same sender: the grouping key), with how many connections got one."""
+    docs = [d for d in g["icmp"] if isinstance(d, dict)]
+    return {**docs[0], "count": len(docs)} if docs else None
 
 
 def _common(g: pd.DataFrame) -> dict[str, Any]:
@@ -263,6 +304,13 @@ def _stop_text(group: dict[str, Any]) -> str:
     return f"last seen: {s['probe']} on {place}, then no event"
 
 
+def _icmp_text(i: dict[str, Any]) -> str:
+    who = {"pod": "the pod", "node": "the node (no pod involved)"}.get(
+        i["sent_by"], "a router outside the captured nodes")
+    return (f"ICMP {i['type']}/{i['code']} {i['name']} from {i['sender']}, sent by {who}, "
+            f"first seen at {i['probe']} on {i['node']} {i['device']}, quoting {i['quoted']}")
+
+
 def format_text(d: Diagnosis) -> str:
     c = d.connections
     lines = [f"service {d.service}: {d.summary}"]
@@ -276,11 +324,15 @@ def format_text(d: Diagnosis) -> str:
         why = WHY[g["outcome"]]
         if g["reset_by"]:
             why += f" by the {g['reset_by']}"
+        if g["outcome"] == "unreachable" and g["icmp"]:
+            why = judgement_text(g["icmp"])
         lines.append(f"failure {i}: {g['count']} connection(s) {why}")
         lines.append(f"  {_stop_text(g)}")
         if g["reset_from"] and g["stop"] and g["stop"]["kind"] != "sent_by":
             who = "the pod" if g["reset_by"] == "pod" else "the node (no pod involved: a REJECT)"
             lines.append(f"  RST sent by {who}, from {_place(g['reset_from'])}")
+        if g["icmp"]:
+            lines.append(f"  {_icmp_text(g['icmp'])}")
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")

@@ -1,8 +1,8 @@
 """Loads one or more captures into one normalized event table.
 
 Every analysis works on the same frame: the capture's columns, plus addresses
-as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``, and a tunnel's
-``outer_src``, ``outer_dst``), the tuple *after* each
+as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``, a tunnel's
+``outer_src``, ``outer_dst``, an ICMP error's ``quoted_src``, ``quoted_dst``), the tuple *after* each
 event (``out_*``: the NAT rewrite for nat events, unchanged otherwise), a
 probe code, and ``t``: the event's UTC time in ns, later corrected by the
 clock offsets that correlation estimates. Rows keep their capture order in
@@ -174,6 +174,11 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
         ("nat_sport", np.uint16),
         ("nat_dport", np.uint16),
         ("nat_ns", np.uint32),
+        ("icmp_type", np.uint8),
+        ("icmp_code", np.uint8),
+        ("quoted_sport", np.uint16),
+        ("quoted_dport", np.uint16),
+        ("quoted_proto", np.uint8),
     ):
         ev[name] = raw[name].fillna(0).to_numpy().astype(dtype, copy=False)
     ev["nat_first"] = raw["nat_first"].fillna(False).to_numpy(dtype=bool)
@@ -185,6 +190,9 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     # addresses are these), so everything that follows is tunnel-blind.
     ev["outer_src"] = column_to_int(raw["outer_saddr"])
     ev["outer_dst"] = column_to_int(raw["outer_daddr"])
+    # ICMP errors: the tuple of the packet they quote (tracer.analysis.icmp).
+    ev["quoted_src"] = column_to_int(raw["quoted_saddr"])
+    ev["quoted_dst"] = column_to_int(raw["quoted_daddr"])
     is_nat = ev["probe_code"].to_numpy() == PROBE_NAT
     # A nat event whose "after" address is missing rewrote nothing on that side.
     for out, before, after in (("out_src", "src", "nat_src"), ("out_dst", "dst", "nat_dst")):
@@ -209,6 +217,8 @@ _ADDRESS_SOURCES = {
     "nat_daddr": "nat_dst",
     "outer_saddr": "outer_src",
     "outer_daddr": "outer_dst",
+    "quoted_saddr": "quoted_src",
+    "quoted_daddr": "quoted_dst",
 }
 
 

@@ -172,7 +172,7 @@ def locate(cc: ClientConnections, ev: pd.DataFrame, failed: np.ndarray) -> pd.Da
 def _expected_packet(r: pd.Series, conn: int, synack: pd.Series, retx_by: pd.DataFrame,
                      last_data: pd.Series) -> int | None:
     """The packet that should have reached the other side and did not."""
-    if r["outcome"] == "no_answer":
+    if r["outcome"] in ("no_answer", "unreachable"):
         if conn in synack.index:
             return int(synack.at[conn])
         return None if np.isnan(r["last_syn_packet"]) else int(r["last_syn_packet"])

@@ -16,7 +16,10 @@ Outcomes (``OUTCOMES``), judged from those packets only:
   the client acknowledged it: ACK = SYN-ACK seq + 1) and server data reached
   the client (the client acknowledged the end of a data segment it was sent);
 - ``reset``: not succeeded, and a RST left toward the client;
-- ``no_answer``: no completed handshake and no RST;
+- ``unreachable``: no completed handshake and no RST, and an ICMP error was
+  sent for the connection (tracer.analysis.icmp; judged by
+  tracer.analysis.diagnose, which follows the error to the flow it quotes);
+- ``no_answer``: no completed handshake, no RST and no ICMP error;
 - ``stalled``: the handshake completed, the server's data was never
   acknowledged, no RST;
 - ``no_data``: the handshake completed and the connection closed (FIN toward
@@ -42,8 +45,8 @@ from tracer.analysis.events import PROBE_NAT, PROBE_RX, PROBE_TX
 from tracer.analysis.service import parse_service
 
 SYN, RST, ACK, FIN = 0x02, 0x04, 0x10, 0x01
-OUTCOMES = ("succeeded", "reset", "no_answer", "stalled", "no_data")
-FAILED = ("reset", "no_answer", "stalled", "no_data")
+OUTCOMES = ("succeeded", "reset", "unreachable", "no_answer", "stalled", "no_data")
+FAILED = ("reset", "unreachable", "no_answer", "stalled", "no_data")
 SETTLE_NS = 1_000_000_000
 _HALF = 2**31
 

@@ -23,6 +23,7 @@ from tracer.analysis.addresses import (
 )
 from tracer.analysis.events import EventSet, load_events
 from tracer.analysis.flows import FlowSpec, parse_flow, select_packets
+from tracer.analysis.icmp import icmp_name, quote_text
 from tracer.analysis.packets import PacketOptions, Packets, assemble
 from tracer.errors import UsageError
 
@@ -59,6 +60,8 @@ _ROW_FIELDS = (
     "out_sport", "out_dst", "out_dport", "ttl", "len", "ip_id", "skb", "tcp_flags", "seq", "ack",
     "nat_kind", "nat_first", "nat_ns", "drop_reason", "link_from_row", "link_ambiguous",
     "link_candidates", "ambiguous", "candidates", "encap", "outer_src", "outer_dst",
+    "icmp_type", "icmp_code", "quoted_src", "quoted_sport", "quoted_dst", "quoted_dport",
+    "quoted_proto",
 )
 # fmt: on
 _Row = namedtuple("_Row", _ROW_FIELDS)
@@ -166,6 +169,17 @@ def journey(packets: Packets, packet_id: int) -> dict[str, Any]:
             if r.encap
             else None
         )
+        # An ICMP error: what it says, and the packet it quotes (that
+        # packet's tuple where this hop saw it: NAT rewrites the quote too).
+        hop["icmp"] = (
+            {"type": int(r.icmp_type), "code": int(r.icmp_code),
+             "name": icmp_name(int(r.icmp_type), int(r.icmp_code)),
+             "quoted": quote_text(int(r.quoted_src), int(r.quoted_sport), int(r.quoted_dst),
+                                  int(r.quoted_dport), int(r.quoted_proto))
+             if r.quoted_proto else None}
+            if r.icmp_type
+            else None
+        )
         if r.link_from_row >= 0:
             hop["from_node"] = row_node.get(r.link_from_row)
             hop["crossed"] = {
@@ -228,11 +242,19 @@ def _detail(h: dict[str, Any]) -> str:
         n = h["nat"]
         first = " first" if n["first"] else ""
         took = "(time not measured)" if n["ns"] is None else f"in {fmt_duration(n['ns'])}"
-        return f"{n['kind'].upper()}{first} {took}: {n['before']}  =>  {n['after']}"
+        text = f"{n['kind'].upper()}{first} {took}: {n['before']}  =>  {n['after']}"
+        if h.get("icmp") and h["icmp"]["quoted"]:
+            text += f"  (icmp {h['icmp']['type']}/{h['icmp']['code']}, quote now {h['icmp']['quoted']})"
+        return text
     text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
     if h.get("encap"):
         e = h["encap"]
         text += f"  in {e['kind']} {e['outer_src']} -> {e['outer_dst']}"
+    if h.get("icmp"):
+        i = h["icmp"]
+        text = (f"icmp {i['type']}/{i['code']} {i['name']} from {h['src']} to {h['dst']}, "
+                + (f"quoting {i['quoted']}" if i["quoted"] else "quote unreadable")
+                + f"  ttl {h['ttl']}")
     if h["drop_reason"]:
         text = f"DROP {h['drop_reason']}: {text}"
     if "from_node" in h:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 FORMAT_NAME = "tracer-capture"
-# 2 added the tunnel columns (encap, outer_saddr, outer_daddr); readers fill
-# them in for version 1 captures (ADDED_COLUMNS).
-FORMAT_VERSION = 2
+# 2 added the tunnel columns (encap, outer_saddr, outer_daddr), 3 the ICMP
+# error columns (icmp_type, icmp_code, quoted_*); readers fill them in for
+# older captures (ADDED_COLUMNS).
+FORMAT_VERSION = 3
 PART_GLOB = "part-*.parquet"
 
 # Probe points, as users see them.
@@ -88,6 +89,17 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
      "is the tunnel flow's)"),
     ("outer_saddr", _str, "encapsulated packets: outer IPv4 source (the sending node), else ''"),
     ("outer_daddr", _str, "encapsulated packets: outer IPv4 destination (the receiving node), else ''"),
+    ("icmp_type", pa.uint8(),
+     "ICMP errors: type (3 destination unreachable, 11 time exceeded, 12 parameter problem), else 0"),
+    ("icmp_code", pa.uint8(), "ICMP errors: code (type 3: 1 host, 3 port unreachable, 4 fragmentation "
+     "needed, 10/13 administratively prohibited ...), else 0"),
+    ("quoted_saddr", _str, "ICMP errors: source of the packet the error quotes (the offending packet, "
+     "as its sender saw it; for nat events as the hook left it), else ''"),
+    ("quoted_daddr", _str, "ICMP errors: destination of the quoted packet, else ''"),
+    ("quoted_sport", pa.uint16(), "ICMP errors: source port of the quoted packet (TCP, UDP), else 0"),
+    ("quoted_dport", pa.uint16(), "ICMP errors: destination port of the quoted packet, else 0"),
+    ("quoted_proto", pa.uint8(),
+     "ICMP errors: IP protocol of the quoted packet; 0 when there is none or it was unreadable"),
 )
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
@@ -97,6 +109,13 @@ ADDED_COLUMNS: dict[str, tuple[int, str]] = {
     "encap": (2, ""),
     "outer_saddr": (2, ""),
     "outer_daddr": (2, ""),
+    "icmp_type": (3, "0"),
+    "icmp_code": (3, "0"),
+    "quoted_saddr": (3, ""),
+    "quoted_daddr": (3, ""),
+    "quoted_sport": (3, "0"),
+    "quoted_dport": (3, "0"),
+    "quoted_proto": (3, "0"),
 }
 
 

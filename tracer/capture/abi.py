@@ -45,7 +45,13 @@ STAT_NAT_UNPAIRED = 5
 STAT_PARSE_ERROR = 6
 STAT_NAT_UNTIMED = 7
 STAT_LOST_BASE = 8  # + PROBE_*: events lost per probe point
+STAT_ICMP_UNQUOTED = 14  # ICMP errors whose quoted packet was unreadable
 STAT_NR = 16
+
+# ICMP types whose errors the capture follows to the packet they quote.
+ICMP_DEST_UNREACH = 3
+ICMP_TIME_EXCEEDED = 11
+ICMP_PARAMETERPROB = 12
 
 # The per-CPU array "nat_hist": ((hook * 2) + first) * HIST_SLOTS + slot.
 HIST_HOOKS = 5
@@ -92,8 +98,16 @@ EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("encap", "u1", 103),
     ("outer_saddr", ">u4", 104),
     ("outer_daddr", ">u4", 108),
+    ("quoted_saddr", ">u4", 112),
+    ("quoted_daddr", ">u4", 116),
+    ("quoted_sport", ">u2", 120),
+    ("quoted_dport", ">u2", 122),
+    ("icmp_type", "u1", 124),
+    ("icmp_code", "u1", 125),
+    ("quoted_proto", "u1", 126),
+    ("pad", "u1", 127),
 )
-EVENT_SIZE = 112
+EVENT_SIZE = 128
 
 EVENT_DTYPE = np.dtype(
     {

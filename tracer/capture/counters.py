@@ -34,6 +34,7 @@ def stats_document(counts: list[int], *, events_read: int, events: int,
         "parse_errors": counts[abi.STAT_PARSE_ERROR],
         "nat_unpaired": counts[abi.STAT_NAT_UNPAIRED],
         "nat_untimed": counts[abi.STAT_NAT_UNTIMED],
+        "icmp_unquoted": counts[abi.STAT_ICMP_UNQUOTED],
     }
 
 

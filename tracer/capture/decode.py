@@ -154,6 +154,15 @@ class EventDecoder:
         return {"encap": _dict_column(np.where(encap <= len(ENCAPS), encap, 0), _ENCAP_DICT),
                 **outer}
 
+    @staticmethod
+    def _icmp_columns(c: EventColumns) -> dict[str, pa.Array]:
+        """The quoted packet's addresses ('' where nothing was quoted)."""
+        quoted = c["quoted_proto"] != 0
+        return {
+            name: _encoded(_numeric(np.where(quoted, c[name].astype(np.int64), -1)), _ipv4)
+            for name in ("quoted_saddr", "quoted_daddr")
+        }
+
     def to_table(self, ev: np.ndarray | EventColumns) -> pa.Table:
         """One vectorized operation per column: numeric fields become Arrow
         arrays without a copy, strings are dictionary-encoded by hashing, and
@@ -190,6 +199,7 @@ class EventDecoder:
             "nat_daddr": _encoded(_numeric(nat_daddr), _ipv4),
             "drop_reason": _encoded(_numeric(drop_codes), self._drop_name),
             **self._tunnel_columns(c),
+            **self._icmp_columns(c),
         }
         for name in _PLAIN:
             columns[name] = _numeric(c[name])
@@ -198,4 +208,5 @@ class EventDecoder:
 
 # Columns stored as the kernel wrote them (after byte order).
 _PLAIN = ("skb", "ct", "cpu", "proto", "sport", "dport", "ip_id", "ttl", "len", "tcp_flags",
-          "ip_hlen", "tcp_hlen", "seq", "ack", "nat_sport", "nat_dport", "nat_ns")
+          "ip_hlen", "tcp_hlen", "seq", "ack", "nat_sport", "nat_dport", "nat_ns",
+          "icmp_type", "icmp_code", "quoted_sport", "quoted_dport", "quoted_proto")
