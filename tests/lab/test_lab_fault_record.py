@@ -97,7 +97,8 @@ def test_the_same_fault_twice_is_refused(state):
 
 
 def test_the_shipped_kinds_name_their_family():
-    assert {"policy-drop", "route-withdrawn"} <= set(KINDS)
+    assert {"policy-drop", "route-withdrawn", "wrong-target-port", "no-endpoints", "mtu-blackhole",
+            "rp-filter"} <= set(KINDS)
     assert all(k.family in ("filtering", "routing", "nat", "conntrack", "neighbour")
                for k in KINDS.values())
 

@@ -68,7 +68,7 @@ def _mtu_in_effect(state: LabState, fault: Fault) -> bool:
 
 
 MTU_BLACKHOLE = FaultKind(
-    name="mtu-blackhole", family="link",
+    name="mtu-blackhole", family="routing",  # the path MTU is a property of the route
     summary="a node's NIC set to jumbo frames (MTU 9000, tunnel and pods sized from it) on a "
             "LAN that carries 1500: small requests work, large responses from its pods vanish",
     default_target=_last_node, apply=_mtu_apply, remove=_mtu_remove, in_effect=_mtu_in_effect,
