@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracer.analysis import rule_walks
 from tracer.analysis.addresses import int_to_ip
 from tracer.analysis.events import load_events
 from tracer.analysis.fairness import endpoint_nodes
@@ -44,6 +45,7 @@ from tracer.analysis.icmp import icmp_name, judgement_text
 from tracer.analysis.journeys import add_dnat, locate
 from tracer.analysis.outcomes import FAILED, OUTCOMES, SETTLE_NS, find_connections
 from tracer.analysis.packets import Packets, assemble
+from tracer.analysis.rule_walks import NodeWalk, blocking_rule
 from tracer.analysis.service import service_name
 
 MAX_EXAMPLES = 3
@@ -119,7 +121,8 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     counts = {"total": len(conns), **counts,
               "undetermined": int((conns["undetermined"] != "").sum()),
               "already_open": cc.already_open}
-    failures = _groups(conns, located, failed)
+    failures = _groups(conns.assign(packet_ids=_packet_ids(cc)), located, failed,
+                       _walks_by_packet(rule_walks.of(packets)))
     undetermined = [
         {"reason": why, "count": len(g),
          "would_be": {str(k): int(v) for k, v in g["outcome"].value_counts().items()}}
@@ -180,7 +183,8 @@ def _stop_key(stop: Any) -> tuple:
     return (stop["node"], stop["probe"], stop["device"], stop["netns"], stop["drop_reason"] or "")
 
 
-def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> list[dict]:
+def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray,
+            by_packet: dict[int, list[NodeWalk]]) -> list[dict]:
     if not failed.any():
         return []
     f = conns[failed].join(located)
@@ -208,11 +212,38 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray) -> l
             else int(g["largest_retransmitted"].max()),
             "size_limit": _size_limit(g),
             "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
-            "rule": None, "icmp": _group_icmp(g),
+            "rule": _group_rule(g, by_packet),
+            "icmp": _group_icmp(g),
         }
         group["finding"] = _finding(group, ok_by_ep)
         groups.append(group)
     return sorted(groups, key=lambda x: -x["count"])
+
+
+def _group_rule(g: pd.DataFrame, by_packet: dict[int, list[NodeWalk]]) -> dict[str, Any] | None:
+    """The netfilter rule that stopped the group's packets (captures taken
+    with --rules): the client's packets, those sent back, and the stops."""
+    if not by_packet:
+        return None
+    ids = {i for row in g["packet_ids"] for i in row}
+    ids |= {s["packet"] for s in g["stop"] if isinstance(s, dict)}
+    return blocking_rule([w for i in ids for w in by_packet.get(i, [])])
+
+
+def _packet_ids(cc) -> list[list[int]]:
+    """Per connection: its packets as the client's side shows them (its own
+    and those sent back to it), whose rule walks say which rule stopped it."""
+    rows = pd.concat([cc.client_rows[["conn", "packet"]], cc.reply_rows[["conn", "packet"]]])
+    ids = rows.groupby("conn")["packet"].agg(list)
+    return [ids.get(c, []) for c in cc.conns["conn"]]
+
+
+def _walks_by_packet(rw: rule_walks.RuleWalks) -> dict[int, list[NodeWalk]]:
+    out: dict[int, list[NodeWalk]] = {}
+    for w in rw.walks:
+        if w.packet is not None:
+            out.setdefault(w.packet, []).append(w)
+    return out
 
 
 def _size_limit(g: pd.DataFrame) -> dict[str, int] | None:
@@ -333,6 +364,11 @@ def format_text(d: Diagnosis) -> str:
             lines.append(f"  RST sent by {who}, from {_place(g['reset_from'])}")
         if g["icmp"]:
             lines.append(f"  {_icmp_text(g['icmp'])}")
+        if g["rule"]:
+            r = g["rule"]
+            lines.append(f"  rule on {r['node']}: {r['walk']}  ({r['packets']} packet(s))")
+            if r["text"]:
+                lines.append(f"    {r['text']}")
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")

@@ -107,3 +107,28 @@ def attach(rw: RuleWalks, ev: pd.DataFrame) -> None:
         before = [p for t, p in found if t <= f.ts]
         if before or found:
             w.packet = before[-1] if before else found[0][1]
+
+
+def of(packets) -> RuleWalks:
+    """The rule walks of a Packets' captures, matched to its packets (once)."""
+    if "rule_walks" not in packets.cache:
+        rw = load(packets.node_source, packets.node_meta)
+        attach(rw, packets.events)
+        packets.cache["rule_walks"] = rw
+    return packets.cache["rule_walks"]
+
+
+def blocking_rule(walks: list[NodeWalk]) -> dict | None:
+    """The rule that dropped or rejected most of these walks' packets, with
+    how many it stopped (None when no walk ended in a drop)."""
+    stopped = [w for w in walks if w.walk.verdict == "drop"]
+    if not stopped:
+        return None
+    def key(w: NodeWalk) -> tuple:
+        final = w.walk.final
+        return (w.node, w.walk.table, final.chain if final else "", final.handle if final else None)
+    counts: dict[tuple, list[NodeWalk]] = {}
+    for w in stopped:
+        counts.setdefault(key(w), []).append(w)
+    top = max(counts.values(), key=len)
+    return {**top[0].to_dict(), "packets": len(top)}

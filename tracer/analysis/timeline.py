@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracer.analysis import rule_walks
 from tracer.analysis.addresses import (
     endpoint,
     int_to_ip,
@@ -201,6 +202,9 @@ def journey(packets: Packets, packet_id: int) -> dict[str, Any]:
         "candidates": int(first.candidates) if first.ambiguous else 1,
         "outcome": _outcome(hops, packets.node_meta),
         "hops": hops,
+        # The netfilter rules it walked (captures taken with --rules).
+        "rules": [{**w.to_dict(), "lines": w.lines}
+                  for w in rule_walks.of(packets).of_packets({int(packet_id)})],
     }
     return doc
 
@@ -293,6 +297,11 @@ def format_journey(doc: dict[str, Any]) -> str:
             f"{fmt_duration(h['since_first_ns']):>8}  {probe:<8}  "
             f"{h['where']:<{where_w}}  {_detail(h)}"
         )
+    if doc.get("rules"):
+        lines.append("  netfilter rules walked (--rules):")
+        for w in doc["rules"]:
+            lines.append(f"    {w['node']}: {w['lines'][0]}")
+            lines += [f"    {line}" for line in w["lines"][1:]]
     return "\n".join(lines)
 
 
