@@ -8,66 +8,41 @@ healthy one; once the fault is cleared, the same run finds nothing wrong."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.capture.lab_capture import captures, nstat, sep_counters, sh
-from tracer.analysis.outcomes import SETTLE_NS
-from tracer.cli import main
+from tests.analysis.fault_runs import REQUESTS
+from tests.analysis.fault_runs import capture_and_diagnose as _capture_and_diagnose
+from tests.capture.lab_capture import nstat, sh
 from tracer.lab import controller
-from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-REQUESTS = 30
-
-
-def _dnat_counts(before: dict[str, int]) -> dict[str, int]:
-    """Endpoint IP -> new connections node A DNATed to it since `before`."""
-    chain_ip = {}
-    for line in sh("lab-node-a", "iptables-save", "-t", "nat").splitlines():
-        if line.startswith("-A KUBE-SEP-") and "--to-destination" in line:
-            chain_ip[line.split()[1]] = line.split("--to-destination ")[1].split(":")[0]
-    after = sep_counters("lab-node-a")
-    return {ip: after[c] - before.get(c, 0) for c, ip in chain_ip.items()
-            if c in after and after[c] > before.get(c, 0)}
-
-
-def _capture_and_diagnose(tmp_path, capsys, path: str = "/") -> tuple[object, dict[str, int], dict]:
-    sh("lab-node-a", "conntrack", "-F")
-    before = sep_counters("lab-node-a")
-    specs = {n: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{n}"], tmp_path / n) for n in "ab"}
-    with captures(specs, stop_last_first=True):
-        traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0,
-                              path=path)
-        # diagnose judges a connection unanswered only when the capture
-        # went on SETTLE_NS after its last packet (else: undetermined).
-        time.sleep(SETTLE_NS / 1e9 + 0.5)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["diagnose", str(tmp_path / "a"), str(tmp_path / "b"), "--json"])
-    out = capsys.readouterr().out
-    assert exc.value.code in (0, None), out
-    return traffic, _dnat_counts(before), json.loads(out)
-
-
 @pytest.fixture
 def clean_lab(lab_state):
+    controller.clear_faults()  # whatever an interrupted run left
     yield lab_state
     controller.clear_faults()
 
 
-@pytest.mark.parametrize("kind, stop_node, stop", [
-    ("policy-drop", "lab-node-b", {"kind": "dropped", "drop_reason": "NETFILTER_DROP"}),
-    # node A's default route sends the packet to the ToR, which has no route
-    # either (ICMP unreachable to the client): the last event is node A's tx.
-    ("route-withdrawn", "lab-node-a", {"kind": "last_seen", "probe": "tx", "device": "eth0"}),
-])
-def test_diagnose_names_the_fault(clean_lab, tmp_path, capsys, kind, stop_node, stop):
+def _assert_blames_only(doc: dict, victim_ip: str, failed: int) -> None:
+    assert sum(g["count"] for g in doc["failures"]) == failed
+    assert {g["common"]["endpoint"] for g in doc["failures"]} == {f"{victim_ip}:80"}
+    healthy = [e for e in doc["endpoints"] if e["endpoint"] != f"{victim_ip}:80"]
+    assert healthy and all(e["failed"] == 0 for e in healthy)
+
+
+def _assert_cleared(kind: str, tmp_path, capsys) -> None:
+    controller.clear_faults(kind)
+    traffic, _, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
+    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy" and doc["failures"] == []
+    assert doc["connections"]["succeeded"] == REQUESTS
+
+
+def test_diagnose_names_a_policy_drop(clean_lab, tmp_path, capsys):
     state = clean_lab
     victim = state.pods_on(state.nodes[-1].name)[0]
-    controller.add_fault(kind)
+    controller.add_fault("policy-drop")
     traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
     assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
     c = doc["connections"]
@@ -77,17 +52,43 @@ def test_diagnose_names_the_fault(clean_lab, tmp_path, capsys, kind, stop_node, 
     assert doc["verdict"] == "failing" and c["total"] == REQUESTS <= sum(dnat.values())
     assert c["succeeded"] == traffic.ok and c["no_answer"] == traffic.failed
     (group,) = doc["failures"]
-    assert group["count"] == traffic.failed and group["outcome"] == "no_answer"
-    assert group["common"]["endpoint"] == f"{victim.ip}:80"
-    assert group["stop"]["node"] == stop_node
-    assert {k: group["stop"][k] for k in stop} == stop
-    healthy = [e for e in doc["endpoints"] if e["endpoint"] != f"{victim.ip}:80"]
-    assert healthy and all(e["failed"] == 0 for e in healthy)
+    assert group["outcome"] == "no_answer"
+    assert {k: group["stop"][k] for k in ("node", "kind", "drop_reason")} == {
+        "node": "lab-node-b", "kind": "dropped", "drop_reason": "NETFILTER_DROP"}
+    _assert_blames_only(doc, victim.ip, traffic.failed)
+    _assert_cleared("policy-drop", tmp_path, capsys)
 
-    controller.clear_faults(kind)
-    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "cleared", capsys)
-    assert traffic.ok == REQUESTS and doc["verdict"] == "healthy" and doc["failures"] == []
-    assert doc["connections"]["succeeded"] == REQUESTS
+
+def test_diagnose_names_a_withdrawn_route(clean_lab, tmp_path, capsys):
+    """Node B's block withdrawn: node A's default route sends the packets
+    DNATed to node B's pod to the ToR, which has no route either. The ToR
+    answers with ICMP net unreachable, as often as the kernel's ICMP rate
+    limit lets it (the client then gives up: EHOSTUNREACH/ENETUNREACH); the
+    connections whose SYNs all met the limit go unanswered. Witness: every
+    SYN of a failed connection is one the ToR counted as having no route."""
+    state = clean_lab
+    victim = state.pods_on(state.nodes[-1].name)[0]
+    no_route_before = nstat(state.tor.netns, "IpExtInNoRoutes")
+    controller.add_fault("route-withdrawn")
+    traffic, dnat, doc = _capture_and_diagnose(tmp_path / "broken", capsys)
+    no_route = nstat(state.tor.netns, "IpExtInNoRoutes") - no_route_before
+    assert traffic.failed == dnat[victim.ip] > 0, (traffic.errors, dnat)
+    c = doc["connections"]
+    assert c["succeeded"] == traffic.ok
+    assert c["no_answer"] + c["unreachable"] == traffic.failed
+    assert c["unreachable"] == traffic.errors.get("OSError", 0)
+    _assert_blames_only(doc, victim.ip, traffic.failed)
+    for g in doc["failures"]:
+        if g["outcome"] == "unreachable":
+            assert g["icmp"]["sender"] == state.tor.ip and g["icmp"]["sent_by"] == "router"
+            assert (g["icmp"]["type"], g["icmp"]["code"]) == (3, 0)  # net unreachable
+        else:
+            assert g["outcome"] == "no_answer"
+            assert {k: g["stop"][k] for k in ("node", "kind", "probe", "device")} == {
+                "node": "lab-node-a", "kind": "last_seen", "probe": "tx", "device": "eth0"}
+    syns = sum(g["count"] + g["syn_retransmits"] for g in doc["failures"])
+    assert no_route == syns, (no_route, syns)
+    _assert_cleared("route-withdrawn", tmp_path, capsys)
 
 
 def test_diagnose_names_a_wrong_target_port(clean_lab, tmp_path, capsys):

@@ -6,12 +6,12 @@ brings the Service back."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 
 import pytest
 
 from tests.capture.lab_capture import nstat, sep_counters, sh
+from tests.lab.fault_witness import drop_counter, reject_packets
 from tracer.cli import main
 from tracer.lab import bird, controller, faults
 from tracer.lab.fault_kinds import KINDS
@@ -42,14 +42,6 @@ def _traffic():
     return run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
 
 
-def _drop_counter(netns: str, chain: str) -> int:
-    for line in sh(netns, "iptables-save", "-c", "-t", "filter").splitlines():
-        m = re.match(rf"^\[(\d+):\d+\] -A {re.escape(chain)} .*-j DROP", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(f"no DROP rule in {chain}")
-
-
 def test_policy_drop_silences_one_endpoint_until_cleared(faulty_lab, capsys):
     state = faulty_lab
     victim = state.pods_on(state.nodes[-1].name)[0]
@@ -63,7 +55,7 @@ def test_policy_drop_silences_one_endpoint_until_cleared(faulty_lab, capsys):
     assert result.failed == to_victim > 0 and result.ok == REQUESTS - to_victim
     assert victim.name not in result.served_by_pod or result.served_by_pod[victim.name] == 0
     # The Felix-shaped DROP rule on the victim's node counted their SYNs.
-    assert _drop_counter(state.node(victim.node).netns, fault.detail["chain"]) >= to_victim
+    assert drop_counter(state.node(victim.node).netns, fault.detail["chain"]) >= to_victim
     capsys.readouterr()
     assert main_exit(["lab", "status", "--json"]) in (0, 1)
     status = json.loads(capsys.readouterr().out)
@@ -115,30 +107,13 @@ def main_exit(argv: list[str]) -> int:
     return int(exc.value.code or 0)
 
 
-def _reject_packets(state, netns: str) -> int:
-    """SYNs kube-proxy's REJECT refused on netns: the filter rule's counter
-    for nginx-demo-1's external IP (iptables mode), or reject-chain's counter
-    the lab adds (nftables mode)."""
-    if state.proxy_mode == "nftables":
-        chain = sh(netns, "nft", "list", "chain", "ip", "kube-proxy", "reject-chain")
-        m = re.search(r"counter packets (\d+) ", chain)
-        assert m, chain
-        return int(m.group(1))
-    for line in sh(netns, "iptables-save", "-c", "-t", "filter").splitlines():
-        m = re.match(r"^\[(\d+):\d+\] -A KUBE-EXTERNAL-SERVICES .*nginx-demo-1 has no endpoints.*"
-                     r"-j REJECT", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError("no REJECT rule for nginx-demo-1 on " + netns)
-
-
 def test_no_endpoints_refuses_every_connection_until_cleared(faulty_lab, capsys):
     state = faulty_lab
     node_a = state.nodes[0].netns
     assert main_exit(["lab", "fault", "add", "no-endpoints"]) == 0
     # The rules were just loaded (a new REJECT rule, or a new table): 0 in
     # either mode, read rather than assumed.
-    before = _reject_packets(state, node_a)
+    before = reject_packets(state, node_a)
     fault = faults.active(state)[0]
     assert (fault.kind, fault.node) == ("no-endpoints", faults.CLUSTER)
     assert "default/nginx-demo-1" in fault.detail["services"]
@@ -157,7 +132,7 @@ def test_no_endpoints_refuses_every_connection_until_cleared(faulty_lab, capsys)
     sent = {c: nstat(node_a, c) - icmp_before[c] for c in icmp}
     # The kernel's own counts: every refused SYN (retransmissions too) was
     # answered or counted as rate-limited; each refused connection had one.
-    rejected = _reject_packets(state, node_a) - before
+    rejected = reject_packets(state, node_a) - before
     assert rejected == sum(sent.values()) >= REQUESTS, (rejected, sent)
     assert sent["IcmpOutDestUnreachs"] >= refused
     capsys.readouterr()
