@@ -235,3 +235,22 @@ def test_lost_trace_messages_are_counted(topo: Topology) -> None:
         finally:
             small.close()
         assert tracer.overruns == 0
+
+
+def test_capture_rules_on_legacy_xtables_is_one_line(topo: Topology, tmp_path: Path) -> None:
+    """Through the CLI: the capture resolves the Service from the legacy
+    rules, then --rules refuses in one line (exit 4), leaving no table."""
+    services = load_manifest(SHIPPED_MANIFEST).services
+    text = render_nat_table(services, {s.key: [Endpoint(POD_IP, POD_PORT)] for s in services},
+                            node_ips=["192.168.64.57"])
+    topo.in_node("iptables-legacy-restore", "--noflush", input=text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracer", "capture", "--svc", "nginx-demo-1", "--netns",
+         str(topo.path(topo.node)), "--rules", "--duration", "5", "-o", str(tmp_path / "cap")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 4, proc.stderr
+    assert len(err) == 1 and err[0].startswith("tracer: error: --rules cannot trace legacy xtables")
+    assert "Traceback" not in proc.stderr
+    assert "tracer_" not in topo.in_node("nft", "list", "tables")
