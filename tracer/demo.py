@@ -123,12 +123,13 @@ class Steps:
             self.seconds[name] = time.monotonic() - t0
 
 
-def start_captures(state: LabState, out: Path, timeout_s: float) -> list[CaptureProcess]:
+def start_captures(state: LabState, out: Path, timeout_s: float,
+                   extra: tuple[str, ...] = ()) -> list[CaptureProcess]:
     procs: list[CaptureProcess] = []
     try:
         for node in state.nodes:
             procs.append(CaptureProcess(
-                node.netns, ["--svc", SERVICE, "--netns", node.netns],
+                node.netns, ["--svc", SERVICE, "--netns", node.netns, *extra],
                 out / "captures" / node.netns, out / "captures" / f"{node.netns}.log",
             ))
         deadline = time.monotonic() + timeout_s

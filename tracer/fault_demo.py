@@ -3,7 +3,8 @@
 1. the lab in the mode the fault needs (`tracer lab up`, `--encap vxlan` for
    mtu-blackhole), with no other fault in effect;
 2. the fault injected (`tracer lab fault add KIND`);
-3. a capture of Service nginx-demo-1 on each node while the lab client sends
+3. a capture of Service nginx-demo-1 on each node, with --rules (the
+   netfilter rules its packets walk), while the lab client sends
    requests to the external IP, one connection each, with a short timeout
    (a broken connection costs one second, not five);
 4. the captures stopped one by one, the last node first (a packet still in
@@ -44,7 +45,7 @@ from tracer.lab.faults import Fault, FaultKind
 from tracer.lab.state import LabState
 from tracer.lab.traffic import TrafficResult, run_traffic
 from tracer.safe_output import write_text
-from tracer.system import require_root
+from tracer.system import require_root, run
 
 REQUEST_TIMEOUT_S = 1.0
 
@@ -96,6 +97,16 @@ def _kind(name: str) -> FaultKind:
     return KINDS[name]
 
 
+def _forget_connections(state: LabState) -> None:
+    """Empty every node's conntrack table: a client port reused from an
+    earlier run whose entry still holds its NAT binding would take the old
+    path past the fault's rules (conntrack sends an established flow's
+    packets by its entry, not by the rules), and the story would not be
+    the fault's alone."""
+    for node in state.nodes:
+        run(["conntrack", "-F"], netns=node.netns, check=False)
+
+
 def _traffic(opts: FaultDemoOptions, kind: FaultKind) -> TrafficResult:
     return run_traffic(requests=opts.requests, concurrency=opts.concurrency, target=TARGET,
                        timeout=REQUEST_TIMEOUT_S, path=kind.demo_path)
@@ -103,8 +114,8 @@ def _traffic(opts: FaultDemoOptions, kind: FaultKind) -> TrafficResult:
 
 def _captured_traffic(opts: FaultDemoOptions, kind: FaultKind, state: LabState, out: Path,
                       step: Steps) -> TrafficResult:
-    with step("attach", f"starting captures of {SERVICE} on each node"):
-        procs = start_captures(state, out, opts.ready_timeout_s)
+    with step("attach", f"starting captures of {SERVICE} on each node, with --rules"):
+        procs = start_captures(state, out, opts.ready_timeout_s, extra=("--rules",))
     try:
         with step("traffic", f"traffic: {opts.requests} requests to {kind.demo_path} "
                              f"(timeout {REQUEST_TIMEOUT_S:g} s each)"):
@@ -132,6 +143,7 @@ def run_fault_demo(opts: FaultDemoOptions,
     with step("inject", f"injecting {kind.name}: {kind.summary}"):
         fault = controller.add_fault(kind.name)
     try:
+        _forget_connections(state)
         broken = _captured_traffic(opts, kind, state, out, step)
     finally:
         with step("clear", f"clearing {kind.name}"):

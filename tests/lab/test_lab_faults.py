@@ -39,6 +39,11 @@ def _dnat_to(netns: str, pod_ip: str, before: dict[str, int]) -> int:
 
 
 def _traffic():
+    # An entry left from an earlier run with the same client port would
+    # carry its connection past the fault's new rules (conntrack routes an
+    # established flow by its NAT binding): start from an empty table.
+    for netns in ("lab-node-a", "lab-node-b"):
+        sh(netns, "conntrack", "-F")
     return run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
 
 

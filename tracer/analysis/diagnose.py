@@ -369,6 +369,9 @@ def format_text(d: Diagnosis) -> str:
             lines.append(f"  rule on {r['node']}: {r['walk']}  ({r['packets']} packet(s))")
             if r["text"]:
                 lines.append(f"    {r['text']}")
+            if g["outcome"] == "no_answer" and " REJECT" in r["walk"]:
+                lines.append("  the REJECT's ICMP error never left for these: the kernel limits "
+                             "ICMP errors per destination (net.ipv4.icmp_ratelimit)")
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")
