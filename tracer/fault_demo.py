@@ -6,7 +6,7 @@
 3. a capture of Service nginx-demo-1 on each node, with --rules (the
    netfilter rules its packets walk), while the lab client sends
    requests to the external IP, one connection each, with a short timeout
-   (a broken connection costs one second, not five);
+   (a broken connection costs 1.5 s, not five);
 4. the captures stopped one by one, the last node first (a packet still in
    flight is then whole in node A's capture or missing from node B's, never
    cut short), after the settle time `diagnose` needs to call a connection
@@ -47,7 +47,10 @@ from tracer.lab.traffic import TrafficResult, run_traffic
 from tracer.safe_output import write_text
 from tracer.system import require_root, run
 
-REQUEST_TIMEOUT_S = 1.0
+# Between TCP's SYN retransmissions (1 s, then 3 s later): an ICMP error for
+# the retransmitted SYN reaches the client before it gives up, so the client
+# and the capture tell the same story.
+REQUEST_TIMEOUT_S = 1.5
 
 
 @dataclass(frozen=True)

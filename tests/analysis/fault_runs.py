@@ -16,6 +16,10 @@ from tracer.cli import main
 from tracer.lab.traffic import run_traffic
 
 REQUESTS = 30
+# Between TCP's SYN retransmissions (1 s, then 3 s after the first): an ICMP
+# error answering the retransmitted SYN reaches the client before it gives
+# up, so what the client saw and what the capture shows agree.
+CLIENT_TIMEOUT_S = 1.5
 
 
 def dnat_counts(before: dict[str, int]) -> dict[str, int]:
@@ -41,7 +45,8 @@ def capture_and_diagnose(tmp_path, capsys, path: str = "/", *, rules: bool = Fal
     specs = {n: (["--svc", "nginx-demo-1", "--netns", f"lab-node-{n}", *extra], tmp_path / n)
              for n in "ab"}
     with captures(specs, stop_last_first=True), during():
-        traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0,
+        traffic = run_traffic(requests=REQUESTS, concurrency=4, target="external-ip",
+                              timeout=CLIENT_TIMEOUT_S,
                               path=path)
         # diagnose judges a connection unanswered only when the capture
         # went on SETTLE_NS after its last packet (else: undetermined).

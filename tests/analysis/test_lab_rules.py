@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import tcpdump_witness
 from tests.analysis.fault_runs import capture_and_diagnose
 from tests.capture.lab_capture import captures, sh
 from tests.lab.fault_witness import drop_counter, reject_packets
@@ -122,7 +123,14 @@ def test_rules_name_the_reject_of_a_service_without_endpoints(clean_lab, tmp_pat
     controller.add_fault("no-endpoints")
     before = reject_packets(state, "lab-node-a")
     monitor = NftMonitor("lab-node-a")
-    traffic, _, doc = capture_and_diagnose(tmp_path, capsys, rules=True, during=monitor.running)
+    pcap = tmp_path / "client.pcap"
+
+    @contextlib.contextmanager
+    def witnesses() -> Iterator[None]:
+        with monitor.running(), tcpdump_witness.recording(state.client.netns, "eth0", "icmp", pcap):
+            yield
+
+    traffic, _, doc = capture_and_diagnose(tmp_path, capsys, rules=True, during=witnesses)
     rejected = reject_packets(state, "lab-node-a") - before
     assert traffic.ok == 0 and traffic.failed > 0
     assert sum(g["count"] for g in doc["failures"]) == traffic.failed
@@ -139,6 +147,14 @@ def test_rules_name_the_reject_of_a_service_without_endpoints(clean_lab, tmp_pat
     for g in doc["failures"]:
         if g["outcome"] == "unreachable":
             assert g["icmp"]["sent_by"] == "node" and (g["icmp"]["type"], g["icmp"]["code"]) == (3, 3)
+    # The client's side (tcpdump on its eth0): the connections that got an
+    # ICMP port unreachable (the client port of the SYN it quotes) are those
+    # diagnose judged unreachable, and those the client saw refused.
+    quoted = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "icmp.type == 3 && icmp.code == 3", "-T", "fields",
+         "-e", "tcp.srcport"], capture_output=True, text=True, check=True).stdout.split()
+    refused = traffic.errors.get("ConnectionRefusedError", 0)
+    assert len(set(quoted)) == doc["connections"]["unreachable"] == refused > 0, (quoted, refused)
 
 
 @pytest.mark.parametrize("proxy_mode", ["iptables", "nftables"])

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.analysis.fault_runs import CLIENT_TIMEOUT_S
 from tests.capture.lab_capture import nstat, sep_counters, sh
 from tests.lab.fault_witness import drop_counter, reject_packets
 from tracer.cli import main
@@ -44,7 +45,8 @@ def _traffic():
     # established flow by its NAT binding): start from an empty table.
     for netns in ("lab-node-a", "lab-node-b"):
         sh(netns, "conntrack", "-F")
-    return run_traffic(requests=REQUESTS, concurrency=4, target="external-ip", timeout=1.0)
+    return run_traffic(requests=REQUESTS, concurrency=4, target="external-ip",
+                       timeout=CLIENT_TIMEOUT_S)
 
 
 def test_policy_drop_silences_one_endpoint_until_cleared(faulty_lab, capsys):
