@@ -214,6 +214,7 @@ NODE_FIELDS: dict[str, Spec] = {
     "netns": opt(Record({"path": opt(STR), "inode": opt(INT)})),
     "scoped_netns": opt(MapOf(STR)),
     "workloads": opt(ListOf(STR)),
+    "limits": opt(MapOf(opt(INT))),  # bounds the BPF programs were loaded with
     # --rules: the trace table, trace events and walks recorded, messages lost.
     "rules": opt(Record({"table": opt(STR), "events": opt(INT), "walks": opt(INT),
                          "lost": opt(INT)})),  # pod IPs routed over a pod veth (capture.scope)

@@ -25,7 +25,7 @@ import errno
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tracer.btf import Btf
@@ -126,6 +126,9 @@ class ProgramSettings:
     # Fault injection for tests: NAT entry records one packet in N, so that
     # exit meets packets whose entry it cannot find (bpf/nat.bpf.h).
     nat_entry_one_in: int = 1
+    # skbs of one receive list the kprobe/fentry list programs follow (bpf/
+    # rx.bpf.c); load_and_attach lowers it where the verifier refuses the loop.
+    rx_list_max: int = 64
 
     def macros(self) -> dict[str, int | str | None]:
         out: dict[str, int | str | None] = {
@@ -134,6 +137,7 @@ class ProgramSettings:
             "NETNS_MAX": self.netns_max,
             "FLOWS_MAX": self.flows_max,
             "WAKEUP_EVERY": self.wakeup_every,
+            "RX_LIST_MAX": self.rx_list_max,
         }
         if self.nat_entry_one_in > 1:
             out["NAT_ENTRY_ONE_IN"] = self.nat_entry_one_in
@@ -294,6 +298,18 @@ def compile_program(
     return bpf, time.monotonic() - t0
 
 
+# The smallest receive-list bound worth loading: GRO hands lists of
+# net.core.gro_normal_batch (8) skbs to the stack.
+RX_LIST_MIN = 8
+# What the kernel says (E2BIG) when the verifier gave up on a program's
+# complexity (1M instructions processed, BPF_COMPLEXITY_LIMIT_INSNS).
+_TOO_COMPLEX = "Argument list too long"
+
+
+def _uses_rx_list(backends: dict[str, Backend]) -> bool:
+    return any("_list_" in p.program for b in backends.values() for p in getattr(b, "programs", ()))
+
+
 def load_and_attach(
     backends: dict[str, Backend],
     settings: ProgramSettings,
@@ -301,7 +317,30 @@ def load_and_attach(
     t_start: float | None = None,
 ) -> LoadedProgram:
     """Compile, load, attach every backend. Netfilter links are created in the
-    calling thread's network namespace."""
+    calling thread's network namespace.
+
+    The kprobe and fentry receive-list programs walk a list in a bounded
+    loop, which older verifiers explore iteration by iteration: Debian's 6.1
+    refuses the 64-skb loop once the packet parser reads ICMP quotes (more
+    than 1M instructions processed). Then the bound is halved until the
+    verifier accepts it, down to RX_LIST_MIN; skbs past it are counted as
+    lost (never silently), and the bound used is in the settings returned."""
+    while True:
+        try:
+            return _load_and_attach(backends, settings, btf, t_start)
+        except KernelFeatureError as exc:
+            if (_TOO_COMPLEX not in str(exc) or not _uses_rx_list(backends)
+                    or settings.rx_list_max // 2 < RX_LIST_MIN):
+                raise
+            settings = replace(settings, rx_list_max=settings.rx_list_max // 2)
+
+
+def _load_and_attach(
+    backends: dict[str, Backend],
+    settings: ProgramSettings,
+    btf: Btf | None,
+    t_start: float | None,
+) -> LoadedProgram:
     t_start = time.monotonic() if t_start is None else t_start
     bpf, compile_s = compile_program(list(backends.values()), settings, btf)
     prog = LoadedProgram(bpf=bpf, backends=backends, settings=settings, compile_s=compile_s)

@@ -168,6 +168,9 @@ class CaptureSession:
             startup={"compile_s": self.prog.compile_s, "first_attach_s": self.prog.first_attach_s,
                      "all_attached_s": self.prog.all_attached_s,
                      "session_start_monotonic_s": self.t_start})
+        # Bounds the programs were loaded with (rx_list_max: lowered where an
+        # older verifier refused the receive-list loop; skbs past it are lost).
+        self.meta["limits"] = {"rx_list_max": self.prog.settings.rx_list_max}
         self._write_meta(complete=False)
         described = ", ".join(f"{p}={b.describe()}" for p, b in backends.items())
         self.cb.ready(
