@@ -118,8 +118,25 @@ def test_rules_name_the_policy_drop_rule(clean_lab, tmp_path, capsys):
     assert faults.active(state)  # the fixture clears it
 
 
-def test_rules_name_the_reject_of_a_service_without_endpoints(clean_lab, tmp_path, capsys):
-    state = clean_lab
+# Where each kube-proxy mode rejects a Service without endpoints, for the
+# client's traffic to its external IP: (the rejecting chain, how the walk ends).
+REJECTS = {
+    "iptables": ("KUBE-EXTERNAL-SERVICES", "REJECT icmp-port-unreachable"),
+    "nftables": ("reject-chain", "REJECT"),
+}
+
+
+@pytest.fixture(params=sorted(REJECTS))
+def proxy_mode(request, clean_lab):
+    controller.up(proxy_mode=request.param)
+    yield request.param
+    controller.clear_faults()
+    controller.up()
+
+
+def test_rules_name_the_reject_of_a_service_without_endpoints(proxy_mode, tmp_path, capsys):
+    state = controller.up(proxy_mode=proxy_mode).state
+    chain, action = REJECTS[proxy_mode]
     controller.add_fault("no-endpoints")
     before = reject_packets(state, "lab-node-a")
     monitor = NftMonitor("lab-node-a")
@@ -136,11 +153,13 @@ def test_rules_name_the_reject_of_a_service_without_endpoints(clean_lab, tmp_pat
     assert sum(g["count"] for g in doc["failures"]) == traffic.failed
     rules = [g["rule"] for g in doc["failures"]]
     assert all(r and r["node"] == "lab-node-a" and r["verdict"] == "drop" for r in rules), rules
-    assert {r["chain"] for r in rules} == {"KUBE-EXTERNAL-SERVICES"}
-    assert all("has no endpoints" in r["text"] and "-j REJECT" in r["text"] for r in rules)
-    assert all(r["walk"].endswith(f"REJECT icmp-port-unreachable (handle {r['handle']})")
-               for r in rules)
-    witnessed = monitor.verdicts("KUBE-EXTERNAL-SERVICES", "drop")
+    assert {r["chain"] for r in rules} == {chain}
+    if proxy_mode == "iptables":
+        assert all("has no endpoints" in r["text"] and "-j REJECT" in r["text"] for r in rules)
+    else:
+        assert all(re.search(r"\breject\b", r["text"]) for r in rules)
+    assert all(r["walk"].endswith(f"{action} (handle {r['handle']})") for r in rules)
+    witnessed = monitor.verdicts(chain, "drop")
     ours = sum(r["packets"] for r in rules)
     assert rejected == len(witnessed) == ours, (rejected, len(witnessed), ours, monitor.err)
     # Who answered: the node's REJECT, by ICMP port unreachable.
