@@ -14,6 +14,7 @@ nor BCC. Modules, one job each:
 - fairness   analyze(packets): new connections per endpoint vs kube-proxy's promise
 - service    the promise: endpoints and shares from the Service metadata
 - promises   each counted connection's promised endpoints and shares
+- affinity   session affinity: first connections per client judged, the rest checked sticky
 - request_counts  requests per connection (keep-alive pinning)
 - stats      chi-square (no scipy), Wilson interval, Jain index
 - pcap       export_pcapng(source, path): one synthesized packet per event

@@ -11,6 +11,9 @@ set changing), a chi-square goodness-of-fit p-value, a Wilson confidence
 interval on each observed share, the largest deviation, and Jain's fairness
 index of observed/promised (1 = exactly as promised, 1/n = one endpoint took
 everything). The same per client (pre-NAT source address) and per time window.
+With session affinity (ClientIP) the endpoint table and windows count each
+client's first connections only, and the rest are checked for stickiness
+(tracer.analysis.affinity).
 
 Requests per connection (tracer.analysis.request_counts) expose keep-alive
 pinning: one client's connection carrying thousands of requests to one pod
@@ -27,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracer.analysis import affinity
 from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.affinity import AffinityReport
 from tracer.analysis.events import PROBE_NAT, PROBE_RX, EventSet
 from tracer.analysis.packets import Packets
 from tracer.analysis.promises import PromisedConnections, promise_connections
@@ -121,6 +126,7 @@ class FairnessReport:
     requests: dict[str, Any]
     excluded_dnat: int
     notes: list[str] = field(default_factory=list)
+    affinity: AffinityReport | None = None  # session affinity: stickiness
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +141,7 @@ class FairnessReport:
             "requests": self.requests,
             "excluded_dnat": self.excluded_dnat,
             "notes": self.notes,
+            "affinity": self.affinity.to_dict() if self.affinity else None,
         }
 
 
@@ -293,16 +300,14 @@ def analyze(
     ev = source.events
     node_meta = source.node_meta
     services = [m.get("service") for m in node_meta.values() if m.get("service")]
-    p = promise_connections(dnat_decisions(ev), node_meta)
+    every = promise_connections(dnat_decisions(ev), node_meta)
+    requests = requests_per_connection(ev, every.conns)
+    # With session affinity only each client's first connections are draws.
+    p, per_conn, sticky = affinity.judged(every, node_meta, requests["per_conn"])
     k = len(p.keys)
     observed = np.bincount(p.endpoint, minlength=k).astype(float)
     expected = p.shares.sum(axis=0)
-    requests = requests_per_connection(ev, p.conns)
-    req_by_ep = (
-        np.bincount(p.endpoint, weights=requests["per_conn"], minlength=k)
-        if len(p.endpoint)
-        else np.zeros(k)
-    )
+    req_by_ep = np.bincount(p.endpoint, weights=per_conn, minlength=k) if len(p.endpoint) else np.zeros(k)
     where = endpoint_nodes(ev, node_meta)
     nodes = [where.get(x) for x in p.keys]
     windows, window_ns, start = _time_windows(p, nodes, confidence, window_ns)
@@ -310,13 +315,14 @@ def analyze(
         service=service_name(services[0] if services else None),
         confidence=confidence,
         overall=_group("all", observed, expected, p.keys, nodes, confidence, req_by_ep),
-        per_client=_per_client(p, nodes, confidence, requests["per_conn"]),
+        per_client=_per_client(every, nodes, confidence, requests["per_conn"]),
         windows=windows,
         window_ns=window_ns,
         window_start_ns=start,
         requests=requests["summary"],
         excluded_dnat=p.excluded,
         notes=p.notes,
+        affinity=sticky,
     )
 
 
@@ -438,7 +444,8 @@ def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
 
 
 def format_text(report: FairnessReport, max_rows: int = 10) -> str:
-    lines = _overall_lines(report) + _group_lines(report, max_rows)
+    lines = _overall_lines(report) + affinity.format_lines(report.affinity, max_rows)
+    lines += _group_lines(report, max_rows)
     if report.excluded_dnat:
         lines.append(
             f"\n{report.excluded_dnat} DNAT decisions were for other services and not counted"

@@ -4,7 +4,7 @@
 ``{"namespace", "name", "ports": [{"protocol", "port", "cluster_ips",
 "external_ips", "load_balancer_ips", "node_port", "external_policy",
 "endpoints": [{"ip", "port", "probability", "share", "chain"}],
-"local_endpoints": [...]}]}``. Each port has its own KUBE-SVC chain, so a
+"local_endpoints": [...], "session_affinity"}]}``. Each port has its own KUBE-SVC chain, so a
 connection's promise depends on how it reached the Service: through a cluster
 IP it is ``endpoints``; through an external IP, load-balancer IP or node port
 it is ``local_endpoints`` when ``external_policy`` is "Local", else
@@ -57,6 +57,10 @@ class PortPromise:
     external_policy: str | None
     endpoints: tuple[PromisedEndpoint, ...]
     local_endpoints: tuple[PromisedEndpoint, ...] = ()
+    # ClientIP session affinity: a client's later connections within this
+    # many seconds of its previous one keep its endpoint (inf: no timeout);
+    # None without affinity.
+    affinity_timeout_s: float | None = None
 
     def promise_for(self, dst: int, dport: int, proto: int) -> tuple[PromisedEndpoint, ...] | None:
         """The endpoints a connection to dst:dport/proto was promised, None if
@@ -141,6 +145,15 @@ def _proto(value: Any) -> int | None:
     return PROTO_NUMBERS.get(str(value).lower())
 
 
+def _affinity_timeout(affinity: Any) -> float | None:
+    """session_affinity ({"type": "ClientIP", "timeout_seconds": N}) -> N s;
+    inf when it has no timeout; None without affinity."""
+    if not isinstance(affinity, dict) or affinity.get("type", "ClientIP") != "ClientIP":
+        return None
+    timeout = affinity.get("timeout_seconds")
+    return float("inf") if timeout is None else float(timeout)
+
+
 def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
     if not service:
         return []
@@ -160,6 +173,7 @@ def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
                 external_policy=p.get("external_policy"),
                 endpoints=parse_endpoints(p.get("endpoints")),
                 local_endpoints=parse_endpoints(p.get("local_endpoints")),
+                affinity_timeout_s=_affinity_timeout(p.get("session_affinity")),
             )
         )
     if service.get("endpoints"):  # flat form: one promise for everything
@@ -204,6 +218,13 @@ class Era:
             if any(e.key == dnat_to for e in port.endpoints):
                 return port.endpoints
         return None
+
+    def port_for(self, dst: int, dport: int, proto: int, dnat_to: str) -> PortPromise | None:
+        """The service port whose promise promise_for gives (None: not this Service's)."""
+        for port in self.ports:
+            if port.promise_for(dst, dport, proto) is not None:
+                return port
+        return next((p for p in self.ports if any(e.key == dnat_to for e in p.endpoints)), None)
 
     def keys(self) -> list[str]:
         return [e.key for p in self.ports for e in (*p.endpoints, *p.local_endpoints)]

@@ -12,6 +12,10 @@ The walk follows the jumps kube-proxy writes (pkg/proxy/iptables/proxier.go):
     KUBE-SVC-H / KUBE-SVL-H  [statistic p] -> KUBE-SEP-E
     KUBE-SEP-E  -j DNAT --to-destination ip:port
 
+With sessionAffinity ClientIP, KUBE-SVC/KUBE-SVL start with `-m recent
+--rcheck` rules that send a returning client to its endpoint (not part of
+the split; they give the port's session_affinity and its timeout).
+
 All chains of one service port share the hash H (portProtoHash), which is how
 ports are grouped, with or without comments. Names come from the comments
 kube-proxy writes ("ns/name:port cluster IP", "ns/name:port -> ip:port", ...).
@@ -44,6 +48,7 @@ import re
 from dataclasses import dataclass, field
 
 from tracer.kube.iptables_table import NatTable, Rule, read_nat_table, read_table
+from tracer.kube.model import SessionAffinity
 
 # The result types live in tracer.kube.resolved (shared with the nftables
 # parser); they are re-exported here, where callers have always found them.
@@ -308,7 +313,22 @@ def _resolve_port(table: NatTable, draft: _PortDraft) -> ResolvedServicePort:
         external_policy=_external_policy(table, ext_chain),
         endpoints=endpoints,
         local_endpoints=local_endpoints,
+        session_affinity=_session_affinity(table, svc_chain, local_chain),
     )
+
+
+def _session_affinity(table: NatTable, *chains: str | None) -> SessionAffinity | None:
+    """ClientIP affinity: kube-proxy heads KUBE-SVC (and KUBE-SVL) with one
+    rule per endpoint, `-m recent --name KUBE-SEP-E --rcheck --seconds T
+    --reap -j KUBE-SEP-E` (iptables-save prints the options in its own order,
+    with --mask and --rsource added); KUBE-SEP-E records the client with
+    `-m recent --name KUBE-SEP-E --set`."""
+    for chain in chains:
+        for rule in table.rules(chain):
+            if "--rcheck" in rule.flags and (rule.target or "").startswith(SEP_PREFIX):
+                seconds = rule.get("--seconds") or ""
+                return SessionAffinity(int(seconds) if seconds.isdigit() else None)
+    return None
 
 
 def _external_policy(table: NatTable, ext_chain: str | None) -> str | None:

@@ -17,13 +17,15 @@ What is rendered, per service port with at least one ready endpoint:
   - KUBE-SVL (externalTrafficPolicy Local, local endpoints only);
   - KUBE-EXT: masquerade (Cluster policy) or the Local short-circuit rules;
   - KUBE-SEP: hairpin masquerade and DNAT to ip:port;
+  - sessionAffinity ClientIP: `-m recent --rcheck --seconds T --reap` rules
+    heading KUBE-SVC/KUBE-SVL, `-m recent --set` in each KUBE-SEP's DNAT rule;
   - KUBE-POSTROUTING and KUBE-MARK-MASQ, and (optionally) the jump rules from
     PREROUTING, OUTPUT and POSTROUTING.
 
 Not rendered, as kube-proxy writes them in the filter table, not nat: the
 REJECT/DROP rules for services without (local) endpoints, so such a service
-has no nat rules at all (kube-proxy does the same). Not modelled: session
-affinity, loadBalancerSourceRanges (KUBE-FW), internalTrafficPolicy Local,
+has no nat rules at all (kube-proxy does the same). Not modelled:
+loadBalancerSourceRanges (KUBE-FW), internalTrafficPolicy Local,
 topology hints, masqueradeAll, terminating endpoints, IPv6.
 """
 
@@ -34,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tracer.kube import naming
-from tracer.kube.model import Endpoint, Service, ServicePort
+from tracer.kube.model import Endpoint, Service, ServicePort, SessionAffinity
 from tracer.kube.proxy_plan import PortPlan, check_node_options, plan_service_port, port_endpoints
 
 # The chains kube-proxy declares on every sync, in its order.
@@ -239,11 +241,12 @@ def _render_service_port(
         out.chain(ext_chain)
         _write_external_chain(out, plan, ext_chain, svc_chain, svl_chain, options)
 
+    affinity = service.session_affinity
     out.chain(svc_chain)
-    _write_load_balancing(out, spn, proto, svc_chain, plan.cluster_endpoints, options)
+    _write_load_balancing(out, spn, proto, svc_chain, plan.cluster_endpoints, options, affinity)
     if plan.uses_local_chain:
         out.chain(svl_chain)
-        _write_load_balancing(out, spn, proto, svl_chain, plan.local_endpoints, options)
+        _write_load_balancing(out, spn, proto, svl_chain, plan.local_endpoints, options, affinity)
 
     for endpoint in plan.cluster_endpoints:
         ep = naming.endpoint_string(endpoint.ip, endpoint.port)
@@ -253,7 +256,10 @@ def _render_service_port(
         # Hairpin: a pod reaching itself through the service must be
         # masqueraded, or it would answer itself directly.
         out.rule("-A", sep_chain, *comment, "-s", endpoint.ip, "-j", KUBE_MARK_MASQ)
-        out.rule("-A", sep_chain, *comment, *_match(proto), "-j", "DNAT", "--to-destination", ep)
+        # Session affinity: remember the client in this endpoint's recent list.
+        remember = ("-m", "recent", "--name", sep_chain, "--set") if affinity else ()
+        out.rule("-A", sep_chain, *comment, *remember, *_match(proto),
+                 "-j", "DNAT", "--to-destination", ep)
 
 
 def _match(proto: str) -> tuple[str, ...]:
@@ -351,10 +357,24 @@ def _write_load_balancing(
     chain: str,
     endpoints: list[Endpoint],
     options: _Options,
+    affinity: SessionAffinity | None = None,
 ) -> None:
     """writeServiceToEndpointRules: endpoint i of n matches with probability
-    1/(n-i), the last unconditionally, which spreads new connections evenly."""
+    1/(n-i), the last unconditionally, which spreads new connections evenly.
+    With ClientIP affinity, first one rule per endpoint sends a client its
+    recent list has seen within the timeout straight to that endpoint."""
     n = len(endpoints)
+    if affinity is not None:
+        seconds = affinity.timeout_seconds
+        timeout = ("--seconds", str(seconds)) if seconds is not None else ()
+        for endpoint in endpoints:
+            ep = naming.endpoint_string(endpoint.ip, endpoint.port)
+            sep_chain = naming.endpoint_chain(spn, proto, ep)
+            out.rule(
+                "-A", chain, *_service_comment(f'"{spn} -> {ep}"', options),
+                "-m", "recent", "--name", sep_chain, "--rcheck", *timeout, "--reap",
+                "-j", sep_chain,
+            )
     for i, endpoint in enumerate(endpoints):
         ep = naming.endpoint_string(endpoint.ip, endpoint.port)
         comment = _service_comment(f'"{spn} -> {ep}"', options)

@@ -24,14 +24,18 @@ from typing import Any
 from tracer.errors import ManifestError
 from tracer.kube import manifest_fields as fields
 from tracer.kube.model import (
+    DEFAULT_AFFINITY_TIMEOUT_S,
+    MAX_AFFINITY_TIMEOUT_S,
     PROTOCOLS,
     SERVICE_TYPES,
+    SESSION_AFFINITIES,
     TRAFFIC_POLICIES,
     Deployment,
     Labels,
     Manifest,
     Service,
     ServicePort,
+    SessionAffinity,
 )
 
 # kubeadm's default --service-cluster-ip-range; the first address belongs to
@@ -54,6 +58,7 @@ class _ServiceDraft:
     ports: list[ServicePort]
     selector: Labels
     external_traffic_policy: str
+    session_affinity: SessionAffinity | None = None
 
 
 def load_manifest(path: str | Path, *, service_cidr: str = SERVICE_CIDR) -> Manifest:
@@ -231,7 +236,32 @@ def _service_draft(
         ports=ports,
         selector=selector,
         external_traffic_policy=policy,
+        session_affinity=_session_affinity(spec),
     )
+
+
+def _session_affinity(spec: Mapping[str, Any]) -> SessionAffinity | None:
+    """spec.sessionAffinity and spec.sessionAffinityConfig.clientIP.timeoutSeconds,
+    checked as the API server checks them (a timeout in 1..86400, default 10800;
+    no config without ClientIP)."""
+    kind = spec.get("sessionAffinity", "None")
+    if kind not in SESSION_AFFINITIES:
+        raise fields.Problem(
+            f"spec.sessionAffinity {kind!r} is not one of {', '.join(SESSION_AFFINITIES)}"
+        )
+    config = fields.mapping(
+        spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig", required=False
+    )
+    if kind == "None":
+        if config:
+            raise fields.Problem("spec.sessionAffinityConfig is set but spec.sessionAffinity is None")
+        return None
+    client_ip = fields.mapping(
+        config.get("clientIP"), "spec.sessionAffinityConfig.clientIP", required=False
+    )
+    timeout = client_ip.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT_S)
+    what = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    return SessionAffinity(fields.number(timeout, what, 1, MAX_AFFINITY_TIMEOUT_S))
 
 
 def _cluster_ip(value: Any, cidr: ipaddress.IPv4Network) -> str | None:
@@ -353,6 +383,7 @@ def _finish_services(
                 ports=tuple(ports),
                 selector=draft.selector,
                 external_traffic_policy=draft.external_traffic_policy,
+                session_affinity=draft.session_affinity,
             )
         )
     return tuple(services)

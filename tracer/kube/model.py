@@ -16,6 +16,10 @@ from tracer.errors import UsageError
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 TRAFFIC_POLICIES = ("Cluster", "Local")
+SESSION_AFFINITIES = ("None", "ClientIP")
+# v1.DefaultClientIPServiceAffinitySeconds and v1.MaxClientIPServiceAffinitySeconds.
+DEFAULT_AFFINITY_TIMEOUT_S = 10800
+MAX_AFFINITY_TIMEOUT_S = 86400
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -25,6 +29,30 @@ def labels_from_mapping(mapping: Mapping[str, str] | None) -> Labels:
     if not mapping:
         return ()
     return tuple(sorted((str(k), str(v)) for k, v in mapping.items()))
+
+
+@dataclass(frozen=True)
+class SessionAffinity:
+    """sessionAffinity: ClientIP. kube-proxy sends a client address's new
+    connections to the endpoint it last chose for it, as long as that client
+    opened one less than timeout_seconds ago (a sliding window: every new
+    connection restarts it). None when the rules name no timeout (iptables
+    `recent` without --seconds, an nft set without timeout): no expiry."""
+
+    timeout_seconds: int | None = DEFAULT_AFFINITY_TIMEOUT_S
+    type: str = "ClientIP"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": self.type, "timeout_seconds": self.timeout_seconds}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object] | None) -> SessionAffinity | None:
+        """{"type": "ClientIP", "timeout_seconds": N} -> SessionAffinity; None,
+        {} or type "None" -> None (no affinity)."""
+        if not data or data.get("type", "ClientIP") != "ClientIP":
+            return None
+        timeout = data.get("timeout_seconds")
+        return cls(timeout_seconds=None if timeout is None else int(str(timeout)))
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,9 @@ class Service:
     # status.loadBalancer.ingress[].ip; a manifest never sets these, tests and
     # the renderer can.
     load_balancer_ips: tuple[str, ...] = ()
+    # spec.sessionAffinity ClientIP (with sessionAffinityConfig's timeout);
+    # None for sessionAffinity None. kube-proxy applies it to every port.
+    session_affinity: SessionAffinity | None = None
 
     @property
     def key(self) -> tuple[str, str]:

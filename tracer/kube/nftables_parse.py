@@ -16,6 +16,11 @@ commit b0f823e6, with the v1.29 layout of commit 01d7de54 also accepted):
                          numgen random mod N vmap { 0 : goto endpoint-<E0>, ... }
     chain endpoint-<E>:  ip saddr IP jump mark-for-masquerade; meta l4proto P dnat to IP:PORT
 
+With sessionAffinity ClientIP, service-<B>/local-<B> start with `ip saddr
+@affinity-<E> goto endpoint-<E>` per endpoint, endpoint-<E> records the
+client (`update @affinity-<E> { ip saddr }`), and set affinity-<E> has the
+timeout (session_affinity; not part of the split).
+
 B is "HASH-ns/name/proto/portname" (naming.nft_service_chain_base), so every
 chain spells out the Service it belongs to. An endpoint's share of new
 connections is the fraction of the numgen vmap's N slots that point at its
@@ -41,7 +46,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tracer.kube.model import SessionAffinity
 from tracer.kube.naming import (
+    NFT_AFFINITY_SET_PREFIX,
     NFT_ENDPOINT_CHAIN_PREFIX,
     NFT_EXTERNAL_CHAIN_PREFIX,
     NFT_FIREWALL_CHAIN_PREFIX,
@@ -229,7 +236,21 @@ def _resolve_port(table: NftTable, draft: _PortDraft) -> ResolvedServicePort:
         external_policy=_external_policy(table, ext_chain),
         endpoints=_load_balancing(table, svc_chain, protocol),
         local_endpoints=_load_balancing(table, local_chain, protocol),
+        session_affinity=_session_affinity(table, svc_chain, local_chain),
     )
+
+
+def _session_affinity(table: NftTable, *chains: str | None) -> SessionAffinity | None:
+    """ClientIP affinity: kube-proxy heads service-*/local-* with one rule per
+    endpoint, `ip saddr @affinity-E goto endpoint-E`; the set affinity-E
+    (flags dynamic,timeout) holds the clients endpoint-E's `update
+    @affinity-E { ip saddr }` recorded, each for the set's timeout."""
+    for chain in chains:
+        for rule in table.rules(chain):
+            name = rule.saddr_set or ""
+            if name.startswith(NFT_AFFINITY_SET_PREFIX) and rule.verdict in ("goto", "jump"):
+                return SessionAffinity(table.set_timeouts.get(name))
+    return None
 
 
 def _external_policy(table: NftTable, ext_chain: str | None) -> str | None:

@@ -17,9 +17,12 @@ Per service port (sorted by ServicePortName; kube-proxy walks a Go map, so
 its order differs from run to run, the resulting table does not):
 cluster-ips set, service-ips / service-nodeports elements (or the
 no-endpoint-* elements when the service has no endpoints), the service-,
-external- and endpoint- chains. Not modelled, as in iptables_render: session
-affinity, loadBalancerSourceRanges (firewall-* chains), internalTrafficPolicy
-Local, topology, masqueradeAll, terminating endpoints, IPv6.
+external- and endpoint- chains, and with sessionAffinity ClientIP each
+endpoint's affinity- set (`ip saddr @affinity-... goto endpoint-...` heading
+the service-/local- chain, `update @affinity-... { ip saddr }` in the
+endpoint chain). Not modelled, as in iptables_render:
+loadBalancerSourceRanges (firewall-* chains), internalTrafficPolicy Local,
+topology, masqueradeAll, terminating endpoints, IPv6.
 
 One deliberate, opt-in difference: endpoint_counters=True puts a `counter` in
 each endpoint chain's DNAT rule and in reject-chain's reject (what Services
@@ -35,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tracer.errors import UsageError
 from tracer.kube import naming
-from tracer.kube.model import Endpoint, Service, ServicePort
+from tracer.kube.model import Endpoint, Service, ServicePort, SessionAffinity
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE
 from tracer.kube.proxy_plan import PortPlan, check_node_options, plan_service_port, port_endpoints
 
@@ -263,6 +266,11 @@ def _render_service_port(
     def endpoint_chain(e: Endpoint) -> str:
         return naming.nft_endpoint_chain(ns, name, proto, pname, e.ip, e.port)
 
+    def affinity_set(e: Endpoint) -> str:
+        return naming.nft_affinity_set(ns, name, proto, pname, e.ip, e.port)
+
+    affinity = service.session_affinity
+
     # allLocallyReachableEndpoints: the cluster endpoints (plus local ones, a subset).
     for endpoint in plan.cluster_endpoints:
         tx.ensure_chain(endpoint_chain(endpoint))
@@ -282,15 +290,24 @@ def _render_service_port(
     if uses_external_chain:
         _write_external_chain(tx, plan, cluster_cidr, external_chain, cluster_chain, local_chain)
 
-    if plan.has_endpoints:
-        _write_load_balancing(tx, cluster_chain, [endpoint_chain(e) for e in plan.cluster_endpoints])
-    if plan.uses_local_chain:
-        _write_load_balancing(tx, local_chain, [endpoint_chain(e) for e in plan.local_endpoints])
+    if affinity is not None:
+        for endpoint in plan.cluster_endpoints:
+            _add_affinity_set(tx, affinity_set(endpoint), affinity)
+    for chain, chosen in ((cluster_chain, plan.cluster_endpoints if plan.has_endpoints else []),
+                          (local_chain, plan.local_endpoints if plan.uses_local_chain else [])):
+        if not chosen:
+            continue
+        if affinity is not None:  # returning clients first, to the endpoint they had
+            for endpoint in chosen:
+                tx.rule(chain, "ip saddr @" + affinity_set(endpoint), "goto", endpoint_chain(endpoint))
+        _write_load_balancing(tx, chain, [endpoint_chain(e) for e in chosen])
 
     for endpoint in plan.cluster_endpoints:
         chain = endpoint_chain(endpoint)
         # Hairpin: a pod reaching itself through the service is masqueraded.
         tx.rule(chain, "ip saddr", endpoint.ip, "jump", MARK_MASQ)
+        if affinity is not None:  # remember this client for this endpoint
+            tx.rule(chain, "update @" + affinity_set(endpoint), "{ ip saddr }")
         counter = "counter" if endpoint_counters else ""
         tx.rule(chain, "meta l4proto", proto, counter, "dnat to",
                 naming.endpoint_string(endpoint.ip, endpoint.port))
@@ -349,6 +366,15 @@ def _write_external_chain(
                 comment="short-circuit local traffic")
     if plan.has_external_endpoints:
         tx.rule(external_chain, "goto", local_chain if plan.external_policy_local else cluster_chain)
+
+
+def _add_affinity_set(tx: _Transaction, name: str, affinity: SessionAffinity) -> None:
+    """The per-endpoint set of clients with affinity to it; knftables writes
+    the timeout in whole seconds ("10800s")."""
+    timeout = affinity.timeout_seconds
+    props = "type ipv4_addr ; flags dynamic,timeout ; " + (
+        f"timeout {timeout}s ; " if timeout is not None else "")
+    tx.op("add", "set", f"{name} {{ {props}}}")
 
 
 def _write_load_balancing(tx: _Transaction, chain: str, endpoint_chains: list[str]) -> None:

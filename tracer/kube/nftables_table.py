@@ -14,8 +14,9 @@ tracer.kube.nftables_parse.read_nft takes any of them.
 
 A rule is reduced to what resolving Services needs (NftRule): its verdict, a
 `numgen random mod N vmap { ... }` choice, a `dnat to`, `meta l4proto`,
-`fib saddr type local`, address/port matches, its counter and comment.
-Everything else in a rule is kept only as text.
+`fib saddr type local`, address/port matches, the sets it looks the source
+up in or updates (session affinity), its counter and comment. Sets keep
+their timeout. Everything else in a rule is kept only as text.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class NftRule:
     saddr_negated: bool = False  # `ip saddr != X`
     daddr: str | None = None
     dport: int | None = None
+    saddr_set: str | None = None  # `ip saddr @X`: the set X (kube-proxy's affinity-...)
+    updates_set: str | None = None  # `update @X { ip saddr }`: the set X
     packets: int | None = None  # the rule's `counter`, if it has one
     bytes: int | None = None
     comment: str | None = None
@@ -71,6 +74,8 @@ class NftTable:
     # Maps and sets alike: name -> elements.
     elements: dict[str, list[NftElement]] = field(default_factory=dict)
     exists: bool = False  # the table was in the input at all
+    # Sets declared with a timeout (`timeout 10800s` / `3h`), in seconds.
+    set_timeouts: dict[str, int] = field(default_factory=dict)
 
     def rules(self, chain: str | None) -> list[NftRule]:
         return self.chains.get(chain, []) if chain else []
@@ -113,6 +118,8 @@ def read_nft_json(text: str, family: str = KUBE_PROXY_FAMILY, table: str = KUBE_
             out.chains.setdefault(str(obj["name"]), [])
         elif kind in ("map", "set") and ours(obj):
             out.elements[str(obj["name"])] = [_json_element(e) for e in obj.get("elem", [])]
+            if isinstance(obj.get("timeout"), int):  # nft -j gives seconds
+                out.set_timeouts[str(obj["name"])] = obj["timeout"]
         elif kind == "rule" and ours(obj):
             chain = str(obj["chain"])
             out.chains.setdefault(chain, []).append(_json_rule(chain, obj))
@@ -185,6 +192,8 @@ def _json_rule(chain: str, obj: dict[str, Any]) -> NftRule:
                 facts["numgen_targets"] = tuple(targets)
         elif kind == "match" and isinstance(body, dict):
             _json_match(facts, body)
+        elif kind == "set" and isinstance(body, dict) and body.get("op") in ("update", "add"):
+            facts["updates_set"] = str(body.get("set", "")).lstrip("@") or None
     return NftRule(**facts)
 
 
@@ -193,7 +202,12 @@ def _json_match(facts: dict[str, Any], body: dict[str, Any]) -> None:
     if not isinstance(left, dict):
         return
     if isinstance(right, str) and right.startswith("@"):
-        return  # a set lookup ("ip daddr @cluster-ips"), not an address
+        # A set lookup ("ip daddr @cluster-ips"), not an address; kube-proxy's
+        # affinity rules look the source up ("ip saddr @affinity-...").
+        payload = left.get("payload") or {}
+        if payload.get("field") == "saddr" and op == "==":
+            facts["saddr_set"] = right[1:]
+        return
     if "payload" in left:
         field_name = left["payload"].get("field")
         protocol = left["payload"].get("protocol")

@@ -30,6 +30,11 @@ _COUNTER = re.compile(r"\bcounter\s+packets\s+(\d+)\s+bytes\s+(\d+)")
 # An address or prefix starts with a hex digit: not "@set", not ". meta ...".
 _SADDR = re.compile(r"\bip6?\s+saddr\s+(!=\s+)?([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
 _DADDR = re.compile(r"\bip6?\s+daddr\s+([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
+_SADDR_SET = re.compile(r"\bip6?\s+saddr\s+@(\S+)")
+_SET_UPDATE = re.compile(r"\b(?:update|add)\s+@(\S+)\s*\{\s*ip6?\s+saddr\s*\}")
+# An nft time: "10800s", "3h", "2h59m50s", "1d", "500ms".
+_TIME_PART = re.compile(r"(\d+)(ms|d|h|m|s)")
+_TIMEOUT = re.compile(r"\btimeout\s+(\d[0-9dhms]*)")
 _DPORT = re.compile(r"\b(?:tcp|udp|sctp|th)\s+dport\s+(\d+)\b")
 
 
@@ -69,6 +74,10 @@ def parse_rule_text(chain: str, text: str) -> NftRule:
     saddr = _SADDR.search(rule)
     if saddr:
         facts["saddr"], facts["saddr_negated"] = saddr.group(2), bool(saddr.group(1))
+    for pattern, name in ((_SADDR_SET, "saddr_set"), (_SET_UPDATE, "updates_set")):
+        found = pattern.search(rule)
+        if found:
+            facts[name] = found.group(1)
     dport = _DPORT.search(rule)
     if dport:
         facts["dport"] = int(dport.group(1))
@@ -77,6 +86,21 @@ def parse_rule_text(chain: str, text: str) -> NftRule:
         facts["packets"], facts["bytes"] = int(counter.group(1)), int(counter.group(2))
     facts["fib_saddr_local"] = bool(re.search(r"\bfib\s+saddr\s+type\s+local\b", rule))
     return NftRule(**facts)
+
+
+def nft_seconds(text: str) -> int | None:
+    """An nft time ("10800s", "3h", "2h59m50s", "1d") in whole seconds."""
+    parts = _TIME_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return int(sum(int(n) * scale[u] for n, u in parts))
+
+
+def _set_timeout(text: str) -> int | None:
+    """The `timeout T` of a set declaration (not the "timeout" flag)."""
+    found = _TIMEOUT.search(text)
+    return nft_seconds(found.group(1)) if found else None
 
 
 def _host_port(value: str) -> tuple[str, int | None]:
@@ -118,6 +142,8 @@ def parse_element_text(text: str) -> NftElement:
     if match:
         comment = match.group(1)
         key_part = key_part[: match.start()]
+    # A dynamic set's element carries its own timer: "10.0.0.2 timeout 3h expires 2h59m".
+    key_part = re.sub(r"\s+(?:timeout|expires)\s+\S+", "", key_part)
     key = tuple(p.strip() for p in key_part.split(" . "))
     verdict = target = None
     if sep:
@@ -181,6 +207,9 @@ def _apply(out: NftTable, verb: str, kind: str, rest: str) -> None:
     elif kind in ("map", "set"):
         if verb in ("add", "create"):
             out.elements.setdefault(name, [])
+            timeout = _set_timeout(tail)
+            if timeout is not None:
+                out.set_timeouts[name] = timeout
         elif verb == "flush":
             out.elements[name] = []
         elif verb in ("delete", "destroy"):
@@ -217,7 +246,9 @@ def _read_table_block(out: NftTable, lines) -> None:
         if kind == "chain":
             out.chains[name] = _read_chain_block(name, lines)
         else:
-            out.elements[name] = _read_set_block(lines)
+            out.elements[name], timeout = _read_set_block(lines)
+            if timeout is not None:
+                out.set_timeouts[name] = timeout
 
 
 def _read_chain_block(name: str, lines) -> list[NftRule]:
@@ -232,8 +263,10 @@ def _read_chain_block(name: str, lines) -> list[NftRule]:
     return rules
 
 
-def _read_set_block(lines) -> list[NftElement]:
+def _read_set_block(lines) -> tuple[list[NftElement], int | None]:
+    """A set or map block's elements, and its timeout (None without one)."""
     elements: list[NftElement] = []
+    timeout = None
     collecting: list[str] | None = None
     for raw in lines:
         line = raw.strip()
@@ -246,6 +279,8 @@ def _read_set_block(lines) -> list[NftElement]:
             continue
         if line == "}":
             break
+        if line.startswith("timeout "):
+            timeout = _set_timeout(line)
         if line.startswith("elements = {"):
             body = line[len("elements = {") :]
             if body.rstrip().endswith("}"):
@@ -253,4 +288,4 @@ def _read_set_block(lines) -> list[NftElement]:
                 elements.extend(parse_element_text(e) for e in _split_top(body))
             else:
                 collecting = [body]
-    return elements
+    return elements, timeout

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer.kube.model import SessionAffinity
+
 
 @dataclass(frozen=True)
 class ResolvedEndpoint:
@@ -77,6 +79,11 @@ class ResolvedServicePort:
     # maps (no-endpoint-services, no-endpoint-nodeports).
     no_endpoints: bool = False
     reject_in: tuple[str, ...] = ()
+    # ClientIP session affinity as the rules apply it (iptables: `-m recent
+    # --rcheck --seconds T` rules heading KUBE-SVC/KUBE-SVL; nftables: `ip
+    # saddr @affinity-... goto endpoint-...` with the set's timeout); None
+    # without. It does not change the split of a client's first connection.
+    session_affinity: SessionAffinity | None = None
 
     def service_addresses(self) -> list[Address]:
         """Every (ip, port, protocol) this port is reached at; node ports as (None, ...)."""
@@ -118,6 +125,9 @@ class ResolvedServicePort:
             "local_endpoints": [e.to_dict() for e in self.local_endpoints],
             "no_endpoints": self.no_endpoints,
             "reject_in": list(self.reject_in),
+            "session_affinity": (
+                self.session_affinity.to_dict() if self.session_affinity else None
+            ),
         }
 
     @classmethod
@@ -141,6 +151,7 @@ class ResolvedServicePort:
             ),
             no_endpoints=bool(data.get("no_endpoints", False)),
             reject_in=tuple(data.get("reject_in", ())),
+            session_affinity=SessionAffinity.from_dict(data.get("session_affinity")),
         )
 
 

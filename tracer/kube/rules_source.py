@@ -27,7 +27,7 @@ from tracer.errors import MissingPackageError, PrivilegeError, TracerError, Usag
 from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.nftables_parse import NFT_CHAIN_PREFIXES, parse_kube_proxy_table
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, looks_like_nft
-from tracer.kube.resolved import ResolvedService
+from tracer.kube.resolved import ResolvedService, ResolvedServicePort
 from tracer.system import PACKAGE_OF, require_root, run
 
 SAVE_PROGRAMS = ("iptables-save", "iptables-legacy-save")
@@ -193,8 +193,9 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
 
     Columns: service, port, cluster_ip, external_ips, node_port, endpoints
     (ip:port with the share of new connections each gets; "no endpoints
-    (REJECT)" for a port kube-proxy rejects), chain (for such a port: where
-    the REJECT is, a filter chain or a verdict map)."""
+    (REJECT)" for a port kube-proxy rejects), affinity ("ClientIP 10800s" for
+    ClientIP session affinity with its timeout, "-" without), chain (for such
+    a port: where the REJECT is, a filter chain or a verdict map)."""
     rows = []
     for service in services:
         for port in service.ports:
@@ -215,11 +216,20 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                     or "-",
                     "node_port": str(port.node_port) if port.node_port is not None else "-",
                     "endpoints": endpoints,
+                    "affinity": _affinity_label(port),
                     "chain": port.service_chain or port.external_chain
                     or ",".join(port.reject_in) or "-",
                 }
             )
     return rows
+
+
+def _affinity_label(port: ResolvedServicePort) -> str:
+    affinity = port.session_affinity
+    if affinity is None:
+        return "-"
+    timeout = affinity.timeout_seconds
+    return f"{affinity.type} {timeout}s" if timeout is not None else f"{affinity.type} (no timeout)"
 
 
 TABLE_HEADINGS = {
@@ -229,6 +239,7 @@ TABLE_HEADINGS = {
     "external_ips": "EXTERNAL-IP",
     "node_port": "NODE-PORT",
     "endpoints": "ENDPOINTS (share)",
+    "affinity": "AFFINITY",
     "chain": "CHAIN",
 }
 
