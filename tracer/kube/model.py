@@ -49,6 +49,12 @@ class Service:
     # status.loadBalancer.ingress[].ip; a manifest never sets these, tests and
     # the renderer can.
     load_balancer_ips: tuple[str, ...] = ()
+    # spec.internalTrafficPolicy: "Local" sends cluster-IP traffic only to
+    # endpoints on the client's node.
+    internal_traffic_policy: str = "Cluster"
+    # spec.loadBalancerSourceRanges: the only client CIDRs a load-balancer IP
+    # admits (empty: any).
+    load_balancer_source_ranges: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:

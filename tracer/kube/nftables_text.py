@@ -29,6 +29,7 @@ _L4PROTO = re.compile(r"\bmeta\s+l4proto\s+(\w+)")
 _COUNTER = re.compile(r"\bcounter\s+packets\s+(\d+)\s+bytes\s+(\d+)")
 # An address or prefix starts with a hex digit: not "@set", not ". meta ...".
 _SADDR = re.compile(r"\bip6?\s+saddr\s+(!=\s+)?([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
+_SADDR_SET = re.compile(r"\bip6?\s+saddr\s+(!=\s+)?\{([^}]*)\}")
 _DADDR = re.compile(r"\bip6?\s+daddr\s+([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
 _DPORT = re.compile(r"\b(?:tcp|udp|sctp|th)\s+dport\s+(\d+)\b")
 
@@ -69,6 +70,10 @@ def parse_rule_text(chain: str, text: str) -> NftRule:
     saddr = _SADDR.search(rule)
     if saddr:
         facts["saddr"], facts["saddr_negated"] = saddr.group(2), bool(saddr.group(1))
+    saddr_set = _SADDR_SET.search(rule)
+    if saddr_set:
+        facts["saddr_negated"] = bool(saddr_set.group(1))
+        facts["saddr_set"] = tuple(x.strip() for x in saddr_set.group(2).split(",") if x.strip())
     dport = _DPORT.search(rule)
     if dport:
         facts["dport"] = int(dport.group(1))
