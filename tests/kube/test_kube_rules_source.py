@@ -97,11 +97,13 @@ def test_services_table(text: str) -> None:
         "node_port": "-",
         "endpoints": "10.217.120.72:8080(50%) 10.217.121.8:8080(50%)",
         "chain": naming.service_chain("default/web", "tcp"),
+        "policy": "internal Cluster",
     }
     table = format_services_table(parse_kube_proxy_rules(text))
     header, *lines = table.splitlines()
     assert header.split() == [
-        "SERVICE", "PORT", "CLUSTER-IP", "EXTERNAL-IP", "NODE-PORT", "ENDPOINTS", "(share)", "CHAIN"
+        "SERVICE", "PORT", "CLUSTER-IP", "EXTERNAL-IP", "NODE-PORT", "ENDPOINTS", "(share)", "CHAIN",
+        "POLICY",
     ]
     assert len(lines) == 3
     assert format_services_table([]) == (

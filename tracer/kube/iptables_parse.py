@@ -370,7 +370,8 @@ def _pod_cidrs(table: NatTable, ext_chain: str | None, svc_chain: str | None) ->
     for rule in table.rules(ext_chain):
         source = rule.get("-s")
         if source and "-s" not in rule.negated and rule.target == svc_chain:
-            out.append(_cidr(source))
+            if _cidr(source) not in out:
+                out.append(_cidr(source))
     return tuple(out)
 
 

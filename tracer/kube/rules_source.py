@@ -27,6 +27,7 @@ from tracer.errors import MissingPackageError, PrivilegeError, TracerError, Usag
 from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.nftables_parse import NFT_CHAIN_PREFIXES, parse_kube_proxy_table
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, looks_like_nft
+from tracer.kube.resolved import ResolvedServicePort
 from tracer.kube.resolved import ResolvedService
 from tracer.system import PACKAGE_OF, require_root, run
 
@@ -193,8 +194,10 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
 
     Columns: service, port, cluster_ip, external_ips, node_port, endpoints
     (ip:port with the share of new connections each gets; "no endpoints
-    (REJECT)" for a port kube-proxy rejects), chain (for such a port: where
-    the REJECT is, a filter chain or a verdict map)."""
+    (REJECT)" for a port kube-proxy rejects), chain (the one the cluster IP
+    enters; for a rejected port where the REJECT is, a filter chain or a
+    verdict map), policy (internal and external traffic policy, LB source
+    ranges)."""
     rows = []
     for service in services:
         for port in service.ports:
@@ -215,11 +218,25 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                     or "-",
                     "node_port": str(port.node_port) if port.node_port is not None else "-",
                     "endpoints": endpoints,
-                    "chain": port.service_chain or port.external_chain
+                    "chain": port.cluster_ip_chain or port.service_chain or port.external_chain
                     or ",".join(port.reject_in) or "-",
+                    "policy": _policy_text(port),
                 }
             )
     return rows
+
+
+def _policy_text(port: ResolvedServicePort) -> str:
+    """"internal Local, external Cluster; source ranges A, B" (what is known)."""
+    parts = []
+    if port.internal_policy:
+        parts.append(f"internal {port.internal_policy}")
+    if port.external_policy:
+        parts.append(f"external {port.external_policy}")
+    text = ", ".join(parts) or "-"
+    if port.load_balancer_source_ranges:
+        text += "; source ranges " + ", ".join(port.load_balancer_source_ranges)
+    return text
 
 
 TABLE_HEADINGS = {
@@ -230,6 +247,7 @@ TABLE_HEADINGS = {
     "node_port": "NODE-PORT",
     "endpoints": "ENDPOINTS (share)",
     "chain": "CHAIN",
+    "policy": "POLICY",
 }
 
 
