@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.kube import policy_services as ps
 from tracer import cli as cli_module
 from tracer.kube import rules_source
 from tracer.kube.iptables_parse import parse_iptables_nat_rules

@@ -369,9 +369,9 @@ def _pod_cidrs(table: NatTable, ext_chain: str | None, svc_chain: str | None) ->
     out = []
     for rule in table.rules(ext_chain):
         source = rule.get("-s")
-        if source and "-s" not in rule.negated and rule.target == svc_chain:
-            if _cidr(source) not in out:
-                out.append(_cidr(source))
+        pod_rule = source and "-s" not in rule.negated and rule.target == svc_chain
+        if pod_rule and _cidr(str(source)) not in out:
+            out.append(_cidr(str(source)))
     return tuple(out)
 
 

@@ -27,8 +27,7 @@ from tracer.errors import MissingPackageError, PrivilegeError, TracerError, Usag
 from tracer.kube.iptables_parse import parse_iptables_nat_rules
 from tracer.kube.nftables_parse import NFT_CHAIN_PREFIXES, parse_kube_proxy_table
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, looks_like_nft
-from tracer.kube.resolved import ResolvedServicePort
-from tracer.kube.resolved import ResolvedService
+from tracer.kube.resolved import ResolvedService, ResolvedServicePort
 from tracer.system import PACKAGE_OF, require_root, run
 
 SAVE_PROGRAMS = ("iptables-save", "iptables-legacy-save")
