@@ -92,6 +92,17 @@ def test_iptables_fixture_every_field() -> None:
         "no_endpoints": False,
         "reject_in": [],
         "session_affinity": {"type": "ClientIP", "timeout_seconds": 10800},
+        # The traffic-policy fields (issue 14's other half), as this fixture has them:
+        # cluster IP to KUBE-SVC, the LB IP to KUBE-EXT (externalTrafficPolicy Local),
+        # kube-proxy's pod short-circuit from 10.0.0.0/8.
+        "cluster_ip_chain": "KUBE-SVC-AQI2S6QIMU7PVVRP", "internal_policy": "Cluster",
+        "load_balancer_chain": "KUBE-EXT-AQI2S6QIMU7PVVRP", "load_balancer_source_ranges": [],
+        "pod_cidrs": ["10.0.0.0/8"],
+        "entry_points": [
+            {"kind": "cluster_ip", "addresses": ["172.30.1.1"],
+             "chain": "KUBE-SVC-AQI2S6QIMU7PVVRP", "policy": "Cluster"},
+            {"kind": "load_balancer_ip", "addresses": ["1.2.3.4"],
+             "chain": "KUBE-EXT-AQI2S6QIMU7PVVRP", "policy": "Local"}],
     }
 
 
@@ -116,6 +127,18 @@ def test_nftables_fixture_every_field() -> None:
         "no_endpoints": False,
         "reject_in": [],
         "session_affinity": {"type": "ClientIP", "timeout_seconds": 10800},
+        # The traffic-policy fields: svc5's LB IP enters its firewall chain,
+        # which admits 203.0.113.0/25 only.
+        "cluster_ip_chain": "service-HVFWP5L3-ns5/svc5/tcp/p80", "internal_policy": "Cluster",
+        "load_balancer_chain": "firewall-HVFWP5L3-ns5/svc5/tcp/p80",
+        "load_balancer_source_ranges": ["203.0.113.0/25"], "pod_cidrs": [],
+        "entry_points": [
+            {"kind": "cluster_ip", "addresses": ["172.30.0.45"],
+             "chain": "service-HVFWP5L3-ns5/svc5/tcp/p80", "policy": "Cluster"},
+            {"kind": "load_balancer_ip", "addresses": ["5.6.7.8"],
+             "chain": "firewall-HVFWP5L3-ns5/svc5/tcp/p80", "policy": "Cluster"},
+            {"kind": "node_port", "addresses": [],
+             "chain": "external-HVFWP5L3-ns5/svc5/tcp/p80", "policy": "Cluster"}],
     }
     table = read_nft(NFT_FIXTURE)
     affinity_set = "affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80"
@@ -225,7 +248,7 @@ def test_nft_list_and_json_forms() -> None:
     ]}
     table = read_nft(json.dumps(doc))
     assert table.set_timeouts == {name: 600}
-    assert table.rules("service-X")[0].saddr_set == name
+    assert table.rules("service-X")[0].saddr_in_set == name
     assert table.rules("endpoint-X")[0].updates_set == name
     assert [nft_seconds(t) for t in ("10800s", "3h", "2h59m58s", "1d", "1500ms", "3x", "")] == [
         10800, 10800, 10798, 86400, 1, None, None]

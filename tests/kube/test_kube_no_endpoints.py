@@ -116,7 +116,7 @@ def test_services_table_and_find_service() -> None:
     assert row == {"service": "default/nginx-demo-1", "port": "8088/tcp",
                    "cluster_ip": "10.96.88.88", "external_ips": "192.168.64.57",
                    "node_port": "-", "endpoints": "no endpoints (REJECT)",
-                   "affinity": "-", "chain": "KUBE-SERVICES,KUBE-EXTERNAL-SERVICES"}
+                   "affinity": "-", "chain": "KUBE-SERVICES,KUBE-EXTERNAL-SERVICES", "policy": "-"}
     assert "no endpoints (REJECT)" in format_services_table(services).splitlines()[1]
     assert find_service(services, "nginx-demo-1").no_endpoints
     assert find_service(parse_kube_proxy_table(NFT_LIST), "default/nginx-demo-1").no_endpoints

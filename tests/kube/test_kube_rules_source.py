@@ -98,12 +98,13 @@ def test_services_table(text: str) -> None:
         "endpoints": "10.217.120.72:8080(50%) 10.217.121.8:8080(50%)",
         "affinity": "-",
         "chain": naming.service_chain("default/web", "tcp"),
+        "policy": "internal Cluster",
     }
     table = format_services_table(parse_kube_proxy_rules(text))
     header, *lines = table.splitlines()
     assert header.split() == [
         "SERVICE", "PORT", "CLUSTER-IP", "EXTERNAL-IP", "NODE-PORT", "ENDPOINTS", "(share)", "AFFINITY",
-        "CHAIN",
+        "CHAIN", "POLICY",
     ]
     assert len(lines) == 3
     assert format_services_table([]) == (

@@ -38,6 +38,7 @@ from tracer.analysis.packets import Packets
 from tracer.analysis.promises import PromisedConnections, promise_connections
 from tracer.analysis.request_counts import requests_per_connection
 from tracer.analysis.service import service_name
+from tracer.analysis.source_preservation import rewrite_notes, rewritten_sources
 from tracer.analysis.stats import ChiSquare, chi_square_gof, jain_index, wilson_interval
 
 
@@ -321,7 +322,7 @@ def analyze(
         window_start_ns=start,
         requests=requests["summary"],
         excluded_dnat=p.excluded,
-        notes=p.notes,
+        notes=p.notes + rewrite_notes(rewritten_sources(ev, p.conns, node_meta)),
         affinity=sticky,
     )
 

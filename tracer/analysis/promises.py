@@ -2,8 +2,10 @@
 offered it, and with what share (tracer.analysis.service reads the rules).
 
 A connection is held to its node's Service version in force when it began
-(``service_history`` eras) and to the frontend it came through (cluster IP,
-external IP, node port: the DNAT decision's pre-NAT destination). DNAT
+(``service_history`` eras), to the frontend it came through (cluster IP,
+external IP, node port: the DNAT decision's pre-NAT destination) and, under
+a Local traffic policy, to its source: an external client, a pod or the node
+(tracer.analysis.service.PortPromise). DNAT
 decisions no Service port of the metadata covers are other Services' and are
 left out. Without Service metadata every connection is promised an equal
 share of the endpoints seen.
@@ -48,6 +50,13 @@ def _target_keys(conns: pd.DataFrame) -> np.ndarray:
     )[inv_t.reshape(-1)]
 
 
+def from_node(conns: pd.DataFrame) -> np.ndarray:
+    """Connections the node itself opened: DNATed in the OUTPUT hook."""
+    if "hook" not in conns or not len(conns):
+        return np.zeros(len(conns), dtype=bool)
+    return conns["hook"].astype(str).to_numpy() == "output"
+
+
 def _promise_groups(
     conns: pd.DataFrame, node_names: list[str], era_lists: dict[str, list[Era]], target_key
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -68,6 +77,10 @@ def _promise_groups(
             "dport": conns["dport"].to_numpy(),
             "proto": conns["proto"].to_numpy(),
             "to": target_key,
+            # Traffic policies make the promise depend on the source: a pod,
+            # the node itself (DNATed in OUTPUT) or an external client.
+            "src": conns["src"].to_numpy(),
+            "from_node": from_node(conns),
         }
     )
     combo_id = (
@@ -87,7 +100,8 @@ def _look_up_promises(
     for row in combo.drop_duplicates().itertuples(index=False):
         promise = (
             era_lists[node_names[row.node]][row.era].promise_for(
-                int(row.dst), int(row.dport), int(row.proto), row.to
+                int(row.dst), int(row.dport), int(row.proto), row.to, int(row.src),
+                bool(row.from_node),
             )
             if known
             else ()

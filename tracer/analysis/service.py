@@ -4,11 +4,16 @@
 ``{"namespace", "name", "ports": [{"protocol", "port", "cluster_ips",
 "external_ips", "load_balancer_ips", "node_port", "external_policy",
 "endpoints": [{"ip", "port", "probability", "share", "chain"}],
-"local_endpoints": [...], "session_affinity"}]}``. Each port has its own KUBE-SVC chain, so a
-connection's promise depends on how it reached the Service: through a cluster
-IP it is ``endpoints``; through an external IP, load-balancer IP or node port
-it is ``local_endpoints`` when ``external_policy`` is "Local", else
-``endpoints``. Rules are tried in order, so when only probabilities are known,
+"local_endpoints": [...], "session_affinity", "internal_policy", "pod_cidrs"}]}``.
+Each port has its own KUBE-SVC chain, so a
+connection's promise depends on how it reached the Service and from where:
+through a cluster IP it is ``endpoints``, or ``local_endpoints`` when
+``internal_policy`` is "Local"; through an external IP, load-balancer IP or
+node port it is ``local_endpoints`` when ``external_policy`` is "Local" and
+the client is external, but ``endpoints`` for a pod (a source in
+``pod_cidrs``) or the node itself (kube-proxy short-circuits both), and
+``endpoints`` under "Cluster". The node is the one whose metadata it is:
+local endpoints are that node's. Rules are tried in order, so when only probabilities are known,
 share_i = p_i * prod_{j<i} (1 - p_j) (the last rule takes what is left).
 
 ``meta["service_history"]`` (``[{"ts_ns", "service"}]``, ts_ns on the
@@ -22,6 +27,7 @@ Field names are read leniently (a flat ``endpoints`` list, ``address`` for
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +51,11 @@ class PromisedEndpoint:
         return f"{self.ip}:{self.port}" if self.port is not None else self.ip
 
 
+# A connection's source as kube-proxy's external chain tells them apart
+# under externalTrafficPolicy Local.
+SOURCE_EXTERNAL, SOURCE_POD, SOURCE_NODE = "external", "pod", "node"
+
+
 @dataclass(frozen=True)
 class PortPromise:
     """One service port: where clients reach it and which endpoints it promises."""
@@ -61,23 +72,76 @@ class PortPromise:
     # many seconds of its previous one keep its endpoint (inf: no timeout);
     # None without affinity.
     affinity_timeout_s: float | None = None
+    internal_policy: str | None = None
+    # (network, mask) of the sources kube-proxy short-circuits as pods.
+    pod_cidrs: tuple[tuple[int, int], ...] = ()
 
-    def promise_for(self, dst: int, dport: int, proto: int) -> tuple[PromisedEndpoint, ...] | None:
-        """The endpoints a connection to dst:dport/proto was promised, None if
-        it did not come through this port."""
+    def entry(self, dst: int, dport: int, proto: int) -> str | None:
+        """How a connection to dst:dport/proto reached this port: "cluster"
+        (a cluster IP), "external" (an external or LB IP, a node port),
+        "unknown" (the metadata lists no addresses), None (not this port)."""
         if self.protocol is not None and proto != self.protocol:
             return None
-        external = self.external_policy == "Local"
         if self.port is not None and dport == self.port:
             if dst in self.cluster_ips:
-                return self.endpoints
+                return "cluster"
             if dst in self.external_ips:
-                return self.local_endpoints if external else self.endpoints
-            if not self.cluster_ips and not self.external_ips:  # addresses unknown
-                return self.endpoints
+                return "external"
+            if not self.cluster_ips and not self.external_ips:
+                return "unknown"
         if self.node_port is not None and dport == self.node_port:
-            return self.local_endpoints if external else self.endpoints
+            return "external"
         return None
+
+    def promise_for(
+        self, dst: int, dport: int, proto: int, src: int | None = None, from_node: bool = False
+    ) -> tuple[PromisedEndpoint, ...] | None:
+        """The endpoints a connection from src (a pod, the node itself when
+        from_node, else an external client) to dst:dport/proto was promised,
+        None if it did not come through this port."""
+        entry = self.entry(dst, dport, proto)
+        if entry == "cluster":
+            return self._internal()
+        if entry == "external":
+            return self._external(src, from_node)
+        return self.endpoints if entry == "unknown" else None
+
+    def source_kind(self, src: int | None, from_node: bool) -> str:
+        if from_node:
+            return SOURCE_NODE
+        if src is not None and any((src & mask) == net for net, mask in self.pod_cidrs):
+            return SOURCE_POD
+        return SOURCE_EXTERNAL
+
+    def preserves_source(
+        self, dst: int, dport: int, proto: int, src: int | None, from_node: bool = False
+    ) -> bool:
+        """kube-proxy leaves this connection's source address alone: an
+        external client through an external address under external policy
+        Local (pods are short-circuited, the node masqueraded)."""
+        return (
+            self.entry(dst, dport, proto) == "external"
+            and self.external_policy == "Local"
+            and self.source_kind(src, from_node) == SOURCE_EXTERNAL
+        )
+
+    def _internal(self) -> tuple[PromisedEndpoint, ...]:
+        """internalTrafficPolicy Local: only this node's endpoints (KUBE-SVL /
+        local-). Metadata without internal_policy that has only a local
+        choice is read the same way."""
+        local = self.internal_policy == "Local" or (
+            self.internal_policy is None and not self.endpoints
+        )
+        return self.local_endpoints if local else self.endpoints
+
+    def _external(self, src: int | None, from_node: bool) -> tuple[PromisedEndpoint, ...]:
+        """externalTrafficPolicy Local: external clients get this node's
+        endpoints; pods and the node are short-circuited to every endpoint."""
+        if self.external_policy != "Local":
+            return self.endpoints
+        if self.source_kind(src, from_node) != SOURCE_EXTERNAL:
+            return self.endpoints
+        return self.local_endpoints
 
 
 def _first(d: dict[str, Any], *names: str) -> Any:
@@ -138,11 +202,25 @@ def _ips(values: Any) -> frozenset[int]:
 
 
 def _proto(value: Any) -> int | None:
+    """A protocol name or number -> its number; None when none is given. An
+    unknown name is -1, which no packet carries: a port of a protocol the
+    tracer does not know must not match every protocol."""
     if value is None:
         return None
     if isinstance(value, int):
         return value
-    return PROTO_NUMBERS.get(str(value).lower())
+    return PROTO_NUMBERS.get(str(value).lower(), -1)
+
+
+def _networks(values: Any) -> tuple[tuple[int, int], ...]:
+    out = []
+    for v in values or []:
+        try:
+            net = ipaddress.IPv4Network(str(v), strict=False)
+        except ValueError:
+            continue
+        out.append((int(net.network_address), int(net.netmask)))
+    return tuple(out)
 
 
 def _affinity_timeout(affinity: Any) -> float | None:
@@ -174,6 +252,8 @@ def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
                 endpoints=parse_endpoints(p.get("endpoints")),
                 local_endpoints=parse_endpoints(p.get("local_endpoints")),
                 affinity_timeout_s=_affinity_timeout(p.get("session_affinity")),
+                internal_policy=p.get("internal_policy"),
+                pod_cidrs=_networks(p.get("pod_cidrs")),
             )
         )
     if service.get("endpoints"):  # flat form: one promise for everything
@@ -206,10 +286,11 @@ class Era:
     ports: list[PortPromise]
 
     def promise_for(
-        self, dst: int, dport: int, proto: int, dnat_to: str
+        self, dst: int, dport: int, proto: int, dnat_to: str, src: int | None = None,
+        from_node: bool = False,
     ) -> tuple[PromisedEndpoint, ...] | None:
         for port in self.ports:
-            found = port.promise_for(dst, dport, proto)
+            found = port.promise_for(dst, dport, proto, src, from_node)
             if found is not None:
                 return found
         # Reached the Service some way the metadata does not list (e.g. a node

@@ -188,7 +188,10 @@ SERVICE_PORT = Record({
     "endpoints": opt(ListOf(ENDPOINT)),
     "local_endpoints": opt(ListOf(ENDPOINT)),
     **{k: opt(STR) for k in ("port_name", "service_chain", "external_chain", "local_chain",
-                             "firewall_chain")},
+                             "firewall_chain", "cluster_ip_chain", "load_balancer_chain",
+                             "internal_policy")},
+    "load_balancer_source_ranges": ADDRESSES,
+    "pod_cidrs": ADDRESSES,
 })
 SERVICE = Record({
     "namespace": opt(STR),

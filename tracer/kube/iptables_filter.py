@@ -12,7 +12,11 @@ half. Per service port, the filter rules are:
     and the node port (`-m addrtype --dst-type LOCAL`) in
     KUBE-EXTERNAL-SERVICES; the port then has no nat rules at all;
   - externalTrafficPolicy Local with no endpoint on this node: DROP ("<spn>
-    has no local endpoints") for its external destinations only.
+    has no local endpoints") for its external destinations only;
+  - internalTrafficPolicy Local with no endpoint on this node: the same DROP
+    for the cluster IP (in KUBE-SERVICES);
+  - loadBalancerSourceRanges: KUBE-PROXY-FIREWALL DROPs what KUBE-FW (nat)
+    did not send on, per load-balancer IP.
 
 The chains are entered from INPUT, FORWARD and OUTPUT by jump rules kube-proxy
 makes with `iptables -I` (EnsureRule Prepend) outside the restore, all but
@@ -20,9 +24,8 @@ one for new connections only (`-m conntrack --ctstate NEW`). REJECT without
 --reject-with answers ICMP port unreachable, which a TCP client in SYN_SENT
 takes as ECONNREFUSED.
 
-Not modelled, as in iptables_render: internalTrafficPolicy Local (its DROP
-for the cluster IP), loadBalancerSourceRanges (KUBE-PROXY-FIREWALL rules),
-health check node ports (KUBE-NODEPORTS ACCEPT), IPv6.
+Not modelled, as in iptables_render: health check node ports (KUBE-NODEPORTS
+ACCEPT), IPv6.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from tracer.kube import naming
 from tracer.kube.iptables_render import MASQUERADE_MARK
 from tracer.kube.model import Endpoint, Service
 from tracer.kube.proxy_plan import PortPlan, plan_service_port, port_endpoints
@@ -145,26 +149,38 @@ def _jump_line(jump: JumpRule) -> str:
 
 
 def service_port_filter_rules(plan: PortPlan, port: int, node_port: int | None) -> list[str]:
-    """The port's REJECT (no endpoints) or DROP (no local endpoints for
-    external traffic) rules, in kube-proxy's order; none when it has endpoints
-    for both kinds of traffic."""
-    if plan.has_endpoints and plan.has_external_endpoints:
-        return []
+    """The port's filter rules in kube-proxy's order: REJECT (no endpoints)
+    or DROP (no local endpoints: for the cluster IP under internal policy
+    Local, for external destinations under external policy Local), and the
+    KUBE-PROXY-FIREWALL DROP of each load-balancer IP with source ranges
+    (what KUBE-FW let through was DNATed; the rest arrives here unchanged)."""
+    internal = external = None
     if not plan.has_endpoints:
-        target, comment = "REJECT", f'"{plan.spn} {NO_ENDPOINTS}"'
+        internal = external = ("REJECT", f'"{plan.spn} {NO_ENDPOINTS}"')
     else:
-        target, comment = "DROP", f'"{plan.spn} {NO_LOCAL_ENDPOINTS}"'
+        if not plan.has_internal_endpoints:
+            internal = ("DROP", f'"{plan.spn} {NO_LOCAL_ENDPOINTS}"')
+        if not plan.has_external_endpoints:
+            external = ("DROP", f'"{plan.spn} {NO_LOCAL_ENDPOINTS}"')
     match = f"-m {plan.proto} -p {plan.proto}"
     out = []
-    if not plan.has_endpoints:
-        out.append(f"-A {KUBE_SERVICES} -m comment --comment {comment} {match} "
-                   f"-d {plan.cluster_ip} --dport {port} -j {target}")
-    for ip in (*plan.external_ips, *plan.lb_ips):
-        out.append(f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {comment} {match} "
-                   f"-d {ip} --dport {port} -j {target}")
-    if node_port:
-        out.append(f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {comment} "
-                   f"-m addrtype --dst-type LOCAL {match} --dport {node_port} -j {target}")
+    if internal:
+        out.append(f"-A {KUBE_SERVICES} -m comment --comment {internal[1]} {match} "
+                   f"-d {plan.cluster_ip} --dport {port} -j {internal[0]}")
+    for ip in plan.external_ips if external else ():
+        out.append(f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external[1]} {match} "
+                   f"-d {ip} --dport {port} -j {external[0]}")
+    if plan.has_endpoints and plan.uses_firewall:
+        fw_chain = naming.firewall_chain(plan.spn, plan.proto)
+        for ip in plan.lb_ips:
+            out.append(f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{plan.spn} traffic not '
+                       f'accepted by {fw_chain}" {match} -d {ip} --dport {port} -j DROP')
+    for ip in plan.lb_ips if external else ():
+        out.append(f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external[1]} {match} "
+                   f"-d {ip} --dport {port} -j {external[0]}")
+    if node_port and external:
+        out.append(f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external[1]} "
+                   f"-m addrtype --dst-type LOCAL {match} --dport {node_port} -j {external[0]}")
     return out
 
 

@@ -54,6 +54,7 @@ from tracer.kube.model import SessionAffinity
 # parser); they are re-exported here, where callers have always found them.
 from tracer.kube.resolved import (
     Address,
+    PartialRulesError,
     PortDraft,
     ResolvedEndpoint,
     ResolvedService,
@@ -175,11 +176,13 @@ def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
         draft = draft_for(rule.target)
         if draft is None:
             continue  # the KUBE-NODEPORTS tail call, or something not ours
+        _require_chain(table, KUBE_SERVICES, rule.target)
         _add_vip(draft, rule)
     for rule in table.rules(KUBE_NODEPORTS):
         draft = draft_for(rule.target)
         if draft is None or rule.get("--dport") is None:
             continue
+        _require_chain(table, KUBE_NODEPORTS, rule.target)
         # kube-proxy may write a localhost (-d 127.0.0.0/8, nfacct) twin of the
         # rule; both carry the same node port.
         draft.node_port = int(rule.get("--dport") or 0) or None
@@ -236,6 +239,13 @@ def _rejected_ports(
     return out
 
 
+def _require_chain(table: NatTable, jumper: str, chain: str | None) -> None:
+    """A jump to a chain the text does not declare: kube-proxy's partial
+    restore input (unchanged services' chains left out), not a whole table."""
+    if chain and not table.has(chain):
+        raise PartialRulesError(jumper, chain)
+
+
 def _protocol(rule: Rule) -> str | None:
     value = rule.get("-p")
     return value.lower() if value else None
@@ -265,6 +275,10 @@ def _add_vip(draft: _PortDraft, rule: Rule) -> None:
     dport = rule.get("--dport")
     if dport and dport.isdigit() and draft.port is None:
         draft.port = int(dport)
+    if kind == "cluster":
+        draft.cluster_ip_chain = draft.cluster_ip_chain or rule.target
+    elif kind == "loadbalancer":
+        draft.load_balancer_chain = draft.load_balancer_chain or rule.target
     if ip is None:
         return
     bucket = {
@@ -299,6 +313,11 @@ def _resolve_port(table: NatTable, draft: _PortDraft) -> ResolvedServicePort:
                 if match:
                     draft.name_candidate(match.group(1))
 
+    for chain in (svc_chain, local_chain, ext_chain, fw_chain):
+        for rule in table.rules(chain):
+            target = rule.target or ""
+            if target.startswith(SEP_PREFIX) or _port_chain_hash(target):
+                _require_chain(table, str(chain), target)
     protocol = draft.protocol or "tcp"
     endpoints = _load_balancing(table, svc_chain, protocol, draft)
     local_endpoints = _load_balancing(table, local_chain, protocol, draft)
@@ -314,6 +333,9 @@ def _resolve_port(table: NatTable, draft: _PortDraft) -> ResolvedServicePort:
         endpoints=endpoints,
         local_endpoints=local_endpoints,
         session_affinity=_session_affinity(table, svc_chain, local_chain),
+        internal_policy=_policy_of(draft.cluster_ip_chain),
+        load_balancer_source_ranges=_source_ranges(table, fw_chain, draft.load_balancer_ips),
+        pod_cidrs=_pod_cidrs(table, ext_chain, svc_chain),
     )
 
 
@@ -329,6 +351,48 @@ def _session_affinity(table: NatTable, *chains: str | None) -> SessionAffinity |
                 seconds = rule.get("--seconds") or ""
                 return SessionAffinity(int(seconds) if seconds.isdigit() else None)
     return None
+
+
+def _policy_of(chain: str | None) -> str | None:
+    """The policy a chain implements: KUBE-SVC Cluster, KUBE-SVL (KUBE-XLB) Local."""
+    prefix = (_port_chain_hash(chain) or ("", ""))[0]
+    return {"KUBE-SVC-": "Cluster", "KUBE-SVL-": "Local", "KUBE-XLB-": "Local"}.get(prefix)
+
+
+def _cidr(value: str) -> str:
+    """"203.0.113.7" or "203.0.113.0/24" -> the network as kube-proxy writes it."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def _source_ranges(table: NatTable, fw_chain: str | None, lb_ips: list[str]) -> tuple[str, ...]:
+    """loadBalancerSourceRanges from KUBE-FW: its `-s CIDR -j KUBE-EXT` rules,
+    less the LB IPs themselves (kube-proxy admits them too when a range
+    holds the node's IP: a node reaching its own VIP loops back from it)."""
+    out: list[str] = []
+    lb_hosts = {_cidr(ip) for ip in lb_ips}
+    for rule in table.rules(fw_chain):
+        source = rule.get("-s")
+        if source is None or "-s" in rule.negated or not (rule.target or "").startswith("KUBE-"):
+            continue
+        cidr = _cidr(source)
+        if cidr not in lb_hosts and cidr not in out:
+            out.append(cidr)
+    return tuple(out)
+
+
+def _pod_cidrs(table: NatTable, ext_chain: str | None, svc_chain: str | None) -> tuple[str, ...]:
+    """The sources KUBE-EXT short-circuits to KUBE-SVC under external policy
+    Local ("pod traffic for ... external destinations": `-s <clusterCIDR>`)."""
+    out = []
+    for rule in table.rules(ext_chain):
+        source = rule.get("-s")
+        pod_rule = source and "-s" not in rule.negated and rule.target == svc_chain
+        if pod_rule and _cidr(str(source)) not in out:
+            out.append(_cidr(str(source)))
+    return tuple(out)
 
 
 def _external_policy(table: NatTable, ext_chain: str | None) -> str | None:

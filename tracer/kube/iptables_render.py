@@ -8,13 +8,18 @@ argument, so that a node in the lab shows what a real node shows in
 `iptables-save -t nat` (after iptables' own normalisation).
 
 What is rendered, per service port with at least one ready endpoint:
-  - KUBE-SERVICES: cluster IP -> KUBE-SVC, external IPs and load-balancer IPs
-    -> KUBE-EXT; the closing "kubernetes service nodeports" rule;
+  - KUBE-SERVICES: cluster IP -> KUBE-SVC (KUBE-SVL under internalTrafficPolicy
+    Local; no rule without a local endpoint, the filter table DROPs it),
+    external IPs -> KUBE-EXT, load-balancer IPs -> KUBE-EXT (KUBE-FW with
+    loadBalancerSourceRanges); the closing "kubernetes service nodeports" rule;
   - KUBE-NODEPORTS: node port -> KUBE-EXT;
   - KUBE-SVC: masquerade off-cluster sources, then one rule per endpoint with
     `-m statistic --mode random --probability 1/(n-i)` ("%0.10f"), the last
     one unconditional;
-  - KUBE-SVL (externalTrafficPolicy Local, local endpoints only);
+  - KUBE-SVL (either traffic policy Local, local endpoints only); KUBE-SVC
+    is left out when only internalTrafficPolicy Local would use it;
+  - KUBE-FW: each source range -> KUBE-EXT, the rest falls through to the
+    filter table's KUBE-PROXY-FIREWALL DROP;
   - KUBE-EXT: masquerade (Cluster policy) or the Local short-circuit rules;
   - KUBE-SEP: hairpin masquerade and DNAT to ip:port;
   - sessionAffinity ClientIP: `-m recent --rcheck --seconds T --reap` rules
@@ -24,9 +29,8 @@ What is rendered, per service port with at least one ready endpoint:
 
 Not rendered, as kube-proxy writes them in the filter table, not nat: the
 REJECT/DROP rules for services without (local) endpoints, so such a service
-has no nat rules at all (kube-proxy does the same). Not modelled:
-loadBalancerSourceRanges (KUBE-FW), internalTrafficPolicy Local,
-topology hints, masqueradeAll, terminating endpoints, IPv6.
+has no nat rules at all (kube-proxy does the same). Not modelled: topology
+hints, masqueradeAll, terminating endpoints, IPv6.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class _Options:
     masquerade_mark: str
     localhost_nodeports: bool
     nfacct_localhost: bool
+    node_ip: str | None = None  # the primary node IP (kube-proxy's nodeIP)
 
 
 def probability(n: int) -> str:
@@ -159,6 +164,7 @@ def render_nat_table(
         masquerade_mark=masquerade_mark,
         localhost_nodeports=localhost_nodeports,
         nfacct_localhost=nfacct_localhost_nodeports and localhost_nodeports,
+        node_ip=str(node_addresses[0]) if node_addresses else None,
     )
 
     out = _Restore()
@@ -226,29 +232,33 @@ def _render_service_port(
     svc_chain = naming.service_chain(spn, proto)
     svl_chain = naming.service_local_chain(spn, proto)
     ext_chain = naming.external_chain(spn, proto)
+    internal_chain = svl_chain if plan.internal_policy_local else svc_chain
 
-    _write_entry_rules(out, plan, port, svc_chain, ext_chain, options)
+    _write_entry_rules(out, plan, port, internal_chain, ext_chain, options)
     # Internal traffic: masquerade what comes from outside the pod network
     # (a node routing the service range to itself, say), since the reply
     # might otherwise leave by another node.
-    if options.cluster_cidr is not None:
+    if options.cluster_cidr is not None and plan.has_internal_endpoints:
         out.rule(
-            "-A", svc_chain, "-m", "comment", "--comment", f'"{spn} cluster IP"', *_match(proto),
-            "-d", plan.cluster_ip, "--dport", str(port.port), "!", "-s", options.cluster_cidr,
-            "-j", KUBE_MARK_MASQ,
+            "-A", internal_chain, "-m", "comment", "--comment", f'"{spn} cluster IP"',
+            *_match(proto), "-d", plan.cluster_ip, "--dport", str(port.port),
+            "!", "-s", options.cluster_cidr, "-j", KUBE_MARK_MASQ,
         )
     if plan.externally_accessible:
         out.chain(ext_chain)
         _write_external_chain(out, plan, ext_chain, svc_chain, svl_chain, options)
+    if plan.uses_firewall:
+        _write_firewall_chain(out, plan, ext_chain, options)
 
     affinity = service.session_affinity
-    out.chain(svc_chain)
-    _write_load_balancing(out, spn, proto, svc_chain, plan.cluster_endpoints, options, affinity)
+    if plan.uses_cluster_chain:
+        out.chain(svc_chain)
+        _write_load_balancing(out, spn, proto, svc_chain, plan.cluster_endpoints, options, affinity)
     if plan.uses_local_chain:
         out.chain(svl_chain)
         _write_load_balancing(out, spn, proto, svl_chain, plan.local_endpoints, options, affinity)
 
-    for endpoint in plan.cluster_endpoints:
+    for endpoint in plan.reachable_endpoints:
         ep = naming.endpoint_string(endpoint.ip, endpoint.port)
         sep_chain = naming.endpoint_chain(spn, proto, ep)
         out.chain(sep_chain)
@@ -262,6 +272,24 @@ def _render_service_port(
                  "-j", "DNAT", "--to-destination", ep)
 
 
+def _write_firewall_chain(out: _Restore, plan: PortPlan, ext_chain: str, options: _Options) -> None:
+    """KUBE-FW: loadBalancerSourceRanges. Sources in a range go on to
+    KUBE-EXT; the rest fall off the end, un-DNATed, and the filter table's
+    KUBE-PROXY-FIREWALL drops them (tracer.kube.iptables_filter)."""
+    fw_chain = naming.firewall_chain(plan.spn, plan.proto)
+    out.chain(fw_chain)
+    args = ("-A", fw_chain, "-m", "comment", "--comment", f'"{plan.spn} loadbalancer IP"')
+    for cidr in plan.source_ranges:
+        out.rule(*args, "-s", cidr, "-j", ext_chain)
+    if plan.firewall_admits_lb_ips(options.node_ip):
+        for ip in plan.lb_ips:
+            out.rule(*args, "-s", ip, "-j", ext_chain)
+    out.rule(
+        "-A", fw_chain, "-m", "comment", "--comment",
+        f'"other traffic to {plan.spn} will be dropped by KUBE-PROXY-FIREWALL"',
+    )
+
+
 def _match(proto: str) -> tuple[str, ...]:
     return ("-m", proto, "-p", proto)
 
@@ -270,26 +298,30 @@ def _write_entry_rules(
     out: _Restore,
     plan: PortPlan,
     port: ServicePort,
-    svc_chain: str,
+    internal_chain: str,
     ext_chain: str,
     options: _Options,
 ) -> None:
-    """The port's rules in KUBE-SERVICES (cluster IP -> KUBE-SVC, external and
-    load-balancer IPs -> KUBE-EXT) and KUBE-NODEPORTS (node port -> KUBE-EXT)."""
+    """The port's rules in KUBE-SERVICES (cluster IP -> KUBE-SVC, or KUBE-SVL
+    under internal policy Local; external IPs -> KUBE-EXT; load-balancer IPs
+    -> KUBE-EXT, or KUBE-FW with source ranges) and KUBE-NODEPORTS (node
+    port -> KUBE-EXT)."""
     spn, match = plan.spn, _match(plan.proto)
-    out.rule(
-        "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
-        "-d", plan.cluster_ip, "--dport", str(port.port), "-j", svc_chain,
-    )
+    if plan.has_internal_endpoints:  # else the filter table DROPs it
+        out.rule(
+            "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} cluster IP"', *match,
+            "-d", plan.cluster_ip, "--dport", str(port.port), "-j", internal_chain,
+        )
     for ip in plan.external_ips:
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} external IP"', *match,
             "-d", ip, "--dport", str(port.port), "-j", ext_chain,
         )
+    lb_chain = naming.firewall_chain(spn, plan.proto) if plan.uses_firewall else ext_chain
     for ip in plan.lb_ips:
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", f'"{spn} loadbalancer IP"', *match,
-            "-d", ip, "--dport", str(port.port), "-j", ext_chain,
+            "-d", ip, "--dport", str(port.port), "-j", lb_chain,
         )
     if port.node_port:
         if options.nfacct_localhost:

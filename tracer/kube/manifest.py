@@ -59,6 +59,9 @@ class _ServiceDraft:
     selector: Labels
     external_traffic_policy: str
     session_affinity: SessionAffinity | None = None
+    internal_traffic_policy: str = "Cluster"
+    load_balancer_ips: tuple[str, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()
 
 
 def load_manifest(path: str | Path, *, service_cidr: str = SERVICE_CIDR) -> Manifest:
@@ -190,6 +193,7 @@ def _service_draft(
     fields.require_api_version(doc, "v1")
     namespace, name = fields.name_and_namespace(doc)
     spec = fields.mapping(doc.get("spec"), "spec")
+    fields.check_service_spec(spec)
     service_type = spec.get("type", "ClusterIP")
     if service_type == "ExternalName":
         raise fields.Problem("type ExternalName is a DNS alias that kube-proxy does not program")
@@ -216,6 +220,10 @@ def _service_draft(
         )
     if policy == "Local" and service_type == "ClusterIP":
         raise fields.Problem("spec.externalTrafficPolicy Local applies to NodePort and LoadBalancer only")
+    internal_policy = spec.get("internalTrafficPolicy", "Cluster")
+    if internal_policy not in TRAFFIC_POLICIES:
+        raise fields.Problem(f"spec.internalTrafficPolicy {internal_policy!r} is not one of "
+                             f"{', '.join(TRAFFIC_POLICIES)}")
     raw_ports = fields.sequence(spec.get("ports"), "spec.ports")
     if not raw_ports:
         raise fields.Problem("spec.ports is missing or empty")
@@ -237,6 +245,9 @@ def _service_draft(
         selector=selector,
         external_traffic_policy=policy,
         session_affinity=_session_affinity(spec),
+        internal_traffic_policy=internal_policy,
+        load_balancer_ips=fields.load_balancer_ips(doc, service_type),
+        load_balancer_source_ranges=fields.source_ranges(spec, service_type),
     )
 
 
@@ -282,6 +293,7 @@ def _cluster_ip(value: Any, cidr: ipaddress.IPv4Network) -> str | None:
 def _service_port(raw: Any, index: int, service_type: str, count: int) -> ServicePort:
     where = f"spec.ports[{index}]"
     port = fields.mapping(raw, where)
+    fields.check_service_port(port, where)
     name = port.get("name", "")
     if not isinstance(name, str) or (name and not fields.DNS_LABEL.match(name)):
         raise fields.Problem(f"{where}.name {name!r} is not a valid port name")
@@ -384,6 +396,9 @@ def _finish_services(
                 selector=draft.selector,
                 external_traffic_policy=draft.external_traffic_policy,
                 session_affinity=draft.session_affinity,
+                load_balancer_ips=draft.load_balancer_ips,
+                internal_traffic_policy=draft.internal_traffic_policy,
+                load_balancer_source_ranges=draft.load_balancer_source_ranges,
             )
         )
     return tuple(services)

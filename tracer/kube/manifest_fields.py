@@ -130,3 +130,77 @@ def require_api_version(doc: Mapping[str, Any], expected: str) -> None:
     version = doc.get("apiVersion")
     if version != expected:
         raise Problem(f"apiVersion {version!r} is not supported (expected {expected})")
+
+
+# --- Service fields the lab renders (and refuses) --------------------------------
+
+# spec fields kube-proxy's rules depend on and the renderers write. Others
+# change what kube-proxy does in ways the lab does not render, and are
+# refused rather than silently ignored (check_service_spec). Some are
+# accepted only with their default value.
+SERVICE_SPEC_FIELDS = frozenset({
+    "type", "clusterIP", "externalIPs", "selector", "ports", "externalTrafficPolicy",
+    "internalTrafficPolicy", "loadBalancerSourceRanges", "sessionAffinity", "sessionAffinityConfig",
+})
+SERVICE_SPEC_DEFAULTS: dict[str, Any] = {
+    "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"],
+    "allocateLoadBalancerNodePorts": True,
+}
+SERVICE_PORT_FIELDS = frozenset({"name", "protocol", "port", "targetPort", "nodePort",
+                                 "appProtocol"})  # appProtocol: a hint kube-proxy ignores
+
+
+def check_service_spec(spec: Mapping[str, Any]) -> None:
+    """Problem for a spec field the lab cannot render."""
+    for key, value in spec.items():
+        if key in SERVICE_SPEC_FIELDS:
+            continue
+        if key in SERVICE_SPEC_DEFAULTS and value == SERVICE_SPEC_DEFAULTS[key]:
+            continue
+        if key == "clusterIPs" and isinstance(value, list) and value == [spec.get("clusterIP")]:
+            continue
+        shown = f"{key}: {value!r}" if key in SERVICE_SPEC_DEFAULTS else f"{key}"
+        raise Problem(f"spec.{shown} is not rendered by the lab (it would be ignored)")
+
+
+def check_service_port(port: Mapping[str, Any], where: str) -> None:
+    for key in port:
+        if key not in SERVICE_PORT_FIELDS:
+            raise Problem(f"{where}.{key} is not rendered by the lab (it would be ignored)")
+
+
+def source_ranges(spec: Mapping[str, Any], service_type: str) -> tuple[str, ...]:
+    """spec.loadBalancerSourceRanges as networks (the API server's
+    validation: CIDRs, and only on a LoadBalancer)."""
+    given = sequence(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")
+    if given and service_type != "LoadBalancer":
+        raise Problem("spec.loadBalancerSourceRanges applies to type LoadBalancer only")
+    out = []
+    for value in given:
+        try:
+            out.append(str(ipaddress.IPv4Network(str(value).strip(), strict=False)))
+        except ValueError:
+            raise Problem(f"spec.loadBalancerSourceRanges entry {value!r} is not an IPv4 CIDR") from None
+    return tuple(out)
+
+
+def load_balancer_ips(doc: Mapping[str, Any], service_type: str) -> tuple[str, ...]:
+    """status.loadBalancer.ingress[].ip: with no cloud controller in the lab,
+    the manifest's status says which LB IPs kube-proxy programs."""
+    status = mapping(doc.get("status"), "status", required=False)
+    for key in status:
+        if key != "loadBalancer":
+            raise Problem(f"status.{key} is not rendered by the lab (it would be ignored)")
+    balancer = mapping(status.get("loadBalancer"), "status.loadBalancer", required=False)
+    ingress = sequence(balancer.get("ingress"), "status.loadBalancer.ingress")
+    if ingress and service_type != "LoadBalancer":
+        raise Problem("status.loadBalancer.ingress applies to type LoadBalancer only")
+    out = []
+    for i, raw in enumerate(ingress):
+        entry = mapping(raw, f"status.loadBalancer.ingress[{i}]")
+        extra = sorted(set(entry) - {"ip", "ipMode"})
+        if extra or entry.get("ipMode", "VIP") != "VIP" or "ip" not in entry:
+            what = extra[0] if extra else ("ipMode" if "ip" in entry else "ip (missing)")
+            raise Problem(f"status.loadBalancer.ingress[{i}].{what} is not rendered by the lab")
+        out.append(str(ipv4(entry["ip"], f"status.loadBalancer.ingress[{i}].ip")))
+    return tuple(out)

@@ -80,6 +80,12 @@ class Service:
     # spec.sessionAffinity ClientIP (with sessionAffinityConfig's timeout);
     # None for sessionAffinity None. kube-proxy applies it to every port.
     session_affinity: SessionAffinity | None = None
+    # spec.internalTrafficPolicy: "Local" sends cluster-IP traffic only to
+    # endpoints on the client's node.
+    internal_traffic_policy: str = "Cluster"
+    # spec.loadBalancerSourceRanges: the only client CIDRs a load-balancer IP
+    # admits (empty: any).
+    load_balancer_source_ranges: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:

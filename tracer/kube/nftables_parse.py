@@ -43,6 +43,7 @@ Local without a local endpoint) belong to ports that have endpoints.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ from tracer.kube.naming import (
 from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE, NftTable, read_nft_json
 from tracer.kube.nftables_text import read_nft_text
 from tracer.kube.resolved import (
+    PartialRulesError,
     PortDraft,
     ResolvedEndpoint,
     ResolvedService,
@@ -136,11 +138,12 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
             drafts[base] = _PortDraft(base=base)
         return prefix, drafts[base]
 
-    firewalled = {e.key for e in table.elements.get(FIREWALL_IPS_MAP, [])}
+    firewalled = {e.key: e.target for e in table.elements.get(FIREWALL_IPS_MAP, [])}
     for element in table.elements.get(SERVICE_IPS_MAP, []):
         found = draft_for(element.target)
         if found is None or len(element.key) != 3:
             continue
+        _require_chain(table, SERVICE_IPS_MAP, element.target)
         prefix, draft = found
         ip, protocol, port = element.key
         draft.protocol = draft.protocol or protocol
@@ -148,10 +151,15 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
             draft.port = int(port)
         if prefix in (NFT_SERVICE_CHAIN_PREFIX, NFT_LOCAL_CHAIN_PREFIX):
             bucket = draft.cluster_ips
+            draft.cluster_ip_chain = draft.cluster_ip_chain or element.target
         elif element.key in firewalled:
             # Only load-balancer IPs with loadBalancerSourceRanges are in
-            # firewall-ips; other LB IPs cannot be told from external IPs.
+            # firewall-ips; other LB IPs go to external-<B> exactly as
+            # external IPs do, with nothing in the table to tell them
+            # apart, so they are listed as external IPs.
             bucket = draft.load_balancer_ips
+            _require_chain(table, FIREWALL_IPS_MAP, firewalled[element.key])
+            draft.load_balancer_chain = draft.load_balancer_chain or firewalled[element.key]
         else:
             bucket = draft.external_ips
         if ip not in bucket:
@@ -161,6 +169,7 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
         if found is None or len(element.key) != 2 or not element.key[1].isdigit():
             continue
         _, draft = found
+        _require_chain(table, SERVICE_NODEPORTS_MAP, element.target)
         draft.protocol = draft.protocol or element.key[0]
         draft.node_port = int(element.key[1])
 
@@ -215,6 +224,13 @@ def _rejected_ports(table: NftTable) -> list[tuple[tuple[str, str], str, Resolve
     return out
 
 
+def _require_chain(table: NftTable, jumper: str, chain: str | None) -> None:
+    """A verdict naming a chain the text does not hold: a partial
+    transaction (kube-proxy leaves unchanged services' chains out)."""
+    if chain and not table.has_chain(chain):
+        raise PartialRulesError(jumper, chain)
+
+
 def _existing(table: NftTable, chain: str) -> str | None:
     return chain if table.has_chain(chain) else None
 
@@ -226,6 +242,13 @@ def _resolve_port(table: NftTable, draft: _PortDraft) -> ResolvedServicePort:
     fw_chain = _existing(table, NFT_FIREWALL_CHAIN_PREFIX + draft.base)
     parsed = parse_chain_base(draft.base)
     protocol = draft.protocol or (parsed[2] if parsed else "tcp")
+    for chain in (svc_chain, ext_chain, local_chain, fw_chain):
+        for rule in table.rules(chain):
+            for target in (rule.target, *(t for _, t in rule.numgen_targets)):
+                if target and target.startswith(NFT_CHAIN_PREFIXES):
+                    _require_chain(table, str(chain), target)
+    if draft.load_balancer_ips and draft.load_balancer_chain is None:
+        draft.load_balancer_chain = ext_chain
     return draft.resolved(
         port_name=parsed[3] if parsed else None,
         protocol=protocol,
@@ -237,6 +260,47 @@ def _resolve_port(table: NftTable, draft: _PortDraft) -> ResolvedServicePort:
         endpoints=_load_balancing(table, svc_chain, protocol),
         local_endpoints=_load_balancing(table, local_chain, protocol),
         session_affinity=_session_affinity(table, svc_chain, local_chain),
+        internal_policy=_policy_of(draft.cluster_ip_chain),
+        load_balancer_source_ranges=_source_ranges(table, fw_chain, draft.load_balancer_ips),
+        pod_cidrs=_pod_cidrs(table, ext_chain, svc_chain),
+    )
+
+
+def _policy_of(chain: str | None) -> str | None:
+    """The policy a chain implements: service-<B> Cluster, local-<B> Local."""
+    prefix = (split_port_chain(chain) or ("", ""))[0]
+    return {NFT_SERVICE_CHAIN_PREFIX: "Cluster", NFT_LOCAL_CHAIN_PREFIX: "Local"}.get(prefix)
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def _source_ranges(table: NftTable, fw_chain: str | None, lb_ips: list[str]) -> tuple[str, ...]:
+    """loadBalancerSourceRanges from firewall-<B>'s `ip saddr != { ... } drop`,
+    less the LB IPs themselves (admitted too when a range holds the node's IP)."""
+    lb_hosts = {_cidr(ip) for ip in lb_ips}
+    out: list[str] = []
+    for rule in table.rules(fw_chain):
+        if rule.verdict != "drop" or not rule.saddr_negated:
+            continue
+        for value in rule.saddr_set or ((rule.saddr,) if rule.saddr else ()):
+            cidr = _cidr(value)
+            if cidr not in lb_hosts and cidr not in out:
+                out.append(cidr)
+    return tuple(out)
+
+
+def _pod_cidrs(table: NftTable, ext_chain: str | None, svc_chain: str | None) -> tuple[str, ...]:
+    """The sources external-<B> short-circuits to service-<B> under external
+    policy Local (kube-proxy's "short-circuit pod traffic": `ip saddr <clusterCIDR>`)."""
+    return tuple(
+        _cidr(rule.saddr)
+        for rule in table.rules(ext_chain)
+        if rule.saddr and not rule.saddr_negated and rule.target == svc_chain
     )
 
 
@@ -247,7 +311,7 @@ def _session_affinity(table: NftTable, *chains: str | None) -> SessionAffinity |
     @affinity-E { ip saddr }` recorded, each for the set's timeout."""
     for chain in chains:
         for rule in table.rules(chain):
-            name = rule.saddr_set or ""
+            name = rule.saddr_in_set or ""
             if name.startswith(NFT_AFFINITY_SET_PREFIX) and rule.verdict in ("goto", "jump"):
                 return SessionAffinity(table.set_timeouts.get(name))
     return None

@@ -17,11 +17,13 @@ Per service port (sorted by ServicePortName; kube-proxy walks a Go map, so
 its order differs from run to run, the resulting table does not):
 cluster-ips set, service-ips / service-nodeports elements (or the
 no-endpoint-* elements when the service has no endpoints), the service-,
-external- and endpoint- chains, and with sessionAffinity ClientIP each
-endpoint's affinity- set (`ip saddr @affinity-... goto endpoint-...` heading
-the service-/local- chain, `update @affinity-... { ip saddr }` in the
-endpoint chain). Not modelled, as in iptables_render:
-loadBalancerSourceRanges (firewall-* chains), internalTrafficPolicy Local,
+external-, local-, firewall- and endpoint- chains: internalTrafficPolicy Local
+(the cluster IP enters local-, or is dropped without a local endpoint),
+externalTrafficPolicy Local, loadBalancerSourceRanges (firewall-ips elements
+and a firewall- chain that drops other sources), and with sessionAffinity
+ClientIP each endpoint's affinity- set (`ip saddr @affinity-... goto
+endpoint-...` heading the service-/local- chain, `update @affinity-... { ip
+saddr }` in the endpoint chain). Not modelled, as in iptables_render:
 topology, masqueradeAll, terminating endpoints, IPv6.
 
 One deliberate, opt-in difference: endpoint_counters=True puts a `counter` in
@@ -142,6 +144,9 @@ def render_kube_proxy_table(
         except ValueError as exc:
             raise UsageError(f"service CIDR {cidr!r}: {exc}") from None
 
+    # kube-proxy's nodeIP: the primary node address (source ranges holding
+    # it also admit the LB IPs).
+    node_ip = str(node_addresses[0]) if node_addresses else None
     tx = _Transaction()
     if replace_table:
         tx.lines += [f"add table {tx.where}", f"delete table {tx.where}"]
@@ -160,7 +165,7 @@ def render_kube_proxy_table(
     for _, service, port in plan:
         chosen = port_endpoints(service, port, endpoints.get(service.key, ()))
         _render_service_port(tx, service, port, chosen, cluster_cidr, node_name,
-                             endpoint_counters)
+                             endpoint_counters, node_ip)
     return "\n".join(tx.lines) + "\n"
 
 
@@ -254,6 +259,7 @@ def _render_service_port(
     cluster_cidr: str | None,
     node_name: str | None,
     endpoint_counters: bool,
+    node_ip: str | None = None,
 ) -> None:
     plan = plan_service_port(service, port, endpoints, node_name)
     proto = plan.proto
@@ -261,6 +267,8 @@ def _render_service_port(
     cluster_chain = naming.nft_service_chain(ns, name, proto, pname)
     local_chain = naming.nft_local_chain(ns, name, proto, pname)
     external_chain = naming.nft_external_chain(ns, name, proto, pname)
+    firewall_chain = naming.nft_firewall_chain(ns, name, proto, pname)
+    internal_chain = local_chain if plan.internal_policy_local else cluster_chain
     uses_external_chain = plan.has_endpoints and plan.externally_accessible
 
     def endpoint_chain(e: Endpoint) -> str:
@@ -271,29 +279,30 @@ def _render_service_port(
 
     affinity = service.session_affinity
 
-    # allLocallyReachableEndpoints: the cluster endpoints (plus local ones, a subset).
-    for endpoint in plan.cluster_endpoints:
+    for endpoint in plan.reachable_endpoints:
         tx.ensure_chain(endpoint_chain(endpoint))
-    if plan.has_endpoints:  # UsesClusterEndpoints: always, without ITP Local
+    if plan.uses_cluster_chain:
         tx.ensure_chain(cluster_chain)
     if plan.uses_local_chain:
         tx.ensure_chain(local_chain)
     if uses_external_chain:
         tx.ensure_chain(external_chain)
 
-    _write_map_elements(tx, plan, port, cluster_chain, external_chain)
+    _write_map_elements(tx, plan, port, internal_chain, external_chain, firewall_chain)
 
     # Internal traffic: masquerade what does not come from the pod network.
-    if plan.has_endpoints and cluster_cidr is not None:
-        tx.rule(cluster_chain, "ip daddr", plan.cluster_ip, proto, "dport", port.port,
+    if plan.has_internal_endpoints and cluster_cidr is not None:
+        tx.rule(internal_chain, "ip daddr", plan.cluster_ip, proto, "dport", port.port,
                 "ip saddr !=", cluster_cidr, "jump", MARK_MASQ)
     if uses_external_chain:
         _write_external_chain(tx, plan, cluster_cidr, external_chain, cluster_chain, local_chain)
+    if plan.uses_firewall:
+        _write_firewall_chain(tx, plan, firewall_chain, node_ip)
 
     if affinity is not None:
-        for endpoint in plan.cluster_endpoints:
+        for endpoint in plan.reachable_endpoints:
             _add_affinity_set(tx, affinity_set(endpoint), affinity)
-    for chain, chosen in ((cluster_chain, plan.cluster_endpoints if plan.has_endpoints else []),
+    for chain, chosen in ((cluster_chain, plan.cluster_endpoints if plan.uses_cluster_chain else []),
                           (local_chain, plan.local_endpoints if plan.uses_local_chain else [])):
         if not chosen:
             continue
@@ -302,7 +311,7 @@ def _render_service_port(
                 tx.rule(chain, "ip saddr @" + affinity_set(endpoint), "goto", endpoint_chain(endpoint))
         _write_load_balancing(tx, chain, [endpoint_chain(e) for e in chosen])
 
-    for endpoint in plan.cluster_endpoints:
+    for endpoint in plan.reachable_endpoints:
         chain = endpoint_chain(endpoint)
         # Hairpin: a pod reaching itself through the service is masqueraded.
         tx.rule(chain, "ip saddr", endpoint.ip, "jump", MARK_MASQ)
@@ -313,27 +322,52 @@ def _render_service_port(
                 naming.endpoint_string(endpoint.ip, endpoint.port))
 
 
+def _write_firewall_chain(
+    tx: _Transaction, plan: PortPlan, firewall_chain: str, node_ip: str | None
+) -> None:
+    """firewall-<B>: loadBalancerSourceRanges. firewall-check (filter
+    prerouting/output) sends the LB IP's new connections here; sources
+    outside the ranges are dropped before any DNAT."""
+    sources = list(plan.source_ranges)
+    if plan.firewall_admits_lb_ips(node_ip):
+        sources += plan.lb_ips
+    # knftables.Concat joins every word with a space: "{ a , b }".
+    tx.rule(firewall_chain, "ip saddr != {", " , ".join(sources), "} drop")
+
+
 def _write_map_elements(
-    tx: _Transaction, plan: PortPlan, port: ServicePort, cluster_chain: str, external_chain: str
+    tx: _Transaction,
+    plan: PortPlan,
+    port: ServicePort,
+    internal_chain: str,
+    external_chain: str,
+    firewall_chain: str,
 ) -> None:
     """The port's elements in the dispatch maps (cluster-ips, service-ips,
-    service-nodeports), or in the no-endpoint-* maps for what has no endpoint."""
+    firewall-ips, service-nodeports), or in the no-endpoint-* maps for what
+    has no endpoint (reject) or no local one (drop)."""
     proto, spn, cluster_ip = plan.proto, plan.spn, plan.cluster_ip
     reject = f"goto {REJECT_CHAIN}"
     external_filter = reject if not plan.has_endpoints else "drop"
     tx.element("cluster-ips", [cluster_ip])
-    if plan.has_endpoints:
-        tx.element("service-ips", [cluster_ip, proto, port.port], f"goto {cluster_chain}")
+    if plan.has_internal_endpoints:
+        tx.element("service-ips", [cluster_ip, proto, port.port], f"goto {internal_chain}")
     else:
-        tx.element("no-endpoint-services", [cluster_ip, proto, port.port], reject, comment=spn)
+        internal_filter = reject if not plan.has_endpoints else "drop"
+        tx.element("no-endpoint-services", [cluster_ip, proto, port.port], internal_filter,
+                   comment=spn)
     for ip in plan.external_ips:
         if plan.has_endpoints:
             tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
         if not plan.has_external_endpoints:
             tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)
+    if plan.uses_firewall:
+        tx.ensure_chain(firewall_chain)
     for ip in plan.lb_ips:
         if plan.has_endpoints:
             tx.element("service-ips", [ip, proto, port.port], f"goto {external_chain}")
+        if plan.uses_firewall:
+            tx.element("firewall-ips", [ip, proto, port.port], f"goto {firewall_chain}")
     if not plan.has_external_endpoints:
         for ip in plan.lb_ips:
             tx.element("no-endpoint-services", [ip, proto, port.port], external_filter, comment=spn)

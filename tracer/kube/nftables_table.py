@@ -48,10 +48,11 @@ class NftRule:
     l4proto: str | None = None  # `meta l4proto tcp`
     fib_saddr_local: bool = False  # `fib saddr type local`
     saddr: str | None = None  # `ip saddr X` (an address or prefix)
-    saddr_negated: bool = False  # `ip saddr != X`
+    saddr_negated: bool = False  # `ip saddr != X` (or != { ... })
+    saddr_set: tuple[str, ...] = ()  # `ip saddr [!=] { A, B/24 }`: its elements
     daddr: str | None = None
     dport: int | None = None
-    saddr_set: str | None = None  # `ip saddr @X`: the set X (kube-proxy's affinity-...)
+    saddr_in_set: str | None = None  # `ip saddr @X`: the set X (kube-proxy's affinity-...)
     updates_set: str | None = None  # `update @X { ip saddr }`: the set X
     packets: int | None = None  # the rule's `counter`, if it has one
     bytes: int | None = None
@@ -206,13 +207,17 @@ def _json_match(facts: dict[str, Any], body: dict[str, Any]) -> None:
         # affinity rules look the source up ("ip saddr @affinity-...").
         payload = left.get("payload") or {}
         if payload.get("field") == "saddr" and op == "==":
-            facts["saddr_set"] = right[1:]
+            facts["saddr_in_set"] = right[1:]
         return
     if "payload" in left:
         field_name = left["payload"].get("field")
         protocol = left["payload"].get("protocol")
         if protocol in ("ip", "ip6") and field_name == "saddr" and op in ("==", "!="):
-            facts["saddr"], facts["saddr_negated"] = _json_scalar(right), op == "!="
+            if isinstance(right, dict) and isinstance(right.get("set"), list):
+                facts["saddr_set"] = tuple(_json_scalar(x) for x in right["set"])
+            else:
+                facts["saddr"] = _json_scalar(right)
+            facts["saddr_negated"] = op == "!="
         elif protocol in ("ip", "ip6") and field_name == "daddr" and op == "==":
             facts["daddr"] = _json_scalar(right)
         elif field_name == "dport" and isinstance(right, int):

@@ -29,8 +29,9 @@ _L4PROTO = re.compile(r"\bmeta\s+l4proto\s+(\w+)")
 _COUNTER = re.compile(r"\bcounter\s+packets\s+(\d+)\s+bytes\s+(\d+)")
 # An address or prefix starts with a hex digit: not "@set", not ". meta ...".
 _SADDR = re.compile(r"\bip6?\s+saddr\s+(!=\s+)?([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
+_SADDR_SET = re.compile(r"\bip6?\s+saddr\s+(!=\s+)?\{([^}]*)\}")
 _DADDR = re.compile(r"\bip6?\s+daddr\s+([0-9a-fA-F][0-9a-fA-F.:/]*)(?=\s|$)")
-_SADDR_SET = re.compile(r"\bip6?\s+saddr\s+@(\S+)")
+_SADDR_IN_SET = re.compile(r"\bip6?\s+saddr\s+@(\S+)")
 _SET_UPDATE = re.compile(r"\b(?:update|add)\s+@(\S+)\s*\{\s*ip6?\s+saddr\s*\}")
 # An nft time: "10800s", "3h", "2h59m50s", "1d", "500ms".
 _TIME_PART = re.compile(r"(\d+)(ms|d|h|m|s)")
@@ -74,10 +75,14 @@ def parse_rule_text(chain: str, text: str) -> NftRule:
     saddr = _SADDR.search(rule)
     if saddr:
         facts["saddr"], facts["saddr_negated"] = saddr.group(2), bool(saddr.group(1))
-    for pattern, name in ((_SADDR_SET, "saddr_set"), (_SET_UPDATE, "updates_set")):
+    for pattern, name in ((_SADDR_IN_SET, "saddr_in_set"), (_SET_UPDATE, "updates_set")):
         found = pattern.search(rule)
         if found:
             facts[name] = found.group(1)
+    saddr_set = _SADDR_SET.search(rule)
+    if saddr_set:
+        facts["saddr_negated"] = bool(saddr_set.group(1))
+        facts["saddr_set"] = tuple(x.strip() for x in saddr_set.group(2).split(",") if x.strip())
     dport = _DPORT.search(rule)
     if dport:
         facts["dport"] = int(dport.group(1))

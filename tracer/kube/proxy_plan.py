@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.errors import UsageError
 from tracer.kube import naming
@@ -84,10 +84,46 @@ class PortPlan:
     externally_accessible: bool
     # ExternalPolicyLocal (pkg/api/v1/service): only NodePort/LoadBalancer.
     external_policy_local: bool
+    # InternalPolicyLocal: internalTrafficPolicy Local.
+    internal_policy_local: bool = False
+    # loadBalancerSourceRanges, as networks ("203.0.113.0/25").
+    source_ranges: tuple[str, ...] = field(default=())
 
     @property
     def has_endpoints(self) -> bool:
+        """hasEndpoints: a ready endpoint anywhere in the cluster."""
         return bool(self.cluster_endpoints)
+
+    @property
+    def has_internal_endpoints(self) -> bool:
+        """The cluster IP has somewhere to go: any endpoint under Cluster
+        internal policy, a local one under Local (else kube-proxy DROPs it)."""
+        return self.has_endpoints and (bool(self.local_endpoints) or not self.internal_policy_local)
+
+    @property
+    def uses_cluster_chain(self) -> bool:
+        """UsesClusterEndpoints: KUBE-SVC / service- exists. Even under
+        external policy Local it carries the pods' and the node's short-circuit."""
+        return self.has_endpoints and (not self.internal_policy_local or self.externally_accessible)
+
+    @property
+    def reachable_endpoints(self) -> list[Endpoint]:
+        """allLocallyReachableEndpoints: those that get an endpoint chain."""
+        return self.cluster_endpoints if self.uses_cluster_chain else self.local_endpoints
+
+    @property
+    def uses_firewall(self) -> bool:
+        """A load-balancer IP with source ranges: KUBE-FW / firewall-<B>."""
+        return bool(self.lb_ips) and bool(self.source_ranges)
+
+    def firewall_admits_lb_ips(self, node_ip: str | None) -> bool:
+        """allowFromNode: a range holds the node's IP, so the firewall also
+        admits the LB IPs as sources (a node reaching its own VIP loops back
+        from it)."""
+        if node_ip is None:
+            return False
+        address = ipaddress.IPv4Address(node_ip)
+        return any(address in ipaddress.IPv4Network(r) for r in self.source_ranges)
 
     @property
     def has_external_endpoints(self) -> bool:
@@ -99,10 +135,11 @@ class PortPlan:
 
     @property
     def uses_local_chain(self) -> bool:
-        """The Local-policy chain (KUBE-SVL / local-) exists."""
-        return self.external_policy_local and self.externally_accessible and bool(
-            self.local_endpoints
+        """UsesLocalEndpoints with a local endpoint: KUBE-SVL / local- exists."""
+        uses_local = self.internal_policy_local or (
+            self.external_policy_local and self.externally_accessible
         )
+        return uses_local and bool(self.local_endpoints)
 
 
 def plan_service_port(
@@ -137,4 +174,17 @@ def plan_service_port(
             service.external_traffic_policy == "Local"
             and service.type in ("NodePort", "LoadBalancer")
         ),
+        internal_policy_local=service.internal_traffic_policy == "Local",
+        source_ranges=tuple(
+            _network(r, f"{service.full_name}: loadBalancerSourceRanges entry")
+            for r in service.load_balancer_source_ranges
+        ),
     )
+
+
+def _network(value: str, what: str) -> str:
+    """"203.0.113.5/25" -> "203.0.113.0/25", as kube-proxy prints a parsed CIDR."""
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not an IPv4 CIDR") from None

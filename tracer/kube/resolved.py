@@ -14,7 +14,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer.errors import TracerError
 from tracer.kube.model import SessionAffinity
+
+
+class PartialRulesError(TracerError):
+    """The rules jump to a service chain whose body is not in the text: a
+    partial restore input (kube-proxy writes only changed services' chains
+    on a partial sync), not a node's whole table. Resolving it would give
+    Services without endpoints that in truth have some."""
+
+    def __init__(self, jumper: str, chain: str):
+        super().__init__(
+            f"the rules are partial: {jumper} jumps to {chain}, whose body is not in the text "
+            "(kube-proxy's partial restore input?); give the whole table (iptables-save, "
+            "nft list table ip kube-proxy)"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,41 @@ class ResolvedServicePort:
     # saddr @affinity-... goto endpoint-...` with the set's timeout); None
     # without. It does not change the split of a client's first connection.
     session_affinity: SessionAffinity | None = None
+    # Traffic policies as the rules implement them. The cluster IP enters
+    # cluster_ip_chain: KUBE-SVC / service- (internal_policy "Cluster") or
+    # KUBE-SVL / local- ("Local": only this node's endpoints, local_endpoints).
+    # Load-balancer IPs enter load_balancer_chain: the firewall chain when
+    # loadBalancerSourceRanges are set (only those sources pass; the ranges,
+    # as CIDRs, in load_balancer_source_ranges), else the external chain.
+    # External IPs and node ports enter external_chain. Under external
+    # policy Local, kube-proxy sends pods (sources in pod_cidrs, its
+    # "pod traffic" short-circuit) and the node itself to the cluster-wide
+    # endpoints, and masquerades neither external clients nor pods.
+    cluster_ip_chain: str | None = None
+    internal_policy: str | None = None
+    load_balancer_chain: str | None = None
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    pod_cidrs: tuple[str, ...] = ()
+
+    def entry_points(self) -> list[dict[str, Any]]:
+        """Per kind of address (cluster_ip, external_ip, load_balancer_ip,
+        node_port): the addresses, the chain they enter and the policy that
+        applies; kinds the port does not have are left out."""
+        out = []
+        if self.cluster_ips:
+            out.append({"kind": "cluster_ip", "addresses": list(self.cluster_ips),
+                        "chain": self.cluster_ip_chain, "policy": self.internal_policy})
+        for kind, addresses, chain in (
+            ("external_ip", self.external_ips, self.external_chain),
+            ("load_balancer_ip", self.load_balancer_ips, self.load_balancer_chain),
+        ):
+            if addresses:
+                out.append({"kind": kind, "addresses": list(addresses), "chain": chain,
+                            "policy": self.external_policy})
+        if self.node_port is not None:
+            out.append({"kind": "node_port", "addresses": [], "chain": self.external_chain,
+                        "policy": self.external_policy})
+        return out
 
     def service_addresses(self) -> list[Address]:
         """Every (ip, port, protocol) this port is reached at; node ports as (None, ...)."""
@@ -128,6 +178,12 @@ class ResolvedServicePort:
             "session_affinity": (
                 self.session_affinity.to_dict() if self.session_affinity else None
             ),
+            "cluster_ip_chain": self.cluster_ip_chain,
+            "internal_policy": self.internal_policy,
+            "load_balancer_chain": self.load_balancer_chain,
+            "load_balancer_source_ranges": list(self.load_balancer_source_ranges),
+            "pod_cidrs": list(self.pod_cidrs),
+            "entry_points": self.entry_points(),
         }
 
     @classmethod
@@ -152,6 +208,11 @@ class ResolvedServicePort:
             no_endpoints=bool(data.get("no_endpoints", False)),
             reject_in=tuple(data.get("reject_in", ())),
             session_affinity=SessionAffinity.from_dict(data.get("session_affinity")),
+            cluster_ip_chain=data.get("cluster_ip_chain"),
+            internal_policy=data.get("internal_policy"),
+            load_balancer_chain=data.get("load_balancer_chain"),
+            load_balancer_source_ranges=tuple(data.get("load_balancer_source_ranges", ())),
+            pod_cidrs=tuple(data.get("pod_cidrs", ())),
         )
 
 
@@ -219,6 +280,9 @@ class PortDraft:
     external_ips: list[str] = field(default_factory=list)
     load_balancer_ips: list[str] = field(default_factory=list)
     node_port: int | None = None
+    # The chains the cluster IP and the load-balancer IPs jump to.
+    cluster_ip_chain: str | None = None
+    load_balancer_chain: str | None = None
 
     def resolved(self, **from_chains: Any) -> ResolvedServicePort:
         """The port: these addresses, and what its chains say (port_name,
@@ -229,6 +293,8 @@ class PortDraft:
             external_ips=tuple(self.external_ips),
             load_balancer_ips=tuple(self.load_balancer_ips),
             node_port=self.node_port,
+            cluster_ip_chain=self.cluster_ip_chain,
+            load_balancer_chain=self.load_balancer_chain,
             **from_chains,
         )
 

@@ -194,8 +194,10 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
     Columns: service, port, cluster_ip, external_ips, node_port, endpoints
     (ip:port with the share of new connections each gets; "no endpoints
     (REJECT)" for a port kube-proxy rejects), affinity ("ClientIP 10800s" for
-    ClientIP session affinity with its timeout, "-" without), chain (for such
-    a port: where the REJECT is, a filter chain or a verdict map)."""
+    ClientIP session affinity with its timeout, "-" without), chain (the one
+    the cluster IP enters; for a rejected port where the REJECT is, a filter
+    chain or a verdict map), policy (internal and external traffic policy, LB
+    source ranges)."""
     rows = []
     for service in services:
         for port in service.ports:
@@ -217,8 +219,9 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                     "node_port": str(port.node_port) if port.node_port is not None else "-",
                     "endpoints": endpoints,
                     "affinity": _affinity_label(port),
-                    "chain": port.service_chain or port.external_chain
+                    "chain": port.cluster_ip_chain or port.service_chain or port.external_chain
                     or ",".join(port.reject_in) or "-",
+                    "policy": _policy_text(port),
                 }
             )
     return rows
@@ -232,6 +235,19 @@ def _affinity_label(port: ResolvedServicePort) -> str:
     return f"{affinity.type} {timeout}s" if timeout is not None else f"{affinity.type} (no timeout)"
 
 
+def _policy_text(port: ResolvedServicePort) -> str:
+    """"internal Local, external Cluster; source ranges A, B" (what is known)."""
+    parts = []
+    if port.internal_policy:
+        parts.append(f"internal {port.internal_policy}")
+    if port.external_policy:
+        parts.append(f"external {port.external_policy}")
+    text = ", ".join(parts) or "-"
+    if port.load_balancer_source_ranges:
+        text += "; source ranges " + ", ".join(port.load_balancer_source_ranges)
+    return text
+
+
 TABLE_HEADINGS = {
     "service": "SERVICE",
     "port": "PORT",
@@ -241,6 +257,7 @@ TABLE_HEADINGS = {
     "endpoints": "ENDPOINTS (share)",
     "affinity": "AFFINITY",
     "chain": "CHAIN",
+    "policy": "POLICY",
 }
 
 
