@@ -72,3 +72,14 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Captured:
         clock_error_ns={NODE_A: 0, NODE_B: -2_000_000},
         seed=4,
     )
+
+
+@pytest.fixture
+def clean_lab(lab_state):
+    """The lab with no fault in effect, before and after the test (whatever
+    an interrupted run left is cleared first)."""
+    from tracer.lab import controller
+
+    controller.clear_faults()
+    yield lab_state
+    controller.clear_faults()

@@ -20,13 +20,6 @@ from tracer.lab import controller
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-@pytest.fixture
-def clean_lab(lab_state):
-    controller.clear_faults()  # whatever an interrupted run left
-    yield lab_state
-    controller.clear_faults()
-
-
 def _assert_blames_only(doc: dict, victim_ip: str, failed: int) -> None:
     assert sum(g["count"] for g in doc["failures"]) == failed
     assert {g["common"]["endpoint"] for g in doc["failures"]} == {f"{victim_ip}:80"}

@@ -28,13 +28,6 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 TRACE_LINE = re.compile(r"^trace id (\w+) ip (\S+) (\S+) rule .*# handle (\d+) \(verdict (\w+)", re.M)
 
 
-@pytest.fixture
-def clean_lab(lab_state):
-    controller.clear_faults()
-    yield lab_state
-    controller.clear_faults()
-
-
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
 

@@ -121,8 +121,11 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     counts = {"total": len(conns), **counts,
               "undetermined": int((conns["undetermined"] != "").sum()),
               "already_open": cc.already_open}
-    failures = _groups(conns.assign(packet_ids=_packet_ids(cc)), located, failed,
-                       _walks_by_packet(rule_walks.of(packets)))
+    # Rule walks exist only in captures taken with --rules: without them the
+    # connections' packet ids are not gathered at all.
+    by_packet = _walks_by_packet(rule_walks.of(packets))
+    failures = _groups(conns.assign(packet_ids=_packet_ids(cc) if by_packet else None), located,
+                       failed, by_packet)
     undetermined = [
         {"reason": why, "count": len(g),
          "would_be": {str(k): int(v) for k, v in g["outcome"].value_counts().items()}}

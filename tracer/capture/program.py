@@ -307,7 +307,7 @@ _TOO_COMPLEX = "Argument list too long"
 
 
 def _uses_rx_list(backends: dict[str, Backend]) -> bool:
-    return any("_list_" in p.program for b in backends.values() for p in getattr(b, "programs", ()))
+    return any("_list_" in p.program for b in backends.values() for p in b.programs)
 
 
 def load_and_attach(

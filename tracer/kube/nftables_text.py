@@ -68,17 +68,14 @@ def parse_rule_text(chain: str, text: str) -> NftRule:
     dnat = _DNAT.search(rule)
     if dnat:
         facts["dnat_to"] = _host_port(dnat.group(1))
-    for pattern, name in ((_L4PROTO, "l4proto"), (_DADDR, "daddr")):
+    for pattern, name in ((_L4PROTO, "l4proto"), (_DADDR, "daddr"),
+                          (_SADDR_IN_SET, "saddr_in_set"), (_SET_UPDATE, "updates_set")):
         found = pattern.search(rule)
         if found:
             facts[name] = found.group(1)
     saddr = _SADDR.search(rule)
     if saddr:
         facts["saddr"], facts["saddr_negated"] = saddr.group(2), bool(saddr.group(1))
-    for pattern, name in ((_SADDR_IN_SET, "saddr_in_set"), (_SET_UPDATE, "updates_set")):
-        found = pattern.search(rule)
-        if found:
-            facts[name] = found.group(1)
     saddr_set = _SADDR_SET.search(rule)
     if saddr_set:
         facts["saddr_negated"] = bool(saddr_set.group(1))

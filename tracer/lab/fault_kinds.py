@@ -12,7 +12,7 @@ from typing import Any
 
 from tracer.errors import LabError, UsageError
 from tracer.lab import bird
-from tracer.lab.faults import CLUSTER, Fault, FaultKind
+from tracer.lab.faults import CLUSTER, Fault, FaultKind, last_node
 from tracer.lab.link_faults import MTU_BLACKHOLE, RP_FILTER
 from tracer.lab.state import LabState, Pod
 from tracer.system import run
@@ -151,15 +151,11 @@ def _route_withdrawn_in_effect(state: LabState, fault: Fault) -> bool:
     return TOR_SESSION in sessions and not sessions[TOR_SESSION].established
 
 
-def _last_node(state: LabState) -> tuple[str, str | None]:
-    return state.nodes[-1].name, None
-
-
 ROUTE_WITHDRAWN = FaultKind(
     name="route-withdrawn", family="routing",
     summary="a node's BGP session to the ToR is down: its pod block is withdrawn, and "
             "packets DNATed to its pods elsewhere have no route",
-    default_target=_last_node, apply=_route_withdrawn_apply, remove=_route_withdrawn_remove,
+    default_target=last_node, apply=_route_withdrawn_apply, remove=_route_withdrawn_remove,
     in_effect=_route_withdrawn_in_effect)
 
 

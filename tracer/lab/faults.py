@@ -60,6 +60,11 @@ class FaultKind:
     demo_path: str = "/"
 
 
+def last_node(state: LabState) -> tuple[str, str | None]:
+    """A default target: the last node (node B), no pod."""
+    return state.nodes[-1].name, None
+
+
 def _faults_path(state: LabState) -> Path:
     return Path(state.run_dir) / FAULTS_FILE
 

@@ -9,15 +9,11 @@ from typing import Any
 from tracer.errors import LabError, UsageError
 from tracer.lab import encap as lab_encap
 from tracer.lab import netdev
-from tracer.lab.faults import Fault, FaultKind
+from tracer.lab.faults import Fault, FaultKind, last_node
 from tracer.lab.nginx import LARGE_PATH
 from tracer.lab.state import LabState, Pod
 
 UPLINK = "eth0"  # every lab node's NIC on the LAN (tracer/lab/build.py)
-
-
-def _last_node(state: LabState) -> tuple[str, str | None]:
-    return state.nodes[-1].name, None
 
 
 # --- mtu-blackhole: a node set up for jumbo frames on a LAN that carries 1500 ---
@@ -71,7 +67,7 @@ MTU_BLACKHOLE = FaultKind(
     name="mtu-blackhole", family="routing",  # the path MTU is a property of the route
     summary="a node's NIC set to jumbo frames (MTU 9000, tunnel and pods sized from it) on a "
             "LAN that carries 1500: small requests work, large responses from its pods vanish",
-    default_target=_last_node, apply=_mtu_apply, remove=_mtu_remove, in_effect=_mtu_in_effect,
+    default_target=last_node, apply=_mtu_apply, remove=_mtu_remove, in_effect=_mtu_in_effect,
     demo_encap="vxlan", demo_path=LARGE_PATH)
 
 
@@ -130,4 +126,4 @@ RP_FILTER = FaultKind(
     name="rp-filter", family="routing",
     summary="strict reverse-path filtering on a node's eth0 while its route back to the "
             "other nodes leaves by a second NIC: their traffic to its pods is dropped",
-    default_target=_last_node, apply=_rp_apply, remove=_rp_remove, in_effect=_rp_in_effect)
+    default_target=last_node, apply=_rp_apply, remove=_rp_remove, in_effect=_rp_in_effect)
