@@ -19,7 +19,7 @@ from tracer.kube.manifest import SHIPPED_MANIFEST, load_manifest
 from tracer.kube.nftables_parse import parse_kube_proxy_table
 from tracer.kube.nftables_render import render_kube_proxy_table
 from tracer.lab import kubeproxy
-from tracer.lab.traffic import Target, _exact
+from tracer.lab.http_engine import Target, run_exact
 from tracer.system import run
 
 pytestmark = pytest.mark.root
@@ -56,7 +56,7 @@ def node_and_client() -> Iterator[tuple[str, str]]:
 def _refused(client: str) -> tuple[int, dict[str, int], int]:
     """(failed, errors, ok) of REQUESTS requests to nginx-demo-1's external IP."""
     target = Target("external-ip", "nginx-demo-1", NODE_IP, 8088, "client", client)
-    tally, _ = _exact(target, REQUESTS, concurrency=2, keepalive=False, timeout=2.0)
+    tally, _ = run_exact(target, REQUESTS, concurrency=2, keepalive=False, timeout=2.0)
     return sum(tally.errors.values()), dict(tally.errors), tally.ok
 
 

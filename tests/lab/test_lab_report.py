@@ -9,7 +9,7 @@ import pytest
 
 from tracer.errors import UsageError
 from tracer.kube.manifest import load_manifest
-from tracer.lab import access_log, traffic
+from tracer.lab import access_log, load_math, traffic
 from tracer.lab.plan import DEFAULT_MANIFEST, make_plan
 
 
@@ -20,26 +20,26 @@ def planned():
 
 def test_percentile_nearest_rank():
     values = [float(v) for v in range(1, 101)]
-    assert traffic.percentile(values, 50) == 50
-    assert traffic.percentile(values, 90) == 90
-    assert traffic.percentile(values, 99) == 99
-    assert traffic.percentile(values, 100) == 100
-    assert traffic.percentile([7.0], 99) == 7
-    assert traffic.percentile([], 50) == 0
+    assert load_math.percentile(values, 50) == 50
+    assert load_math.percentile(values, 90) == 90
+    assert load_math.percentile(values, 99) == 99
+    assert load_math.percentile(values, 100) == 100
+    assert load_math.percentile([7.0], 99) == 7
+    assert load_math.percentile([], 50) == 0
 
 
 def test_latency_summary_and_rate():
-    s = traffic.latency_summary([0.001, 0.002, 0.003, 0.010])
+    s = load_math.latency_summary([0.001, 0.002, 0.003, 0.010])
     assert s == {"p50": 2.0, "p90": 10.0, "p99": 10.0, "max": 10.0, "mean": 4.0}
-    assert traffic.latency_summary([]) == {}
-    assert traffic.rate(200, 0.5) == 400.0
-    assert traffic.rate(5, 0) == 0.0
+    assert load_math.latency_summary([]) == {}
+    assert load_math.rate(200, 0.5) == 400.0
+    assert load_math.rate(5, 0) == 0.0
 
 
 def test_pod_of_body():
     body = b"<p>pod=nginx-demo-1-abc-xyz12 ip=10.217.120.72 node=node-a namespace=default</p>"
-    assert traffic.pod_of_body(body) == "nginx-demo-1-abc-xyz12"
-    assert traffic.pod_of_body(b"<html>nothing</html>") is None
+    assert load_math.pod_of_body(body) == "nginx-demo-1-abc-xyz12"
+    assert load_math.pod_of_body(b"<html>nothing</html>") is None
 
 
 WRK = """\

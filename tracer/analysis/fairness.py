@@ -38,7 +38,7 @@ from tracer.analysis.packets import Packets
 from tracer.analysis.promises import PromisedConnections, promise_connections
 from tracer.analysis.request_counts import requests_per_connection
 from tracer.analysis.service import service_name
-from tracer.analysis.source_preservation import rewrite_notes, rewritten_sources
+from tracer.analysis.source_preservation import SourceRewrite, rewrite_notes, rewritten_sources
 from tracer.analysis.stats import ChiSquare, chi_square_gof, jain_index, wilson_interval
 
 
@@ -128,6 +128,8 @@ class FairnessReport:
     excluded_dnat: int
     notes: list[str] = field(default_factory=list)
     affinity: AffinityReport | None = None  # session affinity: stickiness
+    # Connections whose source kube-proxy keeps (externalTrafficPolicy Local) but a SNAT rewrote.
+    source_rewrites: list[SourceRewrite] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,7 @@ class FairnessReport:
             "counted": "one DNAT decision per connection (nat_kind dnat, nat_first)",
             "overall": self.overall.to_dict(),
             "per_client": [g.to_dict() for g in self.per_client],
+            "source_rewrites": [w.to_dict() for w in self.source_rewrites],
             "window_ns": self.window_ns,
             "window_start_ns": self.window_start_ns,
             "windows": [g.to_dict() for g in self.windows],
@@ -312,6 +315,7 @@ def analyze(
     where = endpoint_nodes(ev, node_meta)
     nodes = [where.get(x) for x in p.keys]
     windows, window_ns, start = _time_windows(p, nodes, confidence, window_ns)
+    rewrites = rewritten_sources(ev, p.conns, node_meta)
     return FairnessReport(
         service=service_name(services[0] if services else None),
         confidence=confidence,
@@ -322,8 +326,9 @@ def analyze(
         window_start_ns=start,
         requests=requests["summary"],
         excluded_dnat=p.excluded,
-        notes=p.notes + rewrite_notes(rewritten_sources(ev, p.conns, node_meta)),
+        notes=p.notes + rewrite_notes(rewrites),
         affinity=sticky,
+        source_rewrites=rewrites,
     )
 
 

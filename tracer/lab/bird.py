@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +54,11 @@ filter calico_kernel_programming {{
 
 
 def render_node_config(
-    node: Node, *, tor_ip: str, asn: int, cluster_cidr: str, encap: str = "none"
+    node: Node, *, tor_ip: str, asn: int, cluster_cidr: str, encap: str = "none",
+    service_ips: Sequence[str] = (),
 ) -> str:
-    """bird.cfg for one node (Calico's template, trimmed to one ToR peer)."""
+    """bird.cfg for one node (Calico's template, trimmed to one ToR peer).
+    service_ips: the load-balancer IPs this node advertises."""
     return f"""\
 # BIRD config of lab {node.name}, rendered by `tracer lab up` (Calico-style).
 log "{node.bird.log}" all;
@@ -71,10 +73,13 @@ filter calico_export_to_bgp_peers {{
   # vxlan.calico address) stay on the node; Felix programs the tunnels.
   if ( (ifname ~ "*.cali") || (ifname ~ "*.calico") ) then reject;
   if ( net ~ POOL ) then accept;
+  if ( proto = "service_ips" ) then accept;
   reject;
 }}
 
 {_kernel_programming(encap)}
+
+{_service_ips(service_ips)}
 
 # This node's IPAM block: a blackhole for the whole block; each pod's /32
 # route via its cali* interface is more specific and wins.
@@ -107,6 +112,16 @@ protocol bgp tor {{
   ipv4 {{ import all; export filter calico_export_to_bgp_peers; }};
 }}
 """
+
+
+def _service_ips(ips: Sequence[str]) -> str:
+    """Calico's advertisement of Service load-balancer IPs
+    (BGPConfiguration serviceLoadBalancerIPs): a /32 per IP, sent to the ToR
+    only (calico_kernel_programming keeps it out of the node's own table,
+    where a blackhole would swallow the node's own connections to the IP
+    before kube-proxy's OUTPUT DNAT)."""
+    routes = "".join(f"  route {ip}/32 blackhole;\n" for ip in ips)
+    return "protocol static service_ips {\n  ipv4;\n" + routes + "}"
 
 
 def bgp_name(node: Node) -> str:
@@ -142,6 +157,8 @@ define POOL = {cluster_cidr};
 
 filter pod_blocks {{
   if ( net ~ POOL ) then accept;
+  # Service load-balancer IPs the nodes advertise (ECMP over the nodes).
+  if ( source = RTS_BGP && net.len = 32 ) then accept;
   reject;
 }}
 
@@ -264,23 +281,30 @@ def expected_routes(nodes: Iterable[Node], encap: str = "none") -> dict[str, set
 
 
 def installed(netns: str) -> set[tuple[str, str]]:
-    return {
-        (r["dst"], r.get("gateway", ""))
-        for r in learned_routes(netns)
-        if r.get("gateway")
-    }
+    """(destination, next hop) of BIRD's routes in netns; an ECMP route (a
+    load-balancer IP that several nodes advertise) gives one per next hop.
+    iproute2 names a host route "a.b.c.d", not "a.b.c.d/32": normalised."""
+    out = set()
+    for r in learned_routes(netns):
+        dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/32"
+        hops = [r] if r.get("gateway") else r.get("nexthops", [])
+        out |= {(dst, h["gateway"]) for h in hops if h.get("gateway")}
+    return out
 
 
 def wait_converged(
-    tor: Router, nodes: Iterable[Node], timeout: float = 30.0, encap: str = "none"
+    tor: Router, nodes: Iterable[Node], timeout: float = 30.0, encap: str = "none",
+    service_routes: Iterable[tuple[str, str]] = (),
 ) -> float:
     """Wait until every BGP session is Established and every pod block is in
     the kernel tables of the other nodes and the ToR (with encapsulation: the
-    nodes' tables hold no route of BIRD's). Returns seconds waited."""
+    nodes' tables hold no route of BIRD's), and the ToR routes exactly
+    service_routes ({(lb_ip/32, node ip)}) of the advertised Service IPs.
+    Returns seconds waited."""
     nodes = tuple(nodes)
     want = expected_routes(nodes, encap)
     bare = frozenset(n.netns for n in nodes) if encap != "none" else frozenset()
-    want[tor.netns] = {(n.pod_cidr, n.ip) for n in nodes}
+    want[tor.netns] = {(n.pod_cidr, n.ip) for n in nodes} | set(service_routes)
     start_t = time.monotonic()
     deadline = start_t + timeout
     problem = "no answer yet"
@@ -313,6 +337,10 @@ def _not_converged(
         if missing:
             block, via = sorted(missing)[0]
             return f"{netns} has no route {block} via {via} proto bird yet"
+        stale = {(d, v) for d, v in installed(netns) - routes if d.endswith("/32")}
+        if netns == tor.netns and stale:
+            dst, via = sorted(stale)[0]
+            return f"{netns} still routes {dst} via {via} (no longer advertised)"
         if netns in bare:
             left = learned_routes(netns)
             if left:

@@ -77,7 +77,7 @@ def build_lab(want: LabState, rules: dict[str, str], *, timeout: float) -> tuple
     state = load_rules(state, rules, state.nodes)
     if state.encap != "none":
         lab_encap.apply(state)
-    bgp_seconds = bird.wait_converged(state.tor, state.nodes, timeout=timeout, encap=state.encap)
+    bgp_seconds = wait_converged(state, timeout=timeout)
     return state, bgp_seconds
 
 
@@ -98,7 +98,29 @@ def _start_birds(want: LabState) -> LabState:
 
 def node_bird_config(s: LabState, n: Node) -> str:
     return bird.render_node_config(n, tor_ip=s.tor.ip, asn=s.asn, cluster_cidr=s.cluster_cidr,
-                                   encap=s.encap)
+                                   encap=s.encap, service_ips=advertised_ips(s, n))
+
+
+def advertised_ips(s: LabState, n: Node) -> tuple[str, ...]:
+    """The load-balancer IPs node n advertises, as Calico does: every
+    Service's from every node, but under externalTrafficPolicy Local only
+    from the nodes that run one of its endpoints (so the ToR never sends
+    such traffic to a node that would drop it)."""
+    ips: list[str] = []
+    for svc in s.services:
+        if svc.external_policy == "Local" and not any(
+            e.node == n.name for p in svc.ports for e in p.endpoints
+        ):
+            continue
+        ips += [ip for ip in svc.load_balancer_ips if ip not in ips]
+    return tuple(ips)
+
+
+def wait_converged(s: LabState, *, timeout: float) -> float:
+    """bird.wait_converged for the lab: pod blocks and advertised Service IPs."""
+    routes = {(f"{ip}/32", n.ip) for n in s.nodes for ip in advertised_ips(s, n)}
+    return bird.wait_converged(s.tor, s.nodes, timeout=timeout, encap=s.encap,
+                               service_routes=routes)
 
 
 def _wire_lan(s: LabState) -> None:
@@ -129,6 +151,9 @@ def _wire_lan(s: LabState) -> None:
             # it through another interface, as a real node's default route.
             f"route add default via {s.tor.ip} dev eth0",
         ])
+    netdev.ip_batch(s.client.netns, [
+        f"addr add {ip}/{plan.LAN_PREFIXLEN} dev eth0" for ip in s.client.extra_ips
+    ])
 
 
 def add_pods(s: LabState, pods: Sequence[Pod]) -> None:

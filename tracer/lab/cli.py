@@ -156,21 +156,26 @@ def exec_command(name: str, argv: tuple[str, ...]) -> int:
 @click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Run wrk for this many seconds instead of an exact count.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--target", type=click.Choice(["external-ip", "node-port", "cluster-ip"]),
+@click.option("--target",
+              type=click.Choice(["external-ip", "node-port", "cluster-ip", "load-balancer"]),
               default="external-ip", show_default=True)
 @click.option("--keepalive", is_flag=True, help="Reuse connections (default: one per request).")
 @click.option("--node", type=click.Choice(["a", "b"]), default="a", show_default=True,
               help="Node whose IP the node-port target uses.")
 @click.option("--from", "source", default=None,
-              help="client or a pod name (default: client; a pod for cluster-ip).")
+              help="client, a node (a, node-b) or a pod name (default: client; a pod for "
+                   "cluster-ip).")
+@click.option("--clients", type=click.IntRange(min=1), default=None,
+              help="Spread the connections over the client's first N addresses in turn "
+                   "(session affinity, source ranges); results per address.")
 @click.option("--service", default=None, help="Service to target (default: the first that fits).")
 @click.option("--path", default="/", show_default=True,
               help="URL path to request (every pod serves /large, a 64 KiB page, as well).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Seconds each connect and read may take.")
 @click.option("--json", "as_json", is_flag=True)
-def traffic_command(requests, duration, concurrency, target, keepalive, node, source, service,
-                    path, timeout, as_json) -> int:
+def traffic_command(requests, duration, concurrency, target, keepalive, node, source, clients,
+                    service, path, timeout, as_json) -> int:
     """Send real HTTP requests to a lab Service and report what happened.
     Exits 1 if any request failed."""
     from tracer.lab import traffic
@@ -178,7 +183,7 @@ def traffic_command(requests, duration, concurrency, target, keepalive, node, so
     result = traffic.run_traffic(
         requests=requests, duration=duration, concurrency=concurrency, target=target,
         keepalive=keepalive, node=node, source=source, service=service, path=path,
-        timeout=timeout,
+        timeout=timeout, clients=clients,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))

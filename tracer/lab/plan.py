@@ -40,6 +40,10 @@ LAN_CIDR = "192.168.64.0/24"
 LAN_PREFIXLEN = 24
 TOR_IP = "192.168.64.1"
 CLIENT_IP = "192.168.64.10"
+# The client's further addresses (.11-.24): session affinity and
+# loadBalancerSourceRanges act per client address, so "several clients" are
+# several source addresses on the one client host (`lab traffic --clients`).
+CLIENT_EXTRA_IPS = tuple(f"192.168.64.{i}" for i in range(11, 25))
 CLUSTER_CIDR = "10.217.0.0/16"
 ASN = 64512  # Calico's default AS number
 POD_GATEWAY = "169.254.1.1"  # what every Calico pod routes to
@@ -199,7 +203,7 @@ def make_plan(
     tor = Router(name="tor", netns=netns_name("tor"), ip=TOR_IP, bridge=BRIDGE,
                  bird=bird_files(run_dir, "tor"))
     client = Host(name="client", netns=netns_name("client"), ip=CLIENT_IP,
-                  lan_port=lan_port("client"))
+                  lan_port=lan_port("client"), extra_ips=CLIENT_EXTRA_IPS)
     pods = _pods(manifest, nodes, replicas, run_dir)
     services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
     return LabState(
@@ -319,5 +323,7 @@ def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:
         external_ips=tuple(svc.external_ips),
         ports=tuple(ports),
         selector=tuple(svc.selector),
+        load_balancer_ips=tuple(svc.load_balancer_ips),
+        external_policy=svc.external_traffic_policy,
     )
 

@@ -17,7 +17,13 @@ from pathlib import Path
 from tracer.errors import LabError
 from tracer.lab import bird, kubeproxy, netdev, nginx, procs
 from tracer.lab import encap as lab_encap
-from tracer.lab.build import add_pods, load_rules, node_bird_config, with_nginx_pid
+from tracer.lab.build import (
+    add_pods,
+    load_rules,
+    node_bird_config,
+    wait_converged,
+    with_nginx_pid,
+)
 from tracer.lab.state import POD_NETNS_PREFIX, LabState, Node, Pod
 
 # --- checks -------------------------------------------------------------------
@@ -166,7 +172,7 @@ def _sync_encap(have: LabState, state: LabState, *, timeout: float) -> list[str]
     configs = {n.name: node_bird_config(state, n) for n in state.nodes}
 
     def reconfigure_birds() -> list[str]:
-        return [f"reconfigured BIRD on {n.name} for {state.encap} mode" for n in state.nodes
+        return [f"reconfigured BIRD on {n.name}" for n in state.nodes
                 if bird.reconfigure(n.bird, configs[n.name])]
 
     changes: list[str] = []
@@ -185,7 +191,7 @@ def _sync_encap(have: LabState, state: LabState, *, timeout: float) -> list[str]
         changes.append(f"encapsulation {have.encap} -> {state.encap}" if have.encap != state.encap
                        else f"encapsulation {state.encap} reprogrammed ({problem})")
     if changes:
-        bird.wait_converged(state.tor, state.nodes, timeout=timeout, encap=state.encap)
+        wait_converged(state, timeout=timeout)
     return changes
 
 

@@ -50,6 +50,12 @@ class Host:
     netns: str  # "lab-client"
     ip: str
     lan_port: str  # its bridge port in the ToR namespace
+    # Further addresses on eth0 (secondary, same LAN): more client sources.
+    extra_ips: tuple[str, ...] = ()
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip, *self.extra_ips)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ class Service:
     external_ips: tuple[str, ...]
     ports: tuple[ServicePort, ...]
     selector: tuple[tuple[str, str], ...]
+    # status.loadBalancer.ingress IPs; Calico advertises them to the ToR by
+    # BGP (tracer/lab/bird.py), from every node or, under
+    # externalTrafficPolicy Local, from the nodes with a local endpoint.
+    load_balancer_ips: tuple[str, ...] = ()
+    external_policy: str = "Cluster"
 
     @property
     def node_port(self) -> int | None:

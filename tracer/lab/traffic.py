@@ -16,38 +16,18 @@ also says how many requests each pod served.
 
 from __future__ import annotations
 
-import math
 import re
-import socket
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from tracer import netns as nsmod
-from tracer.errors import LabError, TracerError, UsageError
+from tracer.errors import LabError, UsageError
 from tracer.lab import access_log
-from tracer.lab.state import LabState, load_state
+from tracer.lab.http_engine import Target, run_exact
+from tracer.lab.load_math import latency_summary, rate
+from tracer.lab.state import LabState, Service, load_state
 from tracer.system import require_program, require_root, run
 
-TARGETS = ("external-ip", "node-port", "cluster-ip")
-_POD_LINE = re.compile(rb"pod=(\S+) ip=(\S+) node=(\S+)")
-
-
-@dataclass(frozen=True)
-class Target:
-    kind: str
-    service: str
-    address: str
-    port: int
-    source: str  # "client" or a pod name
-    source_netns: str
-    path: str = "/"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{self.port}{self.path}"
+TARGETS = ("external-ip", "node-port", "cluster-ip", "load-balancer")
 
 
 @dataclass(frozen=True)
@@ -71,6 +51,9 @@ class TrafficResult:
     duration_s: float
     requests_per_s: float
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 max mean
+    # With --clients: source address -> pod -> answers, and -> failures.
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed_by_source: dict[str, int] = field(default_factory=dict)
 
     @property
     def served(self) -> int:
@@ -92,18 +75,7 @@ def resolve_target(
     if kind not in TARGETS:
         raise UsageError(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
     candidates = [state.service(service)] if service else list(state.services)
-    if kind == "external-ip":
-        svc = next((s for s in candidates if s.external_ips), None)
-        address = svc.external_ips[0] if svc else None
-        port = svc.port if svc else 0
-    elif kind == "node-port":
-        svc = next((s for s in candidates if s.node_port), None)
-        address = state.node(node).ip if svc else None
-        port = (svc.node_port or 0) if svc else 0
-    else:
-        svc = next((s for s in candidates if s.cluster_ip), None)
-        address = svc.cluster_ip if svc else None
-        port = svc.port if svc else 0
+    svc, address, port = _destination(state, kind, candidates, node)
     if svc is None or address is None:
         raise UsageError(f"no lab service has a {kind.replace('-', ' ')}")
 
@@ -118,189 +90,32 @@ def resolve_target(
     if source in (state.client.name, state.client.netns):
         if kind == "cluster-ip":
             raise UsageError(
-                "cluster IPs are only reachable inside the cluster: use --from POD "
-                "(or --target external-ip / node-port from the client)"
+                "cluster IPs are only reachable inside the cluster: use --from POD or NODE "
+                "(or --target external-ip / node-port / load-balancer from the client)"
             )
         return Target(kind, svc.name, address, port, state.client.name, state.client.netns)
+    host = next((n for n in state.nodes if source in (n.name, n.netns, n.ip,
+                                                       n.name.removeprefix("node-"))), None)
+    if host is not None:  # a process on the node itself (kubelet, hostNetwork pods)
+        return Target(kind, svc.name, address, port, host.name, host.netns)
     pod = state.pod(source)
     return Target(kind, svc.name, address, port, pod.name, pod.netns)
 
 
-# --- report math -----------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (q in 0..100)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def latency_summary(latencies_s: Iterable[float]) -> dict[str, float]:
-    values = sorted(latencies_s)
-    if not values:
-        return {}
-    ms = [v * 1000 for v in values]
-    return {
-        "p50": round(percentile(ms, 50), 3),
-        "p90": round(percentile(ms, 90), 3),
-        "p99": round(percentile(ms, 99), 3),
-        "max": round(ms[-1], 3),
-        "mean": round(sum(ms) / len(ms), 3),
-    }
-
-
-def rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else 0.0
-
-
-def pod_of_body(body: bytes) -> str | None:
-    m = _POD_LINE.search(body)
-    return m.group(1).decode() if m else None
-
-
-# --- exact engine ------------------------------------------------------------------
-
-
-@dataclass
-class _Tally:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_index: int = 0
-    ok: int = 0
-    errors: Counter = field(default_factory=Counter)
-    status: Counter = field(default_factory=Counter)
-    by_pod: Counter = field(default_factory=Counter)
-    connections: int = 0
-    latencies: list[float] = field(default_factory=list)
-    fatal: BaseException | None = None
-
-    def take(self, total: int) -> bool:
-        with self.lock:
-            if self.next_index >= total or self.fatal is not None:
-                return False
-            self.next_index += 1
-            return True
-
-
-class _HttpError(Exception):
-    """A request that failed; args[0] is the kind reported in errors."""
-
-
-def _read_response(sock: socket.socket, keepalive: bool) -> tuple[int, bytes, bool]:
-    """(status, body, server closes) of one HTTP/1.1 response."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise _HttpError("closed before response" if not buf else "truncated headers")
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    try:
-        status = int(lines[0].split()[1])
-    except (IndexError, ValueError):
-        raise _HttpError("bad status line") from None
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers[k.strip().lower()] = v.strip().lower()
-    closes = headers.get(b"connection") == b"close" or not keepalive
-    length = headers.get(b"content-length")
-    if length is not None:
-        want = int(length)
-        while len(body) < want:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise _HttpError("truncated body")
-            body += chunk
-    else:
-        while True:  # no length: the body ends when the server closes
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        closes = True
-    return status, body, closes
-
-
-def _worker(target: Target, total: int, keepalive: bool, timeout: float, tally: _Tally) -> None:
-    try:
-        path = nsmod.resolve(target.source_netns)
-        want = nsmod.inode(path)
-        with nsmod.entered(path):
-            # Never send a request from the host's namespace by mistake.
-            if nsmod.current_inode() != want:
-                raise LabError(f"could not enter {target.source_netns}")
-            _requests(target, total, keepalive, timeout, tally)
-    except BaseException as exc:  # surfaces in the caller's thread
-        with tally.lock:
-            tally.fatal = tally.fatal or exc
-
-
-def _requests(target: Target, total: int, keepalive: bool, timeout: float, tally: _Tally) -> None:
-    request = (
-        f"GET {target.path} HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
-        f"User-Agent: tracer-lab\r\nAccept: */*\r\n"
-        f"Connection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
-    ).encode()
-    sock: socket.socket | None = None
-    while tally.take(total):
-        t0 = time.perf_counter()
-        try:
-            if sock is None:
-                sock = socket.create_connection((target.address, target.port), timeout=timeout)
-                with tally.lock:
-                    tally.connections += 1
-            sock.sendall(request)
-            status, body, closes = _read_response(sock, keepalive)
-        except (OSError, _HttpError) as exc:
-            kind = exc.args[0] if isinstance(exc, _HttpError) else type(exc).__name__
-            if isinstance(exc, TimeoutError | socket.timeout):
-                kind = "timeout"
-            with tally.lock:
-                tally.errors[kind] += 1
-            if sock is not None:
-                sock.close()
-                sock = None
-            continue
-        elapsed = time.perf_counter() - t0
-        if closes:
-            sock.close()
-            sock = None
-        with tally.lock:
-            tally.status[str(status)] += 1
-            if 200 <= status < 300:
-                tally.ok += 1
-                tally.latencies.append(elapsed)
-                pod = pod_of_body(body)
-                if pod:
-                    tally.by_pod[pod] += 1
-            else:
-                tally.errors[f"http {status}"] += 1
-    if sock is not None:
-        sock.close()
-
-
-def _exact(target: Target, requests: int, concurrency: int, keepalive: bool,
-           timeout: float) -> tuple[_Tally, float]:
-    tally = _Tally()
-    threads = [
-        threading.Thread(target=_worker, args=(target, requests, keepalive, timeout, tally),
-                         name=f"lab-traffic-{i}", daemon=True)
-        for i in range(min(concurrency, max(requests, 1)))
-    ]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if tally.fatal is not None:
-        if isinstance(tally.fatal, TracerError):
-            raise tally.fatal
-        raise LabError(f"traffic worker failed: {tally.fatal}") from tally.fatal
-    return tally, elapsed
+def _destination(state: LabState, kind: str, candidates: list[Service], node: str
+                 ) -> tuple[Service | None, str | None, int]:
+    """(service, address, port) of the first candidate with a kind address."""
+    if kind == "external-ip":
+        svc = next((s for s in candidates if s.external_ips), None)
+        return svc, svc.external_ips[0] if svc else None, svc.port if svc else 0
+    if kind == "load-balancer":
+        svc = next((s for s in candidates if s.load_balancer_ips), None)
+        return svc, svc.load_balancer_ips[0] if svc else None, svc.port if svc else 0
+    if kind == "node-port":
+        svc = next((s for s in candidates if s.node_port), None)
+        return svc, state.node(node).ip if svc else None, (svc.node_port or 0) if svc else 0
+    svc = next((s for s in candidates if s.cluster_ip), None)
+    return svc, svc.cluster_ip if svc else None, svc.port if svc else 0
 
 
 # --- wrk engine -------------------------------------------------------------------------
@@ -357,6 +172,7 @@ def run_traffic(
     service: str | None = None,
     timeout: float = 5.0,
     path: str = "/",
+    clients: int | None = None,
     state: LabState | None = None,
 ) -> TrafficResult:
     """Send HTTP requests to a lab Service and report what happened."""
@@ -376,10 +192,12 @@ def run_traffic(
         raise UsageError(f"--path must be an absolute URL path, got {path!r}")
     tgt = replace(resolve_target(state, target, node=node, source=source, service=service),
                   path=path)
+    if clients is not None:
+        tgt = replace(tgt, source_ips=_client_addresses(state, tgt, clients, duration))
 
     marks = access_log.offsets(state)
     if requests is not None:
-        tally, elapsed = _exact(tgt, requests, concurrency, keepalive, timeout)
+        tally, elapsed = run_exact(tgt, requests, concurrency, keepalive, timeout)
         served = _served_since(state, marks, at_least=tally.ok)
         failed = sum(tally.errors.values())
         return TrafficResult(
@@ -390,6 +208,8 @@ def run_traffic(
             connections=tally.connections, by_pod=dict(sorted(tally.by_pod.items())),
             served_by_pod=served, duration_s=round(elapsed, 4),
             requests_per_s=rate(tally.ok, elapsed), latency_ms=latency_summary(tally.latencies),
+            by_source={ip: dict(sorted(pods.items())) for ip, pods in sorted(tally.by_source.items())},
+            failed_by_source=dict(sorted(tally.failed_by_source.items())),
         )
 
     assert duration is not None
@@ -408,6 +228,19 @@ def run_traffic(
         requests_per_s=rate(report["requests"], report["seconds"] or elapsed),
         latency_ms=report["latency_ms"],
     )
+
+
+def _client_addresses(state: LabState, tgt: Target, clients: int,
+                      duration: float | None) -> tuple[str, ...]:
+    """The client's first `clients` addresses (--clients), checked."""
+    if tgt.source_netns != state.client.netns:
+        raise UsageError("--clients needs --from client: only the client has several addresses")
+    if duration is not None:
+        raise UsageError("--clients needs --requests (wrk binds no source address)")
+    have = state.client.ips
+    if not 1 <= clients <= len(have):
+        raise UsageError(f"--clients must be 1..{len(have)} (the client's addresses), got {clients}")
+    return have[:clients]
 
 
 def _served_since(state: LabState, marks: dict[str, int], *, at_least: int,
@@ -437,6 +270,11 @@ def format_result(r: TrafficResult) -> str:
         lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())))
     if r.latency_ms:
         lines.append("  latency ms: " + "  ".join(f"{k} {v}" for k, v in r.latency_ms.items()))
+    if r.by_source or r.failed_by_source:
+        lines.append("  per client address (answers by pod; failures):")
+        for ip in sorted(set(r.by_source) | set(r.failed_by_source)):
+            pods = ", ".join(f"{p} {n}" for p, n in r.by_source.get(ip, {}).items()) or "-"
+            lines.append(f"    {ip:<15} {pods}; failed {r.failed_by_source.get(ip, 0)}")
     pods = sorted(set(r.by_pod) | set(r.served_by_pod))
     if pods:
         lines.append("  per pod (answers seen by the client / requests in the pod's access log):")
