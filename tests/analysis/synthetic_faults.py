@@ -23,7 +23,16 @@ way the kernel records them today (rx/tx/nat/drop events only):
   B's eth0 (NETFILTER_DROP), B sends ICMP 3/3 quoting the masqueraded SYN
   (node A -> pod), and node A's reverse NAT rewrites the error and its quote
   on the way back to the client (which then gives up: a hard error).
+- ``lb_denied``: the Service address is a load-balancer IP whose
+  loadBalancerSourceRanges admit the usual client's /24 only: every other
+  connection comes from DENIED_CLIENT, whose SYN node A drops on eth0
+  (NETFILTER_DROP, KUBE-PROXY-FIREWALL: not DNATed) and the client
+  retransmits; the usual client's connections complete.
 - ``healthy``: every connection completes.
+
+``load_balancer_ranges`` (any fault) records the Service address in the
+metadata as a load-balancer IP with those source ranges (lb_denied: the
+usual client's /24) behind firewall chain LB_FW_CHAIN.
 """
 
 from __future__ import annotations
@@ -58,9 +67,11 @@ from tests.analysis.synthetic import (
 )
 
 FAULTS = ("healthy", "policy_drop", "wrong_target_port", "reject", "route_withdrawn", "mtu_stall",
-          "reject_icmp")
+          "reject_icmp", "lb_denied")
 SYN, SYNACK, ACK, PSH_ACK, FIN_ACK, RST_ACK = 0x02, 0x12, 0x10, 0x18, 0x11, 0x14
 CLIENT = "192.168.64.10"
+DENIED_CLIENT = "198.51.100.7"  # outside lb_denied's source ranges
+LB_FW_CHAIN = "KUBE-FW-JKOCBQALQGD3X3RT"
 BAD_POD = 1  # the fault's pod (on node B) where the fault has one
 HOP_NS, WIRE_NS, RTT_STEP_NS = 6_000, 20_000, 200_000
 
@@ -167,16 +178,17 @@ def _cut(path: str, hops: int) -> list[tuple]:
     return PATHS[path][:hops]
 
 
-def _connection(b: _Builder, fault: str, t: int, cport: int, ep: int, rng) -> tuple[str, str | None]:
+def _connection(b: _Builder, fault: str, t: int, cport: int, ep: int, rng,
+                client: str = CLIENT) -> tuple[str, str | None]:
     """Emit one connection's packets; returns (outcome, reset_by) as the client saw it."""
     pod = PODS[ep]
     remote = pod.node == NODE_B
     mport = int(rng.integers(1024, 65536))
     isn_c, isn_s = (int(x) for x in rng.integers(0, 2**32, 2))
-    c2s = [(CLIENT, cport, VIP, VIP_PORT), (CLIENT, cport, pod.ip, POD_PORT),
+    c2s = [(client, cport, VIP, VIP_PORT), (client, cport, pod.ip, POD_PORT),
            (NODE_A_IP, mport, pod.ip, POD_PORT), (NODE_A_IP, mport, pod.ip, POD_PORT)]
-    s2c = [(pod.ip, POD_PORT, NODE_A_IP, mport), (pod.ip, POD_PORT, CLIENT, cport),
-           (VIP, VIP_PORT, CLIENT, cport), (VIP, VIP_PORT, CLIENT, cport)]
+    s2c = [(pod.ip, POD_PORT, NODE_A_IP, mport), (pod.ip, POD_PORT, client, cport),
+           (VIP, VIP_PORT, client, cport), (VIP, VIP_PORT, client, cport)]
     up, down = ("c2s_remote", "s2c_remote") if remote else ("c2s_local", "s2c_local")
     bad = ep == BAD_POD
     syn = {"flags": SYN, "seq": isn_c, "ack": 0, "pod": pod}
@@ -185,6 +197,11 @@ def _connection(b: _Builder, fault: str, t: int, cport: int, ep: int, rng) -> tu
         rst = [(NODE_A, "tx", "", "eth0", 0, "", 64)]
         b.packet(t + 30_000, [s2c[2]], rst, flags=RST_ACK, seq=0, ack=isn_c + 1, pod=pod, ip_id=0)
         return "reset", "node"
+    if fault == "lb_denied" and client == DENIED_CLIENT:
+        for delay in (0, 1_000_000_000, 3_000_000_000):
+            b.packet(t + delay, c2s, _cut("c2s_local", 1), **syn,
+                     drop=("eth0", "NETFILTER_DROP"))
+        return "no_answer", None
     if fault == "reject_icmp" and bad and remote:
         _reject_icmp(b, t, c2s, up, syn)
         return "unreachable", None
@@ -222,7 +239,8 @@ def _connection(b: _Builder, fault: str, t: int, cport: int, ep: int, rng) -> tu
 
 def simulate_fault(fault: str, connections: int = 40, *, seed: int = 3,
                    lost: dict[str, int] | None = None, tail_ns: int = 5_000_000_000,
-                   spacing_ns: int = 20_000_000) -> FaultSimulation:
+                   spacing_ns: int = 20_000_000,
+                   load_balancer_ranges: tuple[str, ...] | None = None) -> FaultSimulation:
     """One capture per node of `connections` client connections under `fault`;
     the capture ends tail_ns after its last event."""
     assert fault in FAULTS, fault
@@ -233,10 +251,14 @@ def simulate_fault(fault: str, connections: int = 40, *, seed: int = 3,
     for i in range(connections):
         ep = int(rng.integers(0, len(PODS)))
         cport = 40000 + 7 * i
-        outcome, by = _connection(b, fault, start + i * spacing_ns, cport, ep, rng)
-        endpoint = None if fault == "reject" else f"{PODS[ep].ip}:{POD_PORT}"
-        truth.append({"client_port": cport, "endpoint": endpoint, "outcome": outcome,
-                      "reset_by": by})
+        client = DENIED_CLIENT if fault == "lb_denied" and i % 2 else CLIENT
+        outcome, by = _connection(b, fault, start + i * spacing_ns, cport, ep, rng, client)
+        endpoint = (None if fault == "reject" or client == DENIED_CLIENT
+                    else f"{PODS[ep].ip}:{POD_PORT}")
+        truth.append({"client_port": cport, "client": client, "endpoint": endpoint,
+                      "outcome": outcome, "reset_by": by})
+    if fault == "lb_denied" and load_balancer_ranges is None:
+        load_balancer_ranges = ("192.168.64.0/24",)
     frame = event_frame(b.rows).sort_values("time_ns", kind="stable").reset_index(drop=True)
     sc = Scenario(lost_events=lost or {})
     events, metas = {}, {}
@@ -251,5 +273,16 @@ def simulate_fault(fault: str, connections: int = 40, *, seed: int = 3,
             meta["service"] = service_meta((0.5,))
             meta["service"]["ports"][0]["endpoints"] = []  # kube-proxy: no ready endpoints
             meta["service_history"] = [{"ts_ns": meta["started_ns"], "service": meta["service"]}]
+        if load_balancer_ranges is not None:
+            _as_load_balancer(meta, load_balancer_ranges)
         events[node], metas[node] = f, meta
     return FaultSimulation(fault, events, metas, pd.DataFrame(truth))
+
+
+def _as_load_balancer(meta: dict[str, Any], ranges: tuple[str, ...]) -> None:
+    """The Service address as kube-proxy resolves a load-balancer IP with
+    loadBalancerSourceRanges (KUBE-SERVICES -> KUBE-FW -> KUBE-EXT)."""
+    for service in [meta["service"], *(h["service"] for h in meta.get("service_history", []))]:
+        port = service["ports"][0]
+        port.update(external_ips=[], load_balancer_ips=[VIP], firewall_chain=LB_FW_CHAIN,
+                    load_balancer_chain=LB_FW_CHAIN, load_balancer_source_ranges=list(ranges))

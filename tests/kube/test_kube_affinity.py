@@ -90,7 +90,7 @@ def test_iptables_fixture_every_field() -> None:
             ep("10.0.1.2", 1.0, 0.5, "KUBE-SEP-IO5XOSKPAXIFQXAJ"),
         ],
         "no_endpoints": False,
-        "reject_in": [],
+        "reject_in": [], "no_local_endpoints": [], "drop_in": [],
         "session_affinity": {"type": "ClientIP", "timeout_seconds": 10800},
         # The traffic-policy fields (issue 14's other half), as this fixture has them:
         # cluster IP to KUBE-SVC, the LB IP to KUBE-EXT (externalTrafficPolicy Local),
@@ -125,7 +125,7 @@ def test_nftables_fixture_every_field() -> None:
         "endpoints": [ep("10.180.0.3", 1.0, 1.0, endpoint)],
         "local_endpoints": [],
         "no_endpoints": False,
-        "reject_in": [],
+        "reject_in": [], "no_local_endpoints": [], "drop_in": [],
         "session_affinity": {"type": "ClientIP", "timeout_seconds": 10800},
         # The traffic-policy fields: svc5's LB IP enters its firewall chain,
         # which admits 203.0.113.0/25 only.

@@ -75,8 +75,13 @@ def test_iptables_render_node_port_and_local_policy_drop() -> None:
     assert [line for line in text.splitlines() if "shop/web" in line] == [
         '-A KUBE-EXTERNAL-SERVICES -m comment --comment "shop/web:http has no local endpoints" '
         "-m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"]
-    # Not a Service without endpoints for the parser.
-    assert parse_iptables_nat_rules(text) == []
+    # Not a Service without endpoints for the parser: one whose external
+    # traffic is dropped here (tracer.kube.local_drops).
+    (service,) = parse_iptables_nat_rules(text)
+    (port,) = service.ports
+    assert (service.full_name, service.no_endpoints, port.no_local_endpoints, port.drop_in,
+            port.node_port, port.external_policy) == (
+        "shop/web", False, ("external",), ("KUBE-EXTERNAL-SERVICES",), 30080, "Local")
 
 
 def test_nftables_render_rejects_in_the_no_endpoint_map(seed_manifest) -> None:

@@ -94,6 +94,12 @@ def expected(mode: str) -> dict[str, ResolvedServicePort]:
             load_balancer_source_ranges=("203.0.113.0/25", "192.168.64.0/24")
             if mode == "iptables" else ("192.168.64.0/24", "203.0.113.0/25"),
             pod_cidrs=("10.217.0.0/16",)),
+        # Endpoints only on node-b: kube-proxy writes no nat rule for the
+        # cluster IP, only the filter DROP (tracer.kube.local_drops).
+        "itp-local-none": ResolvedServicePort(
+            port_name="", protocol="tcp", port=80, cluster_ips=("10.96.10.13",),
+            internal_policy="Local", no_local_endpoints=("internal",),
+            drop_in=("KUBE-SERVICES",) if mode == "iptables" else ("no-endpoint-services",)),
     }
 
 

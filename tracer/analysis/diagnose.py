@@ -23,7 +23,14 @@ capture taken with --rules (tracer.analysis.rule_walks), null otherwise.
 ``icmp`` is the ICMP error sent for the group's connections
 (tracer.analysis.icmp), null if none: {type, code, name, sender, sent_by
 (pod | node | router), node, probe, device, netns (where it was first seen),
-quoted, packet, count}.
+quoted, packet, count}. ``denied_by`` is set when every connection of the
+group went to a load-balancer IP from a source outside the port's
+loadBalancerSourceRanges (tracer.analysis.denials): {kind
+"loadBalancerSourceRanges", ranges, chain (the firewall chain), load_balancer_ips
+(ip:port), sources (client IPs)}, null otherwise. Such denials are the
+Service working as configured: when every failure is one (and nothing is
+undetermined) the verdict is ``healthy``, and the summary says how many were
+denied and that the Service is healthy for admitted sources.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracer.analysis import rule_walks
+from tracer.analysis import denials, rule_walks
 from tracer.analysis.addresses import int_to_ip
 from tracer.analysis.events import load_events
 from tracer.analysis.fairness import endpoint_nodes
@@ -124,6 +131,9 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     # Rule walks exist only in captures taken with --rules: without them the
     # connections' packet ids are not gathered at all.
     by_packet = _walks_by_packet(rule_walks.of(packets))
+    rules = denials.source_ranges(meta.get("service"))
+    conns["denied"] = [denials.denied_by(c, f, p, rules) for c, f, p in zip(
+        conns["client_ip"], conns["frontend_ip"], conns["frontend_port"], strict=True)]
     failures = _groups(conns.assign(packet_ids=_packet_ids(cc) if by_packet else None), located,
                        failed, by_packet)
     undetermined = [
@@ -131,7 +141,9 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
          "would_be": {str(k): int(v) for k, v in g["outcome"].value_counts().items()}}
         for why, g in conns[conns["undetermined"] != ""].groupby("undetermined")
     ]
-    verdict = ("no_connections" if not len(conns) else "failing" if failures
+    # Denials by loadBalancerSourceRanges are the Service doing as configured.
+    faults = [g for g in failures if not g["denied_by"]]
+    verdict = ("no_connections" if not len(conns) else "failing" if faults
                else "undetermined" if undetermined else "healthy")
     diag = Diagnosis(
         verdict=verdict, summary="", service=service_name(meta.get("service")),
@@ -193,11 +205,13 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray,
     f = conns[failed].join(located)
     f["stop_key"] = [_stop_key(s) for s in f["stop"]]
     f["icmp_key"] = [_icmp_key(d) for d in f["icmp"]]
+    f["denied_key"] = [(d[0], d[1]) if d else None for d in f["denied"]]
     ok = conns[(conns["outcome"] == "succeeded") & (conns["undetermined"] == "")]
     ok_by_ep = ok["endpoint"].value_counts()
     groups = []
-    for (outcome, reset_by, _, _), g in f.groupby(
-        ["outcome", f["reset_by"].fillna(""), "stop_key", "icmp_key"], sort=False
+    for (outcome, reset_by, *_), g in f.groupby(
+        ["outcome", f["reset_by"].fillna(""), "stop_key", "icmp_key", "denied_key"],
+        sort=False, dropna=False,
     ):
         stop = g["stop"].iloc[0] if isinstance(g["stop"].iloc[0], dict) else None
         eps = g["endpoint"].fillna("(none)").value_counts()
@@ -217,8 +231,11 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray,
             "examples": [_example(r) for _, r in g.head(MAX_EXAMPLES).iterrows()],
             "rule": _group_rule(g, by_packet),
             "icmp": _group_icmp(g),
+            "denied_by": denials.group_doc(
+                list(g["denied"]), [int_to_ip(int(c)) for c in g["client_ip"]]),
         }
-        group["finding"] = _finding(group, ok_by_ep)
+        group["finding"] = (denials.finding(group["denied_by"], len(g)) if group["denied_by"]
+                            else _finding(group, ok_by_ep))
         groups.append(group)
     return sorted(groups, key=lambda x: -x["count"])
 
@@ -308,12 +325,17 @@ def _summary(d: Diagnosis) -> str:
     if d.verdict == "no_connections":
         return "no client connection to the Service in the capture"
     head = f"{c['succeeded']} of {c['total']} connections succeeded"
+    denied = sum(g["count"] for g in d.failures if g["denied_by"])
+    if d.verdict == "healthy" and denied:
+        return (f"{head}, {denied} denied by loadBalancerSourceRanges: the Service is healthy "
+                "for admitted sources")
     if d.verdict == "healthy":
         return f"all {c['total']} connections succeeded; nothing to blame"
     failed = sum(c[o] for o in FAILED)
     parts = [head]
     if failed:
-        parts.append(f"{failed} failed")
+        parts.append(f"{failed} failed" + (f" ({denied} of them denied by "
+                                            "loadBalancerSourceRanges)" if denied else ""))
     if c["undetermined"]:
         parts.append(f"{c['undetermined']} could not be judged")
     return ", ".join(parts)
@@ -360,6 +382,8 @@ def format_text(d: Diagnosis) -> str:
             why += f" by the {g['reset_by']}"
         if g["outcome"] == "unreachable" and g["icmp"]:
             why = judgement_text(g["icmp"])
+        if g["denied_by"]:
+            why += ": denied by loadBalancerSourceRanges, not a fault"
         lines.append(f"failure {i}: {g['count']} connection(s) {why}")
         lines.append(f"  {_stop_text(g)}")
         if g["reset_from"] and g["stop"] and g["stop"]["kind"] != "sent_by":

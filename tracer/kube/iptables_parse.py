@@ -48,6 +48,7 @@ import re
 from dataclasses import dataclass, field
 
 from tracer.kube.iptables_table import NatTable, Rule, read_nat_table, read_table
+from tracer.kube.local_drops import iptables_local_drops, with_local_drops
 from tracer.kube.model import SessionAffinity
 
 # The result types live in tracer.kube.resolved (shared with the nftables
@@ -195,7 +196,9 @@ def parse_iptables_nat_rules(iptables_save_text: str) -> list[ResolvedService]:
         parsed = _parse_service_port_name(draft.names[0]) if draft.names else None
         name = (parsed[0], parsed[1]) if parsed else None
         ports.append((name, next(iter(port.chains()), "KUBE-SVC-" + draft.hash), port))
-    ports += _rejected_ports(read_table(iptables_save_text, "filter"))
+    filter_table = read_table(iptables_save_text, "filter")
+    ports = with_local_drops(ports, iptables_local_drops(filter_table))
+    ports += _rejected_ports(filter_table)
     return group_services(ports, name_source="comment")
 
 

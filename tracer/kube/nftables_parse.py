@@ -47,6 +47,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from tracer.kube.local_drops import nft_local_drops, with_local_drops
 from tracer.kube.model import SessionAffinity
 from tracer.kube.naming import (
     NFT_AFFINITY_SET_PREFIX,
@@ -179,6 +180,7 @@ def resolve_services(table: NftTable) -> list[ResolvedService]:
         parsed = parse_chain_base(draft.base)
         name = (parsed[0], parsed[1]) if parsed else None
         ports.append((name, next(iter(port.chains()), NFT_SERVICE_CHAIN_PREFIX + draft.base), port))
+    ports = with_local_drops(ports, nft_local_drops(table))
     ports += _rejected_ports(table)
     return group_services(ports, name_source="chain-name")
 

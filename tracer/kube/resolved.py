@@ -94,6 +94,15 @@ class ResolvedServicePort:
     # maps (no-endpoint-services, no-endpoint-nodeports).
     no_endpoints: bool = False
     reject_in: tuple[str, ...] = ()
+    # The Service has endpoints, but none on this node for a traffic policy
+    # Local: kube-proxy DROPs that traffic in the filter path (see
+    # tracer.kube.local_drops). no_local_endpoints says whose ("internal":
+    # the cluster IP, internalTrafficPolicy Local; "external": external and
+    # LB IPs and the node port, externalTrafficPolicy Local), drop_in where
+    # (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES; no-endpoint-services,
+    # no-endpoint-nodeports).
+    no_local_endpoints: tuple[str, ...] = ()
+    drop_in: tuple[str, ...] = ()
     # ClientIP session affinity as the rules apply it (iptables: `-m recent
     # --rcheck --seconds T` rules heading KUBE-SVC/KUBE-SVL; nftables: `ip
     # saddr @affinity-... goto endpoint-...` with the set's timeout); None
@@ -175,6 +184,8 @@ class ResolvedServicePort:
             "local_endpoints": [e.to_dict() for e in self.local_endpoints],
             "no_endpoints": self.no_endpoints,
             "reject_in": list(self.reject_in),
+            "no_local_endpoints": list(self.no_local_endpoints),
+            "drop_in": list(self.drop_in),
             "session_affinity": (
                 self.session_affinity.to_dict() if self.session_affinity else None
             ),
@@ -207,6 +218,8 @@ class ResolvedServicePort:
             ),
             no_endpoints=bool(data.get("no_endpoints", False)),
             reject_in=tuple(data.get("reject_in", ())),
+            no_local_endpoints=tuple(data.get("no_local_endpoints", ())),
+            drop_in=tuple(data.get("drop_in", ())),
             session_affinity=SessionAffinity.from_dict(data.get("session_affinity")),
             cluster_ip_chain=data.get("cluster_ip_chain"),
             internal_policy=data.get("internal_policy"),

@@ -193,10 +193,11 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
 
     Columns: service, port, cluster_ip, external_ips, node_port, endpoints
     (ip:port with the share of new connections each gets; "no endpoints
-    (REJECT)" for a port kube-proxy rejects), affinity ("ClientIP 10800s" for
+    (REJECT)" for a port kube-proxy rejects; "no local endpoints (DROP
+    internal, external)" added for traffic a policy Local drops here), affinity ("ClientIP 10800s" for
     ClientIP session affinity with its timeout, "-" without), chain (the one
-    the cluster IP enters; for a rejected port where the REJECT is, a filter
-    chain or a verdict map), policy (internal and external traffic policy, LB
+    the cluster IP enters; for a rejected or dropped port where the REJECT
+    or DROP is, a filter chain or a verdict map), policy (internal and external traffic policy, LB
     source ranges)."""
     rows = []
     for service in services:
@@ -209,6 +210,9 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
             endpoints = " ".join(f"{e.ip}:{e.port}({e.share:.0%})" for e in choice) or "-"
             if port.no_endpoints:
                 endpoints = "no endpoints (REJECT)"
+            elif port.no_local_endpoints:
+                dropped = "no local endpoints (DROP " + ", ".join(port.no_local_endpoints) + ")"
+                endpoints = dropped if endpoints == "-" else f"{endpoints}; {dropped}"
             rows.append(
                 {
                     "service": service.full_name,
@@ -220,7 +224,7 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                     "endpoints": endpoints,
                     "affinity": _affinity_label(port),
                     "chain": port.cluster_ip_chain or port.service_chain or port.external_chain
-                    or ",".join(port.reject_in) or "-",
+                    or ",".join(port.reject_in) or ",".join(port.drop_in) or "-",
                     "policy": _policy_text(port),
                 }
             )
