@@ -6,6 +6,9 @@ Modules, one job each:
     model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
     manifest         YAML -> Manifest, with one-line errors that say where
     manifest_fields  the YAML documents and typed fields manifest reads, located errors
+    manifest_deployment  a Deployment document -> Deployment
+    manifest_service     a Service document -> ServiceDraft (fields checked)
+    manifest_allocation  deterministic cluster IPs and node ports for drafts without them
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
