@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.analysis.synthetic import NODE_A, NODE_NETNS_INO, VIP, VIP_PORT, event_set
-from tracer.analysis import fairness
+from tracer.analysis import fairness, fairness_text
 
 S = 10**9
 ENDPOINTS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
@@ -85,7 +85,7 @@ def test_violations_are_listed() -> None:
         ("192.168.64.21", "10.0.0.2:80", "10.0.0.3:80", pytest.approx(1.0), "8088/tcp", NODE_A),
         ("192.168.64.21", "10.0.0.3:80", "10.0.0.2:80", pytest.approx(1.0), "8088/tcp", NODE_A),
     ]
-    text = fairness.format_text(report)
+    text = fairness_text.format_text(report)
     assert "Session affinity ClientIP (timeout 10800 s): 3 clients, 12 connections" in text
     assert "NOT sticky: 2 moved to another endpoint" in text
     assert "violation: 192.168.64.21 via lab-node-a 8088/tcp: 10.0.0.2:80 -> 10.0.0.3:80" in text
@@ -109,13 +109,13 @@ def test_after_the_timeout_a_client_draws_again() -> None:
     # No timeout in the rules: never expires.
     forever = fairness.analyze(event_set(rows, meta(timeout=None))).affinity
     assert forever.timeout_s is None and forever.returning == 5
-    assert "no timeout" in "\n".join(fairness.format_text(fairness.analyze(
+    assert "no timeout" in "\n".join(fairness_text.format_text(fairness.analyze(
         event_set(rows, meta(timeout=None)))).splitlines())
 
 
 def test_sticky_text_verdict() -> None:
     report = fairness.analyze(event_set(sticky_rows(clients=3, per_client=3), meta()))
-    text = fairness.format_text(report)
+    text = fairness_text.format_text(report)
     assert "spread judged on 3 first connections (0 after the affinity expired)" in text
     assert "6 later connections within the timeout, 6 kept their client's endpoint; sticky" in text
     assert any("session affinity (ClientIP)" in n for n in report.notes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.analysis.synthetic import NODE_A, NODE_B, Scenario, event_set, first_dnat_rows, simulate
-from tracer.analysis import fairness
+from tracer.analysis import fairness, fairness_text
 from tracer.analysis.events import load_events
 from tracer.analysis.packets import assemble
 from tracer.analysis.service import eras, parse_service, shares_from_probabilities
@@ -175,6 +175,6 @@ def test_shares_from_probabilities():
 
 
 def test_text_output(scenario):
-    text = fairness.format_text(fairness.analyze(assemble(load_events(scenario.both))))
+    text = fairness_text.format_text(fairness.analyze(assemble(load_events(scenario.both))))
     assert "new connections" in text and "chi-square" in text and "Jain" in text
     assert "Requests per connection" in text and "Per client" in text

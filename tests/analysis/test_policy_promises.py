@@ -15,8 +15,8 @@ import pytest
 
 from tests.analysis.synthetic import NODE_A, NODE_NETNS_INO, event_set
 from tracer.analysis.addresses import ip_to_int
-from tracer.analysis.fairness import analyze, dnat_decisions
-from tracer.analysis.promises import promise_connections
+from tracer.analysis.fairness import analyze
+from tracer.analysis.promises import dnat_decisions, promise_connections
 from tracer.analysis.service import parse_service
 from tracer.analysis.source_preservation import rewritten_sources
 from tracer.kube.iptables_parse import parse_iptables_nat_rules

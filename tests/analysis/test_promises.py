@@ -7,8 +7,7 @@ import pytest
 
 from tests.analysis.synthetic import event_set, first_dnat_rows
 from tracer.analysis.events import load_events
-from tracer.analysis.fairness import dnat_decisions
-from tracer.analysis.promises import promise_connections
+from tracer.analysis.promises import dnat_decisions, promise_connections
 
 
 def test_every_connection_gets_its_promise(scenario):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tracer.analysis.events import load_events
-from tracer.analysis.fairness import dnat_decisions
+from tracer.analysis.promises import dnat_decisions
 from tracer.analysis.request_counts import requests_per_connection
 
 

@@ -12,8 +12,10 @@ nor BCC. Modules, one job each:
 - correlate  merge(paths, out): per-node captures -> one capture on one clock
 - latency    analyze(packets): NAT hook time, node traversal, cross-node hop
 - fairness   analyze(packets): new connections per endpoint vs kube-proxy's promise
+- fairness_text  format_text(report): what `tracer fairness` prints
+- endpoint_placement  endpoint_nodes(...): on which node each endpoint lives
 - service    the promise: endpoints and shares from the Service metadata
-- promises   each counted connection's promised endpoints and shares
+- promises   the connections counted (dnat_decisions), each one's promised endpoints and shares
 - affinity   session affinity: first connections per client judged, the rest checked sticky
 - request_counts  requests per connection (keep-alive pinning)
 - stats      chi-square (no scipy), Wilson interval, Jain index

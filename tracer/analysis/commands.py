@@ -17,6 +17,7 @@ import numpy as np
 
 from tracer.analysis import correlate as correlate_mod
 from tracer.analysis import fairness as fairness_mod
+from tracer.analysis import fairness_text
 from tracer.analysis import latency as latency_mod
 from tracer.analysis import timeline as timeline_mod
 from tracer.analysis.events import load_events, no_events_note
@@ -159,7 +160,7 @@ def fairness(
     if as_json:
         yield to_json(report.to_dict(), indent=1)
     else:
-        yield fairness_mod.format_text(report)
+        yield fairness_text.format_text(report)
     _note_no_events(captures, notes)
 
 

@@ -45,8 +45,8 @@ import pandas as pd
 
 from tracer.analysis import denials, rule_walks
 from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.endpoint_placement import endpoint_nodes
 from tracer.analysis.events import load_events
-from tracer.analysis.fairness import endpoint_nodes
 from tracer.analysis.icmp import attach as attach_icmp
 from tracer.analysis.icmp import icmp_name, judgement_text
 from tracer.analysis.journeys import add_dnat, locate

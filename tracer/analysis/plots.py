@@ -111,66 +111,7 @@ def plot_timeline(
     axes = fig.subplots(len(journeys), 1, squeeze=False)[:, 0]
     axis_width_pt = 13 * 72 * 0.85
     for ax, j in zip(axes, journeys, strict=True):
-        lane = {n: i for i, n in enumerate(nodes)}
-        x = np.array([h["since_first_ns"] / 1e3 for h in j["hops"]])
-        y = np.array([lane[h["node"]] for h in j["hops"]], dtype=float)
-        span = max(float(x.max()), 1.0)
-        labels = [_hop_label(h) for h in j["hops"]]
-        # Label width in data units: ~0.55 em per character at 7.5 pt.
-        widths = np.array([max(len(s) for s in lab.split("\n")) * 7.5 * 0.55 + 6 for lab in labels])
-        widths = widths / axis_width_pt * span * 1.14
-        lo, hi = -0.07 * span, span * 1.09
-        lefts, rights, align = _label_extents(x, widths, lo, hi)
-        levels = _label_levels(lefts, rights, y)
-        ax.plot(x, y, color="0.6", lw=1, zorder=1)
-        for i, h in enumerate(j["hops"]):
-            marker, color = PROBE_MARKERS.get(h["probe"], ("o", "black"))
-            ax.scatter(
-                [x[i]],
-                [y[i]],
-                marker=marker,
-                color=color,
-                s=70,
-                zorder=3,
-                edgecolor="black",
-                lw=0.5,
-            )
-            level = int(levels[i])
-            ax.annotate(
-                labels[i],
-                (x[i], y[i]),
-                xytext=(0, 24 * level),
-                textcoords="offset points",
-                ha=align[i],
-                va="bottom" if level > 0 else "top",
-                fontsize=7.5,
-                color="darkred" if h["nat"] or h["probe"] == "drop" else "black",
-                arrowprops={"arrowstyle": "-", "color": "0.75", "lw": 0.5},
-            )
-            if "from_node" in h and h.get("from_node") != h["node"] and i > 0:
-                label = f"{h['since_prev_ns'] / 1e3:.1f} µs on the wire"
-                if h["crossed"]["ambiguous"]:
-                    label += f"\n(AMBIGUOUS: {h['crossed']['candidates']} candidates)"
-                ax.annotate(
-                    label,
-                    ((x[i - 1] + x[i]) / 2, (y[i - 1] + y[i]) / 2),
-                    fontsize=7.5,
-                    ha="left",
-                    va="center",
-                    color="tab:purple",
-                    xytext=(6, 0),
-                    textcoords="offset points",
-                )
-        ax.set_yticks(range(len(nodes)), nodes)
-        ax.set_ylim(-0.9, len(nodes) - 0.1)
-        ax.set_xlim(lo, hi)
-        ax.set_xlabel("time since the packet's first hop (µs)")
-        ax.set_ylabel("node")
-        ax.grid(axis="x", color="0.92")
-        title = f"packet {j['packet']}: {j['proto']} {j['src']} → {j['dst']} — {j['outcome']}"
-        if j["ambiguous"]:
-            title += "  [cross-node match AMBIGUOUS]"
-        ax.set_title(title, fontsize=9.5, loc="left")
+        _timeline_panel(ax, j, nodes, axis_width_pt)
     handles = [
         axes[0].scatter([], [], marker=m, color=c, edgecolor="black", lw=0.5, label=p)
         for p, (m, c) in PROBE_MARKERS.items()
@@ -178,6 +119,71 @@ def plot_timeline(
     axes[0].legend(handles=handles, loc="upper left", fontsize=7.5, ncol=4, framealpha=0.8)
     fig.tight_layout()
     return _save(fig, path, into)
+
+
+def _timeline_panel(ax, j: dict[str, Any], nodes: list[str], axis_width_pt: float) -> None:
+    """One packet: a lane per node, its hops as marks along time with their
+    labels stacked clear of each other, the time on the wire between nodes."""
+    lane = {n: i for i, n in enumerate(nodes)}
+    x = np.array([h["since_first_ns"] / 1e3 for h in j["hops"]])
+    y = np.array([lane[h["node"]] for h in j["hops"]], dtype=float)
+    span = max(float(x.max()), 1.0)
+    labels = [_hop_label(h) for h in j["hops"]]
+    # Label width in data units: ~0.55 em per character at 7.5 pt.
+    widths = np.array([max(len(s) for s in lab.split("\n")) * 7.5 * 0.55 + 6 for lab in labels])
+    widths = widths / axis_width_pt * span * 1.14
+    lo, hi = -0.07 * span, span * 1.09
+    lefts, rights, align = _label_extents(x, widths, lo, hi)
+    levels = _label_levels(lefts, rights, y)
+    ax.plot(x, y, color="0.6", lw=1, zorder=1)
+    for i, h in enumerate(j["hops"]):
+        marker, color = PROBE_MARKERS.get(h["probe"], ("o", "black"))
+        ax.scatter(
+            [x[i]],
+            [y[i]],
+            marker=marker,
+            color=color,
+            s=70,
+            zorder=3,
+            edgecolor="black",
+            lw=0.5,
+        )
+        level = int(levels[i])
+        ax.annotate(
+            labels[i],
+            (x[i], y[i]),
+            xytext=(0, 24 * level),
+            textcoords="offset points",
+            ha=align[i],
+            va="bottom" if level > 0 else "top",
+            fontsize=7.5,
+            color="darkred" if h["nat"] or h["probe"] == "drop" else "black",
+            arrowprops={"arrowstyle": "-", "color": "0.75", "lw": 0.5},
+        )
+        if "from_node" in h and h.get("from_node") != h["node"] and i > 0:
+            label = f"{h['since_prev_ns'] / 1e3:.1f} µs on the wire"
+            if h["crossed"]["ambiguous"]:
+                label += f"\n(AMBIGUOUS: {h['crossed']['candidates']} candidates)"
+            ax.annotate(
+                label,
+                ((x[i - 1] + x[i]) / 2, (y[i - 1] + y[i]) / 2),
+                fontsize=7.5,
+                ha="left",
+                va="center",
+                color="tab:purple",
+                xytext=(6, 0),
+                textcoords="offset points",
+            )
+    ax.set_yticks(range(len(nodes)), nodes)
+    ax.set_ylim(-0.9, len(nodes) - 0.1)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("time since the packet's first hop (µs)")
+    ax.set_ylabel("node")
+    ax.grid(axis="x", color="0.92")
+    title = f"packet {j['packet']}: {j['proto']} {j['src']} → {j['dst']} — {j['outcome']}"
+    if j["ambiguous"]:
+        title += "  [cross-node match AMBIGUOUS]"
+    ax.set_title(title, fontsize=9.5, loc="left")
 
 
 def _duration_axis(axis) -> None:

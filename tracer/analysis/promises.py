@@ -1,5 +1,7 @@
 """Each counted connection's promise: which endpoints kube-proxy's rules
 offered it, and with what share (tracer.analysis.service reads the rules).
+The connections counted are the DNAT decisions (dnat_decisions: one per
+connection, the first packet's DNAT).
 
 A connection is held to its node's Service version in force when it began
 (``service_history`` eras), to the frontend it came through (cluster IP,
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.events import PROBE_NAT
 from tracer.analysis.service import Era, PromisedEndpoint, era_index, eras
 
 Promise = tuple[PromisedEndpoint, ...] | None  # None: not this Service's; (): no metadata
@@ -140,6 +143,15 @@ def _history_notes(node_meta: dict[str, dict[str, Any]], promises: list[Promise]
             "expected counts follow each connection's own promise"
         )
     return notes
+
+
+def dnat_decisions(ev: pd.DataFrame) -> pd.DataFrame:
+    """The events counted: one per connection, the first packet's DNAT."""
+    probe = ev["probe_code"].to_numpy()
+    kind_codes = list(ev["nat_kind"].cat.categories)
+    dnat_code = kind_codes.index("dnat") if "dnat" in kind_codes else -2
+    is_dnat = (probe == PROBE_NAT) & (ev["nat_kind"].cat.codes.to_numpy() == dnat_code)
+    return ev[is_dnat & ev["nat_first"].to_numpy()]
 
 
 def promise_connections(

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from tracer.analysis import fairness as fairness_mod
+from tracer.analysis import fairness_text, plots
 from tracer.analysis import latency as latency_mod
-from tracer.analysis import plots
 from tracer.analysis import timeline as timeline_mod
 from tracer.analysis.addresses import int_to_ip, proto_name
+from tracer.analysis.endpoint_placement import endpoint_nodes
 from tracer.analysis.events import PROBE_DROP, PROBE_NAT, load_events
 from tracer.analysis.flows import Endpoint, FlowSpec, select_packets
 from tracer.analysis.packets import PacketOptions, Packets, assemble
@@ -250,7 +251,7 @@ def _capture_blocks(packets: Packets) -> list[Block]:
 
 def _service_blocks(packets: Packets, service: dict[str, Any], versions: int) -> list[Block]:
     """The kube-proxy rules' endpoints and shares, per port and choice."""
-    where = fairness_mod.endpoint_nodes(packets.events, packets.node_meta)
+    where = endpoint_nodes(packets.events, packets.node_meta)
     rows = []
     for port in parse_service(service):
         front = _frontend_text(port)
@@ -354,7 +355,7 @@ def _fairness_blocks(packets: Packets, out: OutputDir) -> list[Block]:
         heading,
         Block("img", png.name, headers=["fairness"]),
         _fairness_table(fair),
-        Block("code", fairness_mod.format_text(fair)),
+        Block("code", fairness_text.format_text(fair)),
     ]
 
 

@@ -6,6 +6,9 @@ Modules, one job each:
     model            frozen dataclasses (Service, Deployment, Endpoint, Manifest)
     manifest         YAML -> Manifest, with one-line errors that say where
     manifest_fields  the YAML documents and typed fields manifest reads, located errors
+    manifest_deployment  a Deployment document -> Deployment
+    manifest_service     a Service document -> ServiceDraft (fields checked)
+    manifest_allocation  deterministic cluster IPs and node ports for drafts without them
     naming           kube-proxy's chain-name hashing (iptables and nftables modes)
     resolved         ResolvedService / ResolvedServicePort / ResolvedEndpoint: what
                      resolving a node's rules yields, in either mode
@@ -16,6 +19,10 @@ Modules, one job each:
                      without endpoints, kube-proxy's jump chains)
     iptables_table   `iptables-save -t nat` text -> NatTable (chains of tokenized rules)
     iptables_parse   `iptables-save -t nat` text (read by iptables_table) -> ResolvedService list
+    iptables_fields  kube-proxy's iptables chain names, rule fields, the per-port draft
+    iptables_port_chains  what one service port's nat chains say (endpoint split,
+                     affinity, policies, LB source ranges)
+    iptables_no_endpoints  the filter table's REJECTs -> ports without endpoints
     nftables_render  Services + Endpoints -> kube-proxy's `nft -f` transaction
                      for table ip kube-proxy (nftables mode)
     nftables_table   NftTable facts (chains, rules, map elements); nft JSON -> NftTable
