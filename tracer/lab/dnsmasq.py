@@ -13,8 +13,9 @@ DHCP (no dhcp-range), no upstream servers (no-resolv, no server=), no
 
 Every query is logged (`log-queries=extra`: a serial number and the client's
 address/port) to the query log, an independent witness read by query_log.py.
-Logging is synchronous (no log-async), so a query is in the log before its
-answer leaves.
+Logging is synchronous (no log-async: its queue drops lines under load).
+dnsmasq also listens on TCP at the port (it has no switch to stop that), so
+a pod's UDP port must not be a TCP port of its nginx.
 """
 
 from __future__ import annotations
