@@ -21,8 +21,10 @@ fi
 # distro kernel for the kprobe/fentry tests (make test-kernels); vagrant with
 # vagrant-libvirt (its provider, so `vagrant validate` checks the libvirt
 # settings offline) and shellcheck check the Vagrant cluster's files.
+# dnsmasq-base is the real UDP (DNS) server in the lab's pods, for UDP
+# Services (only the binary: the dnsmasq package would start a host service).
 APT_PACKAGES="python3-bpfcc bpftool linux-headers-amd64 python3-venv python3-dev
-gcc make iproute2 iptables nftables conntrack bird2 nginx-light wrk curl tcpdump tshark
+gcc make iproute2 iptables nftables conntrack bird2 nginx-light dnsmasq-base wrk curl tcpdump tshark
 procps psmisc kmod sudo iputils-ping qemu-system-x86 busybox-static
 vagrant vagrant-libvirt shellcheck"
 

@@ -23,6 +23,7 @@ PACKAGE_OF = {
     "bird": "bird2",
     "birdc": "bird2",
     "nginx": "nginx-light",
+    "dnsmasq": "dnsmasq-base",
     "wrk": "wrk",
     "curl": "curl",
     "tcpdump": "tcpdump",
