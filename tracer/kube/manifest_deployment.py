@@ -42,6 +42,7 @@ def read_deployment(doc: Mapping[str, Any]) -> Deployment:
         raise fields.Problem("spec.template.spec.containers is empty")
     image = None
     numbers: list[int] = []
+    udp: list[int] = []
     named: dict[str, int] = {}
     liveness: tuple[str | None, Any] = (None, None)
     for i, raw in enumerate(containers):
@@ -54,8 +55,14 @@ def read_deployment(doc: Mapping[str, Any]) -> Deployment:
             port = fields.mapping(raw_port, f"{where}.ports[{j}]")
             what = f"{where}.ports[{j}]"
             number = fields.number(port.get("containerPort"), f"{what}.containerPort", 1, 65535)
-            if number not in numbers:
-                numbers.append(number)
+            protocol = port.get("protocol", "TCP")
+            if protocol not in ("TCP", "UDP"):
+                # nginx serves TCP, dnsmasq UDP: nothing in the lab serves SCTP.
+                raise fields.Problem(f"{what}.protocol {protocol!r} is not rendered by the lab "
+                                     "(TCP: nginx, UDP: dnsmasq)")
+            same = numbers if protocol == "TCP" else udp
+            if number not in same:
+                same.append(number)
             port_name = port.get("name")
             if port_name is not None:
                 if not isinstance(port_name, str) or not fields.IANA_SVC_NAME.match(port_name):
@@ -81,4 +88,5 @@ def read_deployment(doc: Mapping[str, Any]) -> Deployment:
         named_ports=tuple(sorted(named.items())),
         liveness_path=path if isinstance(path, str) else None,
         liveness_port=probe_port,
+        udp_ports=tuple(udp),
     )

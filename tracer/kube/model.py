@@ -129,6 +129,9 @@ class Deployment:
     # pods answer it).
     liveness_path: str | None = None
     liveness_port: int | None = None
+    # containerPorts with protocol UDP (container_ports holds the TCP ones):
+    # the lab serves them with dnsmasq, the TCP ones with nginx.
+    udp_ports: tuple[int, ...] = ()
 
     @property
     def pod_label_map(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from tracer.lab import bird, kubeproxy, netdev, nginx, plan
+from tracer.lab import bird, dnsmasq, kubeproxy, netdev, nginx, plan
 from tracer.lab import encap as lab_encap
 from tracer.lab.state import LabState, Node, Pod
 
@@ -73,7 +73,8 @@ def build_lab(want: LabState, rules: dict[str, str], *, timeout: float) -> tuple
     state = _start_birds(want)
     add_pods(state, state.pods)
     pids = nginx.start_many(state.pods)
-    state = replace(state, pods=tuple(with_nginx_pid(p, pids[p.name]) for p in state.pods))
+    state = replace(state, pods=tuple(with_dns_started(with_nginx_pid(p, pids[p.name]))
+                                      for p in state.pods))
     state = load_rules(state, rules, state.nodes)
     if state.encap != "none":
         lab_encap.apply(state)
@@ -197,6 +198,18 @@ def add_pods(s: LabState, pods: Sequence[Pod]) -> None:
 
 def with_nginx_pid(p: Pod, pid: int | None) -> Pod:
     return replace(p, nginx=replace(p.nginx, pid=pid))
+
+
+def with_dns_started(p: Pod) -> Pod:
+    """The pod with a dnsmasq started for each of its UDP ports (their pids)."""
+    return replace(p, dns=tuple(
+        replace(f, pid=dnsmasq.start(netns=p.netns, pod=p.name, ip=p.ip, node=p.node, files=f))
+        for f in p.dns))
+
+
+def without_pids(p: Pod) -> Pod:
+    """The pod as a plan describes it (no process ids)."""
+    return replace(with_nginx_pid(p, None), dns=tuple(replace(f, pid=None) for f in p.dns))
 
 
 def load_rules(s: LabState, rules: dict[str, str], nodes: Sequence[Node]) -> LabState:

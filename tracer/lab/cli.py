@@ -176,8 +176,9 @@ def exec_command(name: str, argv: tuple[str, ...]) -> int:
 @click.option("--json", "as_json", is_flag=True)
 def traffic_command(requests, duration, concurrency, target, keepalive, node, source, clients,
                     service, path, timeout, as_json) -> int:
-    """Send real HTTP requests to a lab Service and report what happened.
-    Exits 1 if any request failed."""
+    """Send real HTTP requests to a lab Service and report what happened
+    (to a UDP Service: DNS queries, each from a new source port, answered by
+    the pods' dnsmasq). Exits 1 if any request failed."""
     from tracer.lab import traffic
 
     result = traffic.run_traffic(

@@ -26,7 +26,7 @@ from tracer.errors import LabError, TracerError, UsageError
 from tracer.lab import query_log
 from tracer.lab.dns_wire import BadAnswer, build_query, parse_txt_answer
 from tracer.lab.dnsmasq import WHOAMI
-from tracer.lab.traffic import latency_summary, pod_of_body, rate
+from tracer.lab.load_math import latency_summary, pod_of_body, rate
 from tracer.system import require_root
 
 # Tries for a source port this run has not used yet (the kernel picks ports

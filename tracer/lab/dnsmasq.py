@@ -27,29 +27,17 @@ import pwd
 import re
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import LabError, UsageError
 from tracer.lab import procs
+from tracer.lab.state import Dnsmasq
 from tracer.system import require_program
 
 WHOAMI = "whoami.lab"
 # Names every pod answers for locally; nothing under it is sent anywhere.
 LOCAL_DOMAIN = "lab"
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-
-
-@dataclass(frozen=True)
-class Dnsmasq:
-    """One dnsmasq's files (and pid once started): what the lab state keeps
-    per pod and UDP port."""
-
-    port: int
-    config: str
-    pid_file: str
-    query_log: str
-    pid: int | None = None
 
 
 def files(pod_dir: str | os.PathLike[str], port: int) -> Dnsmasq:

@@ -17,6 +17,7 @@ from pathlib import Path
 from tracer.errors import ManifestError, UsageError
 from tracer.kube.model import Deployment, Manifest
 from tracer.kube.model import Service as KubeService
+from tracer.lab.dnsmasq import files as dnsmasq_files
 from tracer.lab.state import (
     POD_NETNS_PREFIX,
     RUN_DIR,
@@ -240,18 +241,34 @@ def _nodes(run_dir: Path) -> tuple[Node, ...]:
     )
 
 
-def _listen_ports(manifest: Manifest) -> dict[tuple[str, str], set[int]]:
-    """Ports nginx must listen on, per Deployment: its container ports and
-    every resolved targetPort of the Services that select it."""
+def _listen_ports(manifest: Manifest, protocol: str = "TCP") -> dict[tuple[str, str], set[int]]:
+    """Ports a Deployment's pods must serve over protocol (TCP: nginx, UDP:
+    dnsmasq): its container ports of that protocol and every resolved
+    targetPort of the Services' ports of that protocol that select it."""
     listen: dict[tuple[str, str], set[int]] = {
-        (d.namespace, d.name): set(d.container_ports) for d in manifest.deployments
+        (d.namespace, d.name): set(d.container_ports if protocol == "TCP" else d.udp_ports)
+        for d in manifest.deployments
     }
     for svc in manifest.services:
         for d in manifest.backing_deployments(svc):
             for sp in svc.ports:
-                if sp.protocol == "TCP":
+                if sp.protocol == protocol:
                     listen[(d.namespace, d.name)].add(resolve_target_port(svc, sp.target_port, d))
     return listen
+
+
+def _udp_ports(manifest: Manifest, tcp: dict[tuple[str, str], set[int]]
+               ) -> dict[tuple[str, str], tuple[int, ...]]:
+    """UDP ports per Deployment, checked: dnsmasq also listens on TCP at its
+    port, so a port cannot be both nginx's and dnsmasq's."""
+    udp = _listen_ports(manifest, "UDP")
+    for key, ports in udp.items():
+        both = ports & (tcp[key] or {80})
+        if both:
+            raise ManifestError(
+                f"Deployment {key[0]}/{key[1]}: port {min(both)} is served over TCP (nginx) and "
+                "UDP (dnsmasq, which listens on TCP too); the lab cannot render both")
+    return {key: tuple(sorted(ports)) for key, ports in udp.items()}
 
 
 def _pods(
@@ -259,6 +276,7 @@ def _pods(
 ) -> list[Pod]:
     """Every replica of every Deployment, round-robin over the nodes."""
     listen = _listen_ports(manifest)
+    udp = _udp_ports(manifest, listen)
     pods: list[Pod] = []
     used_slots = {n.name: 0 for n in nodes}
     names: set[str] = set()
@@ -288,6 +306,8 @@ def _pods(
                     ports=ports,
                     labels=d.pod_labels,
                     nginx=nginx_files(run_dir, name),
+                    dns=tuple(dnsmasq_files(run_dir / "pods" / name, port)
+                              for port in udp[(d.namespace, d.name)]),
                 )
             )
     return pods

@@ -15,14 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from tracer.errors import LabError
-from tracer.lab import bird, kubeproxy, netdev, nginx, procs
+from tracer.lab import bird, dnsmasq, kubeproxy, netdev, nginx, procs
 from tracer.lab import encap as lab_encap
 from tracer.lab.build import (
     add_pods,
     load_rules,
     node_bird_config,
     wait_converged,
+    with_dns_started,
     with_nginx_pid,
+    without_pids,
 )
 from tracer.lab.state import POD_NETNS_PREFIX, LabState, Node, Pod
 
@@ -74,7 +76,7 @@ def _pod_problem(
 ) -> str | None:
     if want is None:
         return "not wanted"
-    if with_nginx_pid(p, None) != want:
+    if without_pids(p) != want:
         return "spec changed"
     if p.netns not in present:
         return "namespace missing"
@@ -82,6 +84,8 @@ def _pod_problem(
         return f"{p.veth} missing"
     if not procs.runs_in(p.nginx.pid, p.netns):
         return "nginx not running"
+    if any(dnsmasq.running(f) is None for f in p.dns):
+        return "dnsmasq not running"
     return None
 
 
@@ -100,8 +104,8 @@ def reconcile(
     pids = nginx.start_many(add)
     changes += [f"added pod {p.name} on {p.node} ({p.ip})" for p in add]
 
-    pods = tuple(keep[p.name] if p.name in keep else with_nginx_pid(p, pids[p.name])
-                 for p in want.pods)
+    pods = tuple(keep[p.name] if p.name in keep
+                 else with_dns_started(with_nginx_pid(p, pids[p.name])) for p in want.pods)
     state = replace(
         want,
         tor=have.tor,

@@ -95,6 +95,18 @@ class Nginx:
 
 
 @dataclass(frozen=True)
+class Dnsmasq:
+    """One dnsmasq of a pod (tracer/lab/dnsmasq.py): its UDP port, files and
+    process, as nginx's for TCP."""
+
+    port: int
+    config: str
+    pid_file: str
+    query_log: str
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
 class Pod:
     name: str  # Kubernetes-like: nginx-demo-1-<10 hex>-<5 chars>
     namespace: str  # the Kubernetes namespace ("default")
@@ -107,6 +119,8 @@ class Pod:
     ports: tuple[int, ...]  # where nginx listens
     labels: tuple[tuple[str, str], ...]
     nginx: Nginx
+    # One dnsmasq per UDP port the pod serves (none for TCP-only pods).
+    dns: tuple[Dnsmasq, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +276,7 @@ _NESTED: dict[tuple[type, str], tuple[type, bool]] = {
     (LabState, "client"): (Host, False),
     (LabState, "nodes"): (Node, True),
     (LabState, "pods"): (Pod, True),
+    (Pod, "dns"): (Dnsmasq, True),
     (LabState, "services"): (Service, True),
 }
 

@@ -53,7 +53,9 @@ def _daemons(state: LabState | None, run_dir: Path, inodes: set[int]) -> set[int
     if state is not None:
         candidates |= {b.pid for b in (state.tor.bird, *(n.bird for n in state.nodes)) if b.pid}
         candidates |= {p.nginx.pid for p in state.pods if p.nginx.pid}
-    for pid_file in [*run_dir.glob("bird/*.pid"), *run_dir.glob("pods/*/nginx.pid")]:
+        candidates |= {f.pid for p in state.pods for f in p.dns if f.pid}
+    for pid_file in [*run_dir.glob("bird/*.pid"), *run_dir.glob("pods/*/nginx.pid"),
+                     *run_dir.glob("pods/*/dnsmasq/*.pid")]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             candidates.add(int(pid_file.read_text().split()[0]))
     return {p for p in candidates if procs.is_ours(p, netns_inodes=inodes, run_dir=str(run_dir))}

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from tracer.errors import LabError, UsageError
 from tracer.lab import access_log
+from tracer.lab.dns_traffic import DnsResult, run_dns_traffic
+from tracer.lab.dns_traffic import format_result as format_dns_result
 from tracer.lab.http_engine import Target, run_exact
 from tracer.lab.load_math import latency_summary, rate
 from tracer.lab.state import LabState, Service, load_state
@@ -174,8 +176,9 @@ def run_traffic(
     path: str = "/",
     clients: int | None = None,
     state: LabState | None = None,
-) -> TrafficResult:
-    """Send HTTP requests to a lab Service and report what happened."""
+) -> TrafficResult | DnsResult:
+    """Send HTTP requests (DNS queries to a UDP Service) to a lab Service
+    and report what happened."""
     require_root("tracer lab traffic")
     if requests is not None and duration is not None:
         raise UsageError("give --requests or --duration, not both")
@@ -194,6 +197,11 @@ def run_traffic(
                   path=path)
     if clients is not None:
         tgt = replace(tgt, source_ips=_client_addresses(state, tgt, clients, duration))
+    if state.service(tgt.service).ports[0].protocol == "UDP":
+        if duration is not None or keepalive or path != "/":
+            raise UsageError(f"{tgt.service} is a UDP Service: DNS queries take --requests, "
+                             "not --duration, --keepalive or --path")
+        return _dns(state, tgt, requests or 100, concurrency, timeout)
 
     marks = access_log.offsets(state)
     if requests is not None:
@@ -230,6 +238,18 @@ def run_traffic(
     )
 
 
+def _dns(state: LabState, tgt: Target, queries: int, concurrency: int,
+         timeout: float) -> DnsResult:
+    """A UDP Service: TXT queries to the pods' dnsmasq (dns_traffic.py)."""
+    if len(tgt.source_ips) > 1:
+        raise UsageError("a UDP Service takes one client address (--clients 1)")
+    logs = {f.query_log: p.name for p in state.pods for f in p.dns}
+    return run_dns_traffic(
+        address=tgt.address, port=tgt.port, source_netns=tgt.source_netns, queries=queries,
+        concurrency=concurrency, timeout=timeout,
+        source_address=tgt.source_ips[0] if tgt.source_ips else None, query_logs=logs)
+
+
 def _client_addresses(state: LabState, tgt: Target, clients: int,
                       duration: float | None) -> tuple[str, ...]:
     """The client's first `clients` addresses (--clients), checked."""
@@ -256,8 +276,10 @@ def _served_since(state: LabState, marks: dict[str, int], *, at_least: int,
         time.sleep(0.02)
 
 
-def format_result(r: TrafficResult) -> str:
+def format_result(r: TrafficResult | DnsResult) -> str:
     """Human-readable report (the CLI prints it)."""
+    if isinstance(r, DnsResult):
+        return format_dns_result(r)
     mode = "keep-alive" if r.keepalive else "new connection per request"
     asked = f"{r.requested} requests" if r.requested is not None else "duration run"
     lines = [
