@@ -17,10 +17,13 @@ from tracer.lab.traffic import TrafficResult, run_traffic
 _RECENT_SRC = re.compile(r"^src=(\S+) ")
 
 
-def sep_endpoints(netns: str) -> dict[str, str]:
-    """KUBE-SEP chain -> endpoint IP, from the node's loaded nat rules."""
+def sep_endpoints(netns: str, service: str | None = None) -> dict[str, str]:
+    """KUBE-SEP chain -> endpoint IP, from the node's loaded nat rules (of
+    one Service, "namespace/name", if given: kube-proxy's rule comment)."""
     out = {}
     for line in sh(netns, "iptables-save", "-t", "nat").splitlines():
+        if service and f'--comment "{service}' not in line:
+            continue
         if line.startswith("-A KUBE-SEP-") and "--to-destination" in line:
             out[line.split()[1]] = line.split("--to-destination ")[1].split(":")[0]
     return out

@@ -9,6 +9,7 @@ the firewall chain's counters)."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from tests.analysis.service_api_witness import (
     affinity_pins_nftables,
     captured_traffic,
     flush_recent_lists,
+    sep_endpoints,
 )
-from tests.capture.lab_capture import sh
+from tests.capture.lab_capture import sep_counters, sh
 from tracer.cli import main
 from tracer.lab import controller, plan
 
@@ -245,3 +247,50 @@ def test_source_ranges_admit_one_client_and_deny_the_other(api_lab, tmp_path, ca
     assert sum(g["count"] for g in denials) == 10
     assert all(g["denied_by"]["kind"] == "loadBalancerSourceRanges" for g in denials)
     assert {s for g in denials for s in g["denied_by"]["sources"]} == {denied}
+
+
+# --- a UDP Service ---------------------------------------------------------------------------
+
+_UDP_CT = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def _udp_conntrack(netns: str, port: int) -> list[tuple[tuple, tuple, bool]]:
+    """(original, reply, answered) of the node's UDP entries to port."""
+    out = []
+    for line in sh(netns, "conntrack", "-L", "-p", "udp", "--dport", str(port)).splitlines():
+        found = _UDP_CT.findall(line)
+        if len(found) >= 2:
+            out.append((found[0], found[1], "[UNREPLIED]" not in line))
+    return out
+
+
+def test_udp_service_dns_traced_flow_by_flow(api_lab, tmp_path, capsys):
+    """web-dns: DNS queries from the client to node A's NodePort 30053/udp,
+    each from a new source port: one conntrack flow, one DNAT decision, no
+    handshake. The tracer's flows per endpoint against the pods' dnsmasq
+    query logs, node A's KUBE-SEP counters and its conntrack table."""
+    state = api_lab
+    queries = 240
+    for netns in NODES:
+        sh(netns, "conntrack", "-F")
+    seps = sep_endpoints("lab-node-a", "default/web-dns")
+    before = sep_counters("lab-node-a")
+    (r,), _ = captured_traffic(tmp_path, "web-dns", [dict(
+        requests=queries, concurrency=4, target="node-port", node="a")], state=state)
+    counters = sep_counters("lab-node-a")
+    entries = _udp_conntrack("lab-node-a", 30053)
+    assert (r.ok, r.failed, r.flows) == (queries, 0, queries), r
+    pod_ip = {p.name: p.ip for p in state.pods}
+    logged = {pod_ip[p]: n for p, n in r.served_by_pod.items()}
+    assert sum(logged.values()) == queries and len(logged) == 3
+    # The kernel's own count: KUBE-SEP rule hits per endpoint, and one
+    # answered conntrack entry per query, replied from its endpoint.
+    assert {ip: counters[c] - before.get(c, 0) for c, ip in seps.items()} == logged
+    assert len(entries) == queries and all(answered for _, _, answered in entries)
+    assert Counter(reply[0] for _, reply, _ in entries) == Counter(logged)
+
+    doc = _fairness(capsys, tmp_path)
+    assert doc["overall"]["connections"] == queries
+    flows = {e["endpoint"]: e["connections"] for e in doc["overall"]["endpoints"]}
+    assert flows == {f"{ip}:53": n for ip, n in logged.items()}
+    assert doc["overall"]["chi_square"]["impossible_observations"] == 0
