@@ -89,6 +89,12 @@ def test_violations_are_listed() -> None:
     assert "Session affinity ClientIP (timeout 10800 s): 3 clients, 12 connections" in text
     assert "NOT sticky: 2 moved to another endpoint" in text
     assert "violation: 192.168.64.21 via lab-node-a 8088/tcp: 10.0.0.2:80 -> 10.0.0.3:80" in text
+    # Per client, stickiness instead of a spread (one client is one draw).
+    per_client = {line.split()[0]: line for line in text.splitlines()
+                  if line.startswith("  192.168.64.") and "per endpoint" in line}
+    assert per_client["192.168.64.21"].endswith("affinity: left its endpoint 2 time(s)")
+    assert per_client["192.168.64.20"].endswith("affinity: pinned")
+    assert "Jain" not in per_client["192.168.64.20"]
     doc = json.loads(json.dumps(report.to_dict()))
     assert doc["affinity"]["violation_count"] == 2
     assert doc["affinity"]["violations"][0]["endpoint"] == "10.0.0.3:80"

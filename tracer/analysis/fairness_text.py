@@ -110,7 +110,7 @@ def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
             lines.append(
                 f"  {g.label:<16} conns {g.connections:>6}  per endpoint [{counts}]  "
                 f"req/conn {req / g.connections if g.connections else 0:.2f}  "
-                f"Jain {g.jain:.3f}  p {g.chi2.p_value:.3g}"
+                + _client_judgement(g, report)
             )
     if report.windows:
         lines.append(f"\nOver time (windows of {report.window_ns / 1e9:g} s):")
@@ -133,3 +133,17 @@ def format_text(report: FairnessReport, max_rows: int = 10) -> str:
     for note in report.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _client_judgement(g, report) -> str:
+    """A client's spread, or under session affinity its stickiness: with
+    ClientIP affinity one client is one draw, so its own spread over the
+    endpoints says nothing (Jain and chi-square would call every
+    well-pinned client unfair)."""
+    if report.affinity is None:
+        return f"Jain {g.jain:.3f}  p {g.chi2.p_value:.3g}"
+    moved = sum(1 for v in report.affinity.violations if v.client == g.label)
+    reached = sum(1 for e in g.endpoints if e.connections)
+    if moved:
+        return f"affinity: left its endpoint {moved} time(s)"
+    return "affinity: pinned" if reached == 1 else f"affinity: {reached} endpoints (expired)"
