@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tracer.errors import LabError
-from tracer.lab import bird, encap, netdev, procs
+from tracer.lab import bird, dnsmasq, encap, netdev, procs
 from tracer.lab.state import Bird, LabState, try_load_state
 from tracer.system import require_root
 
@@ -59,6 +59,8 @@ class PodStatus:
     nginx_pid: int | None
     nginx_running: bool
     access_log: str
+    # UDP ports served by dnsmasq -> whether it runs.
+    dns: tuple[tuple[int, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ServiceStatus:
     external_ips: tuple[str, ...]
     node_port: int | None
     ports: tuple[dict, ...]  # name, protocol, port, target_port, node_port, endpoints
+    load_balancer_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,13 @@ def _routes(netns: str, present: bool) -> tuple[Route, ...]:
     if not present:
         return ()
     return tuple(
-        # Filtered by proto, `ip -j` leaves the protocol out: it is bird.
-        Route(r["dst"], r.get("type", "unicast"), r.get("gateway"), r.get("dev"),
+        # Filtered by proto, `ip -j` leaves the protocol out: it is bird. An
+        # ECMP route (a load-balancer IP several nodes advertise) has its
+        # next hops in "nexthops": shown comma-separated.
+        Route(r["dst"], r.get("type", "unicast"),
+              r.get("gateway") or ", ".join(h["gateway"] for h in r.get("nexthops", [])
+                                            if h.get("gateway")) or None,
+              r.get("dev") or next((h.get("dev") for h in r.get("nexthops", [])), None),
               r.get("protocol", "bird"))
         for r in bird.learned_routes(netns)
     )
@@ -160,6 +168,7 @@ def _collect(state: LabState) -> LabStatus:
             veth=p.veth, netns_present=p.netns in present, nginx_pid=p.nginx.pid,
             nginx_running=procs.runs_in(p.nginx.pid, p.netns),
             access_log=p.nginx.access_log,
+            dns=tuple((f.port, dnsmasq.running(f) is not None) for f in p.dns),
         )
         for p in state.pods
     )
@@ -167,7 +176,7 @@ def _collect(state: LabState) -> LabStatus:
         ServiceStatus(
             namespace=s.namespace, name=s.name, type=s.type, cluster_ip=s.cluster_ip,
             external_ips=s.external_ips, node_port=s.node_port,
-            ports=tuple(asdict(p) for p in s.ports),
+            ports=tuple(asdict(p) for p in s.ports), load_balancer_ips=s.load_balancer_ips,
         )
         for s in state.services
     )
@@ -184,11 +193,14 @@ def _collect(state: LabState) -> LabStatus:
     for p in pods:
         if not p.nginx_running:
             problems.append(f"nginx of pod {p.name} is not running")
+        problems += [f"dnsmasq of pod {p.name} (port {port}/udp) is not running"
+                     for port, up in p.dns if not up]
     if all(n.netns_present for n in nodes):
         tunnels = encap.problem(state)
         if tunnels:
             problems.append(f"{state.encap} encapsulation: {tunnels}")
     client = {"name": state.client.name, "netns": state.client.netns, "ip": state.client.ip,
+              "extra_ips": list(state.client.extra_ips),
               "netns_present": state.client.netns in present}
     return LabStatus(
         up=True, healthy=not problems, run_dir=state.run_dir, manifest=state.manifest,
@@ -243,20 +255,25 @@ def format_status(st: LabStatus) -> str:
             where = f"via {rt.via} dev {rt.dev}" if rt.via else rt.type
             lines.append(f"      route {rt.dst} {where} proto {rt.proto}")
     if st.client:
-        lines.append(f"  {st.client['netns']:<11} {st.client['ip']}")
+        more = st.client.get("extra_ips") or []
+        lines.append(f"  {st.client['netns']:<11} {st.client['ip']}"
+                     + (f" (+{len(more)}: {more[0]}-{more[-1]})" if more else ""))
     lines += ["", f"pods ({len(st.pods)}):"]
     for p in st.pods:
         ok = "nginx up" if p.nginx_running else "nginx DOWN"
+        ok += "".join(f", dnsmasq {port}/udp {'up' if up else 'DOWN'}" for port, up in p.dns)
         lines.append(f"  {p.name:<32} {p.node:<11} {p.ip:<14} {p.veth}  {ok}")
     lines += ["", "services:"]
     for s in st.services:
         addrs = [f"{s.cluster_ip}:{s.ports[0]['port']}" if s.cluster_ip and s.ports else ""]
-        addrs += [f"{ip}:{s.ports[0]['port']}" for ip in s.external_ips if s.ports]
+        addrs += [f"{ip}:{s.ports[0]['port']}" for ip in (*s.external_ips, *s.load_balancer_ips)
+                  if s.ports]
         if s.node_port:
             addrs.append(f"<node ip>:{s.node_port}")
         eps = sum(len(p["endpoints"]) for p in s.ports)
-        lines.append(f"  {s.namespace}/{s.name:<16} {s.type:<10} {' '.join(a for a in addrs if a)}"
-                     f"  ({eps} endpoints)")
+        proto = "/".join(sorted({p["protocol"].lower() for p in s.ports}))
+        lines.append(f"  {s.namespace}/{s.name:<16} {s.type:<12} {' '.join(a for a in addrs if a)}"
+                     f" {proto}  ({eps} endpoints)")
     if st.faults:
         lines += ["", "faults injected (tracer lab fault):"]
         lines += [f"  {f['kind']} on {f['node']}" + (f", pod {f['pod']}" if f["pod"] else "")
