@@ -21,12 +21,12 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from tracer import netns as nsmod
-from tracer.errors import LabError, TracerError, UsageError
+from tracer.errors import UsageError
 from tracer.lab import query_log
 from tracer.lab.dns_wire import BadAnswer, build_query, parse_txt_answer
 from tracer.lab.dnsmasq import WHOAMI
 from tracer.lab.load_math import latency_summary, pod_of_body, rate
+from tracer.lab.netns_pool import run_in_netns
 from tracer.system import require_root
 
 # Tries for a source port this run has not used yet (the kernel picks ports
@@ -82,6 +82,11 @@ class _Tally:
     ports: set[int] = field(default_factory=set)
     latencies: list[float] = field(default_factory=list)
     fatal: BaseException | None = None
+
+    def stop(self, exc: BaseException) -> None:
+        """A worker failed: the others take no more."""
+        with self.lock:
+            self.fatal = self.fatal or exc
 
     def take(self, total: int) -> bool:
         with self.lock:
@@ -155,38 +160,15 @@ def _one_query(target: DnsTarget, timeout: float, tally: _Tally) -> None:
         tally.latencies.append(elapsed)
 
 
-def _worker(target: DnsTarget, total: int, timeout: float, tally: _Tally) -> None:
-    try:
-        path = nsmod.resolve(target.source_netns)
-        want = nsmod.inode(path)
-        with nsmod.entered(path):
-            # Never send a query from the host's namespace by mistake.
-            if nsmod.current_inode() != want:
-                raise LabError(f"could not enter {target.source_netns}")
-            while tally.take(total):
-                _one_query(target, timeout, tally)
-    except BaseException as exc:  # surfaces in the caller's thread
-        with tally.lock:
-            tally.fatal = tally.fatal or exc
-
-
 def _exact(target: DnsTarget, queries: int, concurrency: int, timeout: float) -> tuple[_Tally, float]:
     tally = _Tally()
-    threads = [
-        threading.Thread(target=_worker, args=(target, queries, timeout, tally),
-                         name=f"lab-dns-{i}", daemon=True)
-        for i in range(min(concurrency, queries))
-    ]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if tally.fatal is not None:
-        if isinstance(tally.fatal, TracerError):
-            raise tally.fatal
-        raise LabError(f"dns traffic worker failed: {tally.fatal}") from tally.fatal
+
+    def loop() -> None:
+        while tally.take(queries):
+            _one_query(target, timeout, tally)
+
+    elapsed = run_in_netns(target.source_netns, min(concurrency, queries), loop, what="dns",
+                           on_failure=tally.stop)
     return tally, elapsed
 
 

@@ -14,9 +14,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from tracer import netns as nsmod
-from tracer.errors import LabError, TracerError
 from tracer.lab.load_math import pod_of_body
+from tracer.lab.netns_pool import run_in_netns
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,11 @@ class Tally:
     connections: int = 0
     latencies: list[float] = field(default_factory=list)
     fatal: BaseException | None = None
+
+    def stop(self, exc: BaseException) -> None:
+        """A worker failed: the others take no more."""
+        with self.lock:
+            self.fatal = self.fatal or exc
     # source address -> pod -> answers, and source address -> failures
     by_source: defaultdict = field(default_factory=lambda: defaultdict(Counter))
     failed_by_source: Counter = field(default_factory=Counter)
@@ -107,20 +111,6 @@ def _read_response(sock: socket.socket, keepalive: bool) -> tuple[int, bytes, bo
     return status, body, closes
 
 
-def _worker(target: Target, total: int, keepalive: bool, timeout: float, tally: Tally) -> None:
-    try:
-        path = nsmod.resolve(target.source_netns)
-        want = nsmod.inode(path)
-        with nsmod.entered(path):
-            # Never send a request from the host's namespace by mistake.
-            if nsmod.current_inode() != want:
-                raise LabError(f"could not enter {target.source_netns}")
-            _requests(target, total, keepalive, timeout, tally)
-    except BaseException as exc:  # surfaces in the caller's thread
-        with tally.lock:
-            tally.fatal = tally.fatal or exc
-
-
 def _requests(target: Target, total: int, keepalive: bool, timeout: float, tally: Tally) -> None:
     request = (
         f"GET {target.path} HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
@@ -178,21 +168,8 @@ def _connect(target: Target, source: str | None, timeout: float) -> socket.socke
 def run_exact(target: Target, requests: int, concurrency: int, keepalive: bool,
               timeout: float) -> tuple[Tally, float]:
     tally = Tally()
-    threads = [
-        threading.Thread(target=_worker, args=(target, requests, keepalive, timeout, tally),
-                         name=f"lab-traffic-{i}", daemon=True)
-        for i in range(min(concurrency, max(requests, 1)))
-    ]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if tally.fatal is not None:
-        if isinstance(tally.fatal, TracerError):
-            raise tally.fatal
-        raise LabError(f"traffic worker failed: {tally.fatal}") from tally.fatal
+    elapsed = run_in_netns(
+        target.source_netns, min(concurrency, max(requests, 1)),
+        lambda: _requests(target, requests, keepalive, timeout, tally), what="traffic",
+        on_failure=tally.stop)
     return tally, elapsed
-
-
