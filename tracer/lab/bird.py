@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import LabError, TracerError
-from tracer.lab import netdev
+from tracer.lab import bird6, netdev
 from tracer.lab.state import Bird, Node, Router
 from tracer.system import require_program, run
 
@@ -55,7 +55,7 @@ filter calico_kernel_programming {{
 
 def render_node_config(
     node: Node, *, tor_ip: str, asn: int, cluster_cidr: str, encap: str = "none",
-    service_ips: Sequence[str] = (),
+    service_ips: Sequence[str] = (), tor: Router | None = None,
 ) -> str:
     """bird.cfg for one node (Calico's template, trimmed to one ToR peer).
     service_ips: the load-balancer IPs this node advertises."""
@@ -111,7 +111,7 @@ protocol bgp tor {{
 {_TIMERS}
   ipv4 {{ import all; export filter calico_export_to_bgp_peers; }};
 }}
-"""
+""" + (bird6.node_config(node, tor=tor, asn=asn) if tor is not None else "")
 
 
 def _service_ips(ips: Sequence[str]) -> str:
@@ -131,6 +131,7 @@ def bgp_name(node: Node) -> str:
 
 def render_tor_config(tor: Router, nodes: Iterable[Node], *, asn: int, cluster_cidr: str) -> str:
     """The top-of-rack router: iBGP route reflector for every node."""
+    nodes = tuple(nodes)
     peers = "\n".join(
         f"""\
 protocol bgp {bgp_name(n)} {{
@@ -176,7 +177,7 @@ protocol direct {{
   interface "*";
 }}
 
-{peers}"""
+{peers}""" + bird6.tor_config(tor, nodes, asn=asn)
 
 
 def start(netns: str, files: Bird, config: str) -> int:
@@ -263,9 +264,9 @@ def bgp_sessions(files: Bird) -> list[Protocol]:
     return [p for p in show_protocols(files) if p.proto == "BGP"]
 
 
-def learned_routes(netns: str) -> list[dict]:
+def learned_routes(netns: str, *, six: bool = False) -> list[dict]:
     """Routes bird installed in netns's kernel table (`ip route proto bird`)."""
-    return netdev.routes(netns, "proto", "bird")
+    return netdev.routes(netns, "proto", "bird", six=six)
 
 
 def expected_routes(nodes: Iterable[Node], encap: str = "none") -> dict[str, set[tuple[str, str]]]:
@@ -280,13 +281,13 @@ def expected_routes(nodes: Iterable[Node], encap: str = "none") -> dict[str, set
     return out
 
 
-def installed(netns: str) -> set[tuple[str, str]]:
+def installed(netns: str, *, six: bool = False) -> set[tuple[str, str]]:
     """(destination, next hop) of BIRD's routes in netns; an ECMP route (a
     load-balancer IP that several nodes advertise) gives one per next hop.
     iproute2 names a host route "a.b.c.d", not "a.b.c.d/32": normalised."""
     out = set()
-    for r in learned_routes(netns):
-        dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/32"
+    for r in learned_routes(netns, six=six):
+        dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/{128 if six else 32}"
         hops = [r] if r.get("gateway") else r.get("nexthops", [])
         out |= {(dst, h["gateway"]) for h in hops if h.get("gateway")}
     return out
@@ -305,11 +306,12 @@ def wait_converged(
     want = expected_routes(nodes, encap)
     bare = frozenset(n.netns for n in nodes) if encap != "none" else frozenset()
     want[tor.netns] = {(n.pod_cidr, n.ip) for n in nodes} | set(service_routes)
+    want6 = bird6.expected_routes(tor, nodes)
     start_t = time.monotonic()
     deadline = start_t + timeout
     problem = "no answer yet"
     while True:
-        problem = _not_converged(tor, nodes, want, bare)
+        problem = _not_converged(tor, nodes, want, bare) or _missing6(want6)
         if problem is None:
             return time.monotonic() - start_t
         if time.monotonic() >= deadline:
@@ -318,6 +320,15 @@ def wait_converged(
                 f"(bird logs in {Path(tor.bird.log).parent})"
             )
         time.sleep(0.05)
+
+
+def _missing6(want6: dict[str, set[tuple[str, str]]]) -> str | None:
+    for netns, routes in want6.items():
+        missing = routes - installed(netns, six=True)
+        if missing:
+            block, via = sorted(missing)[0]
+            return f"{netns} has no route {block} via {via} proto bird yet"
+    return None
 
 
 def _not_converged(

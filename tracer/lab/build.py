@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from tracer.lab import bird, dnsmasq, kubeproxy, netdev, nginx, plan
+from tracer.lab import bird, build6, dnsmasq, kubeproxy, netdev, nginx, plan
 from tracer.lab import encap as lab_encap
 from tracer.lab.state import LabState, Node, Pod
 
@@ -62,12 +62,13 @@ def build_lab(want: LabState, rules: dict[str, str], *, timeout: float) -> tuple
     run_dir.chmod(0o755)  # nginx workers (nobody) read the pages under it
 
     netdev.add_netns([want.tor.netns, want.client.netns, *(n.netns for n in want.nodes)])
-    netdev.set_sysctls(want.tor.netns, _ROUTER)
+    netdev.set_sysctls(want.tor.netns, {**_ROUTER, **build6.namespace_sysctls(want, router=True)})
     netdev.set_sysctls(want.tor.netns, _NO_BRIDGE_NETFILTER, optional=_NO_BRIDGE_NETFILTER)
-    netdev.set_sysctls(want.client.netns, _QUIET)
+    netdev.set_sysctls(want.client.netns, {**_QUIET, **build6.namespace_sysctls(want, router=False)})
     for n in want.nodes:
-        netdev.set_sysctls(n.netns, _ROUTER)
+        netdev.set_sysctls(n.netns, {**_ROUTER, **build6.namespace_sysctls(want, router=True)})
     _wire_lan(want)
+    build6.wire_lan(want)
 
     # BIRD first: its sessions come up while the pods and rules are made.
     state = _start_birds(want)
@@ -99,7 +100,7 @@ def _start_birds(want: LabState) -> LabState:
 
 def node_bird_config(s: LabState, n: Node) -> str:
     return bird.render_node_config(n, tor_ip=s.tor.ip, asn=s.asn, cluster_cidr=s.cluster_cidr,
-                                   encap=s.encap, service_ips=advertised_ips(s, n))
+                                   encap=s.encap, service_ips=advertised_ips(s, n), tor=s.tor)
 
 
 def advertised_ips(s: LabState, n: Node) -> tuple[str, ...]:
@@ -166,7 +167,7 @@ def add_pods(s: LabState, pods: Sequence[Pod]) -> None:
     set_mtu = mtu != lab_encap.HOST_MTU
     netdev.add_netns([p.netns for p in pods])
     for p in pods:
-        netdev.set_sysctls(p.netns, _QUIET)
+        netdev.set_sysctls(p.netns, {**_QUIET, **build6.namespace_sysctls(s, router=False)})
     for node in s.nodes:
         mine = [p for p in pods if p.node == node.name]
         if not mine:
@@ -180,7 +181,7 @@ def add_pods(s: LabState, pods: Sequence[Pod]) -> None:
                 f"link set {p.veth} up",
                 f"route add {p.ip}/32 dev {p.veth} scope link",
             ]
-        netdev.ip_batch(node.netns, lines)
+        netdev.ip_batch(node.netns, lines + build6.node_pod_routes(s, mine))
         sysctls: dict[str, int] = {}
         for p in mine:
             sysctls.update(_cali_sysctls(p.veth))
@@ -193,6 +194,7 @@ def add_pods(s: LabState, pods: Sequence[Pod]) -> None:
             "link set eth0 up",
             f"route add {s.pod_gateway} dev eth0 scope link",
             f"route add default via {s.pod_gateway} dev eth0",
+            *build6.pod_lines(s, p),
         ])
 
 

@@ -31,14 +31,18 @@ def lab() -> None:
               show_default=True,
               help="Calico's encapsulation between the nodes: none (BGP routes only), vxlan "
                    "(vxlan.calico, VNI 4096, UDP 4789) or ipip (tunl0; needs CONFIG_NET_IPIP).")
+@click.option("--ip-family", type=click.Choice(["ipv4", "dual"]), default="ipv4",
+              show_default=True,
+              help="dual: every host, node and pod gets an IPv6 address too (fd00:... twins "
+                   "of the IPv4 ones), and BGP routes the IPv6 pod blocks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab state as JSON.")
 def up_command(manifest: str | None, replicas: int | None, timeout: float, proxy_mode: str,
-               encap: str, as_json: bool) -> None:
+               encap: str, ip_family: str, as_json: bool) -> None:
     """Build the lab, or bring it in line with the manifest (idempotent)."""
     from tracer.lab import controller
 
     result = controller.up(manifest, replicas, timeout=timeout, proxy_mode=proxy_mode,
-                           encap=encap)
+                           encap=encap, ip_family=ip_family)
     if as_json:
         click.echo(json.dumps({"action": result.action, "seconds": round(result.seconds, 3),
                                "changes": list(result.changes),
@@ -48,11 +52,12 @@ def up_command(manifest: str | None, replicas: int | None, timeout: float, proxy
     s = result.state
     click.echo(f"lab {result.action} in {result.seconds:.2f}s: {len(s.nodes)} nodes, "
                f"{len(s.pods)} pods, {len(s.services)} services, kube-proxy {s.proxy_mode} mode, "
-               f"encapsulation {s.encap}")
+               f"encapsulation {s.encap}" + (", dual stack" if s.ip_family == "dual" else ""))
     for change in result.changes:
         click.echo(f"  {change}")
     for p in s.pods:
-        click.echo(f"  pod {p.name} on {p.node} {p.ip} ({p.veth})")
+        click.echo(f"  pod {p.name} on {p.node} {p.ip}" + (f" {p.ip6}" if p.ip6 else "")
+                   + f" ({p.veth})")
     for svc in s.services:
         addrs = [a for a in (svc.cluster_ip, *svc.external_ips) if a]
         np = f", nodePort {svc.node_port}" if svc.node_port else ""

@@ -92,6 +92,7 @@ def up(
     timeout: float = 30.0,
     proxy_mode: str = "iptables",
     encap: str = "none",
+    ip_family: str = "ipv4",
 ) -> UpResult:
     """Bring the lab to the state the manifest (and replicas, kube-proxy mode
     and Calico encapsulation) describe. Changing only the proxy mode reloads
@@ -104,7 +105,7 @@ def up(
     path, parsed, sha = _load(manifest)
     want = plan.make_plan(
         parsed, replicas=replicas, run_dir=RUN_DIR, manifest_path=str(path), manifest_sha256=sha,
-        proxy_mode=proxy_mode, encap=encap,
+        proxy_mode=proxy_mode, encap=encap, ip_family=ip_family,
     )
     # Render before touching anything: a manifest the renderer rejects fails
     # with nothing built.

@@ -168,9 +168,10 @@ def fdb(netns: str, name: str) -> list[dict]:
     return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
 
 
-def routes(netns: str, *selector: str) -> list[dict]:
-    """`ip -j route show [selector...]` inside netns."""
-    proc = run(["ip", "-n", _lab_only(netns), "-j", "route", "show", *selector])
+def routes(netns: str, *selector: str, six: bool = False) -> list[dict]:
+    """`ip [-6] -j route show [selector...]` inside netns."""
+    family = ["-6"] if six else []
+    proc = run(["ip", "-n", _lab_only(netns), *family, "-j", "route", "show", *selector])
     return json.loads(proc.stdout or "[]")
 
 

@@ -37,7 +37,11 @@ LOG_FORMAT = (
 def render_config(pod: Pod) -> str:
     files = pod.nginx
     tmp = Path(files.root).parent / "tmp"
-    listens = "\n".join(f"        listen {port};" for port in pod.ports)
+    # A dual-stack pod listens on both families ([::] is IPv6 only: nginx
+    # sets ipv6only on by default).
+    families = ("{port}", "[::]:{port}") if pod.ip6 else ("{port}",)
+    listens = "\n".join(f"        listen {f.format(port=port)};"
+                        for port in pod.ports for f in families)
     return f"""\
 # nginx of lab pod {pod.name}, rendered by `tracer lab up`.
 daemon on;

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracer.errors import ManifestError, UsageError
 from tracer.kube.model import Deployment, Manifest
 from tracer.kube.model import Service as KubeService
+from tracer.lab import plan6
 from tracer.lab.dnsmasq import files as dnsmasq_files
 from tracer.lab.state import (
     POD_NETNS_PREFIX,
@@ -188,6 +189,7 @@ def make_plan(
     manifest_sha256: str = "",
     proxy_mode: str = "iptables",
     encap: str = "none",
+    ip_family: str = "ipv4",
 ) -> LabState:
     """Everything to build, with no process ids yet.
 
@@ -198,6 +200,7 @@ def make_plan(
     if replicas is not None and replicas < 0:
         raise UsageError(f"--replicas must be >= 0, got {replicas}")
     check_modes(proxy_mode, encap)
+    plan6.check_family(ip_family, encap)
     run_dir = Path(run_dir)
 
     nodes = _nodes(run_dir)
@@ -207,7 +210,7 @@ def make_plan(
                   lan_port=lan_port("client"), extra_ips=CLIENT_EXTRA_IPS)
     pods = _pods(manifest, nodes, replicas, run_dir)
     services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
-    return LabState(
+    state = LabState(
         run_dir=str(run_dir),
         manifest=manifest_path or manifest.source,
         manifest_sha256=manifest_sha256,
@@ -224,6 +227,20 @@ def make_plan(
         created=time.time(),
         proxy_mode=proxy_mode,
         encap=encap,
+    )
+    return with_ipv6(state) if ip_family == "dual" else state
+
+
+def with_ipv6(s: LabState) -> LabState:
+    """The plan with every host, node and pod given its IPv6 twin address."""
+    cidr = {n.name: n.pod_cidr for n in s.nodes}
+    return replace(
+        s, ip_family="dual",
+        tor=replace(s.tor, ip6=plan6.lan6(s.tor.ip)),
+        client=replace(s.client, ip6=plan6.lan6(s.client.ip)),
+        nodes=tuple(replace(n, ip6=plan6.lan6(n.ip), pod_cidr6=plan6.block6(n.pod_cidr))
+                    for n in s.nodes),
+        pods=tuple(replace(p, ip6=plan6.pod_ip6(p.ip, cidr[p.node])) for p in s.pods),
     )
 
 

@@ -52,6 +52,7 @@ class Host:
     lan_port: str  # its bridge port in the ToR namespace
     # Further addresses on eth0 (secondary, same LAN): more client sources.
     extra_ips: tuple[str, ...] = ()
+    ip6: str | None = None  # with --ip-family dual (tracer/lab/plan6.py)
 
     @property
     def ips(self) -> tuple[str, ...]:
@@ -67,6 +68,7 @@ class Router:
     ip: str
     bridge: str
     bird: Bird
+    ip6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Node:
     # sha256 of the nat rules as `iptables-save` gives them back once loaded
     # (lets a second `up` tell that the rules are still in place).
     rules_digest: str | None = None
+    ip6: str | None = None
+    pod_cidr6: str | None = None  # its IPv6 block, announced like pod_cidr
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Pod:
     nginx: Nginx
     # One dnsmasq per UDP port the pod serves (none for TCP-only pods).
     dns: tuple[Dnsmasq, ...] = ()
+    ip6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,9 @@ class LabState:
     # Calico's encapsulation between the nodes: "none" (BGP routes only),
     # "vxlan" or "ipip" (tracer/lab/encap.py). Older state files: none.
     encap: str = "none"
+    # "ipv4", or "dual": every host, node and pod also has an IPv6 address,
+    # and BGP carries the IPv6 blocks too (tracer/lab/plan6.py).
+    ip_family: str = "ipv4"
 
     # --- lookups -------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class PodStatus:
     nginx_pid: int | None
     nginx_running: bool
     access_log: str
+    ip6: str | None = None
     # UDP ports served by dnsmasq -> whether it runs.
     dns: tuple[tuple[int, bool], ...] = ()
 
@@ -118,7 +119,8 @@ def _routes(netns: str, present: bool) -> tuple[Route, ...]:
                                             if h.get("gateway")) or None,
               r.get("dev") or next((h.get("dev") for h in r.get("nexthops", [])), None),
               r.get("protocol", "bird"))
-        for r in bird.learned_routes(netns)
+        for six in (False, True)
+        for r in bird.learned_routes(netns, six=six)
     )
 
 
@@ -165,7 +167,7 @@ def _collect(state: LabState) -> LabStatus:
     pods = tuple(
         PodStatus(
             name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, netns=p.netns,
-            veth=p.veth, netns_present=p.netns in present, nginx_pid=p.nginx.pid,
+            veth=p.veth, netns_present=p.netns in present, nginx_pid=p.nginx.pid, ip6=p.ip6,
             nginx_running=procs.runs_in(p.nginx.pid, p.netns),
             access_log=p.nginx.access_log,
             dns=tuple((f.port, dnsmasq.running(f) is not None) for f in p.dns),
@@ -200,7 +202,7 @@ def _collect(state: LabState) -> LabStatus:
         if tunnels:
             problems.append(f"{state.encap} encapsulation: {tunnels}")
     client = {"name": state.client.name, "netns": state.client.netns, "ip": state.client.ip,
-              "extra_ips": list(state.client.extra_ips),
+              "extra_ips": list(state.client.extra_ips), "ip6": state.client.ip6,
               "netns_present": state.client.netns in present}
     return LabStatus(
         up=True, healthy=not problems, run_dir=state.run_dir, manifest=state.manifest,
@@ -257,12 +259,14 @@ def format_status(st: LabStatus) -> str:
     if st.client:
         more = st.client.get("extra_ips") or []
         lines.append(f"  {st.client['netns']:<11} {st.client['ip']}"
-                     + (f" (+{len(more)}: {more[0]}-{more[-1]})" if more else ""))
+                     + (f" (+{len(more)}: {more[0]}-{more[-1]})" if more else "")
+                     + (f"  {st.client['ip6']}" if st.client.get("ip6") else ""))
     lines += ["", f"pods ({len(st.pods)}):"]
     for p in st.pods:
         ok = "nginx up" if p.nginx_running else "nginx DOWN"
         ok += "".join(f", dnsmasq {port}/udp {'up' if up else 'DOWN'}" for port, up in p.dns)
-        lines.append(f"  {p.name:<32} {p.node:<11} {p.ip:<14} {p.veth}  {ok}")
+        lines.append(f"  {p.name:<32} {p.node:<11} {p.ip:<14} {p.veth}  {ok}"
+                     + (f"  {p.ip6}" if p.ip6 else ""))
     lines += ["", "services:"]
     for s in st.services:
         addrs = [f"{s.cluster_ip}:{s.ports[0]['port']}" if s.cluster_ip and s.ports else ""]
