@@ -1,6 +1,8 @@
 """`tracer diagnose`: what is wrong with the Service, in words.
 
-Every client connection's outcome (tracer.analysis.outcomes), and for the
+Every client connection's outcome (tracer.analysis.outcomes) and every UDP
+flow's (tracer.analysis.udp_flows: ``answered``, ``unreachable``,
+``no_answer``), and for the
 failed ones where their packets stopped (tracer.analysis.journeys), grouped
 by outcome and stop; each group says what its connections have in common
 (the endpoint DNAT chose, the nodes) against the connections that succeeded.
@@ -11,10 +13,12 @@ judge instead of blaming.
 The JSON document (``Diagnosis.to_dict``; docs/troubleshooting.md):
 ``verdict`` (healthy | failing | undetermined | no_connections), ``summary``,
 ``service``, ``nodes``, ``capture`` {events, lost, lost_by_node, end_t},
-``connections`` {total, succeeded, reset, unreachable, no_answer, stalled,
-no_data, undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
-succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
-would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
+``connections`` {total, succeeded, answered, reset, unreachable, no_answer, stalled,
+no_data, undetermined, already_open, tcp, udp} (UDP flows count as connections:
+``tcp`` and ``udp`` say how many of each), ``endpoints`` [{endpoint, proto,
+node, connections, succeeded (a UDP flow's: answered), failed}], ``failures``
+[group], ``undetermined`` [{reason, proto, count, would_be}]. A group (of one
+proto): {outcome, proto (tcp | udp), count, reset_by, stop, endpoints, dnat_nodes,
 common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
 retransmitted_segments, largest_retransmitted, size_limit {smallest_lost,
 largest_delivered} (a loss by size) or null, examples, rule, icmp}. ``rule``
@@ -415,8 +419,8 @@ def format_text(d: Diagnosis) -> str:
                              "ICMP errors per destination (net.ipv4.icmp_ratelimit)")
         if udp and g["stop"] and g["stop"]["drop_reason"] == "NO_SOCKET":
             lines.append("  no socket listens on the port where it arrived (NO_SOCKET)" + (
-                "" if g["icmp"] else ": its ICMP port unreachable was not sent, the kernel "
-                "limits ICMP errors (net.ipv4.icmp_ratelimit)"))
+                "" if g["icmp"] else "; no ICMP error came back for these: the kernel "
+                "rate-limits them (net.ipv4.icmp_ratelimit)"))
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")

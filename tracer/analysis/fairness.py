@@ -15,6 +15,10 @@ With session affinity (ClientIP) the endpoint table and windows count each
 client's first connections only, and the rest are checked for stickiness
 (tracer.analysis.affinity).
 
+A UDP port's DNAT decisions are flows (conntrack's entry per client tuple):
+``unit`` (unit_of) says what was counted, ``connections``, ``flows`` or
+``connections and flows``, in the JSON and the text.
+
 Requests per connection (tracer.analysis.request_counts) expose keep-alive
 pinning: one client's connection carrying thousands of requests to one pod
 while connection counts look fair. Which connections are counted and which
