@@ -17,7 +17,9 @@ the pod does with a query:
   unreachable quoting the masqueraded query, which A's reverse NAT rewrites
   on the way back to the client;
 - ``silent``: the query reaches the pod and nothing more is seen (no drop,
-  no answer).
+  no answer);
+- ``answer_lost``: the pod answers and its answer vanishes after the pod's
+  node sends it on (no drop event: lost on the wire).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from tests.analysis.synthetic import (
 from tests.analysis.synthetic_faults import CLIENT, HOP_NS, RTT_STEP_NS, _Builder, _connection
 
 DNS_PORT = 53
-KINDS = ("answer", "retry", "no_socket", "icmp", "silent")
+KINDS = ("answer", "retry", "no_socket", "icmp", "silent", "answer_lost")
 QUERY, ANSWER = 40, 120  # UDP payload bytes (a TXT query and its answer)
 
 
@@ -124,6 +126,9 @@ def _flow(b: _Builder, kind: str, t: int, cport: int, ep: int, rng) -> str:
         _datagram(b, t, c2s, PATHS[up][:4], QUERY, pod, first=True)
         t += 500_000_000
     t = _datagram(b, t, c2s, PATHS[up], QUERY, pod, first=kind != "retry") + RTT_STEP_NS
+    if kind == "answer_lost":
+        _datagram(b, t, s2c, PATHS[down][:3], ANSWER, pod)
+        return "no_answer"
     _datagram(b, t, s2c, PATHS[down], ANSWER, pod)
     return "answered"
 

@@ -115,8 +115,8 @@ def test_real_dns_fairness_counts_flows_and_queries(capsys):
 
 
 def test_synthetic_outcomes_retry_and_icmp(tmp_path):
-    kinds = ["answer", "retry", "no_socket", "icmp", "silent", "icmp", "answer"]
-    sim = simulate_udp(kinds, endpoints=[0, 1, 0, 1, 1, 0, 1])
+    kinds = ["answer", "retry", "no_socket", "icmp", "silent", "icmp", "answer", "answer_lost"]
+    sim = simulate_udp(kinds, endpoints=[0, 1, 0, 1, 1, 0, 1, 1])
     paths = sim.write(tmp_path)
     before = _digest(paths)
     d = diagnose(paths)
@@ -128,8 +128,10 @@ def test_synthetic_outcomes_retry_and_icmp(tmp_path):
     groups = {(g["outcome"], g["common"]["endpoint"]): g for g in d.failures}
     icmp_b = groups[("unreachable", f"{PODS[1].ip}:53")]["icmp"]
     assert (icmp_b["sent_by"], icmp_b["sender"], icmp_b["node"]) == ("pod", PODS[1].ip, "lab-node-b")
-    silent = groups[("no_answer", f"{PODS[1].ip}:53")]["stop"]
-    assert (silent["kind"], silent["netns"]) == ("last_seen", PODS[1].netns)
+    # Pod B's silence stops in the pod; its lost answer where B sent it on.
+    stops = {(s["probe"], s["netns"]) for g in d.failures for s in [g["stop"]]
+             if g["outcome"] == "no_answer" and g["common"]["endpoint"] == f"{PODS[1].ip}:53"}
+    assert stops == {("rx", PODS[1].netns), ("tx", "lab-node-b")}
     dropped = groups[("no_answer", f"{PODS[0].ip}:53")]["stop"]
     assert (dropped["drop_reason"], dropped["netns"]) == ("NO_SOCKET", PODS[0].netns)
     report = fairness.analyze(assemble(load_events(paths)))
