@@ -1,6 +1,8 @@
 """`tracer diagnose`: what is wrong with the Service, in words.
 
-Every client connection's outcome (tracer.analysis.outcomes), and for the
+Every client connection's outcome (tracer.analysis.outcomes) and every UDP
+flow's (tracer.analysis.udp_flows: ``answered``, ``unreachable``,
+``no_answer``), and for the
 failed ones where their packets stopped (tracer.analysis.journeys), grouped
 by outcome and stop; each group says what its connections have in common
 (the endpoint DNAT chose, the nodes) against the connections that succeeded.
@@ -11,10 +13,12 @@ judge instead of blaming.
 The JSON document (``Diagnosis.to_dict``; docs/troubleshooting.md):
 ``verdict`` (healthy | failing | undetermined | no_connections), ``summary``,
 ``service``, ``nodes``, ``capture`` {events, lost, lost_by_node, end_t},
-``connections`` {total, succeeded, reset, unreachable, no_answer, stalled,
-no_data, undetermined, already_open}, ``endpoints`` [{endpoint, node, connections,
-succeeded, failed}], ``failures`` [group], ``undetermined`` [{reason, count,
-would_be}]. A group: {outcome, count, reset_by, stop, endpoints, dnat_nodes,
+``connections`` {total, succeeded, answered, reset, unreachable, no_answer, stalled,
+no_data, undetermined, already_open, tcp, udp} (UDP flows count as connections:
+``tcp`` and ``udp`` say how many of each), ``endpoints`` [{endpoint, proto,
+node, connections, succeeded (a UDP flow's: answered), failed}], ``failures``
+[group], ``undetermined`` [{reason, proto, count, would_be}]. A group (of one
+proto): {outcome, proto (tcp | udp), count, reset_by, stop, endpoints, dnat_nodes,
 common {endpoint, endpoint_node, dnat_node}, finding, reset_from, syn_retransmits,
 retransmitted_segments, largest_retransmitted, size_limit {smallest_lost,
 largest_delivered} (a loss by size) or null, examples, rule, icmp}. ``rule``
@@ -54,8 +58,13 @@ from tracer.analysis.outcomes import FAILED, OUTCOMES, SETTLE_NS, find_connectio
 from tracer.analysis.packets import Packets, assemble
 from tracer.analysis.rule_walks import NodeWalk, blocking_rule
 from tracer.analysis.service import service_name
+from tracer.analysis.udp_flows import ANSWERED, UDP, UDP_OUTCOMES, client_flows
 
 MAX_EXAMPLES = 3
+ALL_OUTCOMES = (OUTCOMES[0], ANSWERED, *OUTCOMES[1:])
+OK = ("succeeded", ANSWERED)
+PROTO = {6: "tcp", UDP: "udp"}
+WHY_UDP = {"no_answer": "no answer to the datagram", "unreachable": "unreachable by ICMP"}
 WHY = {
     "no_answer": "no answer to the SYN",
     "reset": "reset",
@@ -106,7 +115,7 @@ def _endpoint_text(ip: float, port: float) -> str | None:
 def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS) -> Diagnosis:
     packets = source if isinstance(source, Packets) else assemble(load_events(source))
     ev = packets.events
-    cc = find_connections(ev, packets.node_meta)
+    cc = client_flows(ev, packets.node_meta, find_connections(ev, packets.node_meta))
     add_dnat(cc, ev)
     conns = cc.conns
     conns["endpoint"] = [_endpoint_text(i, p) for i, p in
@@ -124,10 +133,11 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     located = locate(cc, ev, failed)
     meta = next((m for m in packets.node_meta.values() if m.get("service")), {})
     counts = {o: int(((conns["outcome"] == o) & (conns["undetermined"] == "")).sum())
-              for o in OUTCOMES}
+              for o in ALL_OUTCOMES}
     counts = {"total": len(conns), **counts,
               "undetermined": int((conns["undetermined"] != "").sum()),
-              "already_open": cc.already_open}
+              "already_open": cc.already_open,
+              "tcp": int((conns["proto"] != UDP).sum()), "udp": int((conns["proto"] == UDP).sum())}
     # Rule walks exist only in captures taken with --rules: without them the
     # connections' packet ids are not gathered at all.
     by_packet = _walks_by_packet(rule_walks.of(packets))
@@ -137,9 +147,9 @@ def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS)
     failures = _groups(conns.assign(packet_ids=_packet_ids(cc) if by_packet else None), located,
                        failed, by_packet)
     undetermined = [
-        {"reason": why, "count": len(g),
+        {"reason": why, "count": len(g), "proto": PROTO[proto],
          "would_be": {str(k): int(v) for k, v in g["outcome"].value_counts().items()}}
-        for why, g in conns[conns["undetermined"] != ""].groupby("undetermined")
+        for (why, proto), g in conns[conns["undetermined"] != ""].groupby(["undetermined", "proto"])
     ]
     # Denials by loadBalancerSourceRanges are the Service doing as configured.
     faults = [g for g in failures if not g["denied_by"]]
@@ -185,9 +195,9 @@ def _icmp_key(doc: Any) -> tuple:
 def _endpoints(conns: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     judged = conns[conns["undetermined"] == ""]
-    for ep, g in judged[judged["endpoint"].notna()].groupby("endpoint", sort=True):
-        ok = int((g["outcome"] == "succeeded").sum())
-        out.append({"endpoint": ep, "node": g["endpoint_node"].iloc[0],
+    for (ep, proto), g in judged[judged["endpoint"].notna()].groupby(["endpoint", "proto"]):
+        ok = int(g["outcome"].isin(OK).sum())
+        out.append({"endpoint": ep, "proto": PROTO[proto], "node": g["endpoint_node"].iloc[0],
                     "connections": len(g), "succeeded": ok, "failed": len(g) - ok})
     return out
 
@@ -206,18 +216,19 @@ def _groups(conns: pd.DataFrame, located: pd.DataFrame, failed: np.ndarray,
     f["stop_key"] = [_stop_key(s) for s in f["stop"]]
     f["icmp_key"] = [_icmp_key(d) for d in f["icmp"]]
     f["denied_key"] = [(d[0], d[1]) if d else None for d in f["denied"]]
-    ok = conns[(conns["outcome"] == "succeeded") & (conns["undetermined"] == "")]
-    ok_by_ep = ok["endpoint"].value_counts()
+    ok = conns[conns["outcome"].isin(OK) & (conns["undetermined"] == "")]
     groups = []
-    for (outcome, reset_by, *_), g in f.groupby(
-        ["outcome", f["reset_by"].fillna(""), "stop_key", "icmp_key", "denied_key"],
+    for (outcome, proto, reset_by, *_), g in f.groupby(
+        ["outcome", "proto", f["reset_by"].fillna(""), "stop_key", "icmp_key", "denied_key"],
         sort=False, dropna=False,
     ):
+        ok_by_ep = ok[ok["proto"] == proto]["endpoint"].value_counts()
         stop = g["stop"].iloc[0] if isinstance(g["stop"].iloc[0], dict) else None
         eps = g["endpoint"].fillna("(none)").value_counts()
         common = _common(g)
         group = {
-            "outcome": outcome, "count": len(g), "reset_by": reset_by or None, "stop": stop,
+            "outcome": outcome, "proto": PROTO[proto], "count": len(g),
+            "reset_by": reset_by or None, "stop": stop,
             "endpoints": {str(k): int(v) for k, v in eps.items()},
             "dnat_nodes": {str(k): int(v) for k, v in g["dnat_node"].fillna("(none)")
                            .value_counts().items()},
@@ -309,10 +320,11 @@ def _finding(group: dict[str, Any], ok_by_ep: pd.Series) -> str:
         by = f" by {c['dnat_node']}" if c["dnat_node"] else ""
         text = f"all {n} were DNATed{by} to {c['endpoint']}{where}"
         same_ok = int(ok_by_ep.get(c["endpoint"], 0))
-        others = [f"the {int(v)} to {k} succeeded" for k, v in ok_by_ep.items()
+        verb = "were answered" if group["proto"] == "udp" else "succeeded"
+        others = [f"the {int(v)} to {k} {verb}" for k, v in ok_by_ep.items()
                   if k != c["endpoint"]]
         if same_ok:
-            others.insert(0, f"{same_ok} others to it succeeded")
+            others.insert(0, f"{same_ok} others to it {verb}")
         return "; ".join([text, *others])
     if set(group["endpoints"]) == {"(none)"}:
         return f"none of the {n} was DNATed: no endpoint was chosen"
@@ -324,13 +336,16 @@ def _summary(d: Diagnosis) -> str:
     c = d.connections
     if d.verdict == "no_connections":
         return "no client connection to the Service in the capture"
-    head = f"{c['succeeded']} of {c['total']} connections succeeded"
+    tcp = [f"{c['succeeded']} of {c['tcp']} connections succeeded"] if c["tcp"] else []
+    udp = [f"{c['answered']} of {c['udp']} flows answered"] if c["udp"] else []
+    head = ", ".join(tcp + udp)
     denied = sum(g["count"] for g in d.failures if g["denied_by"])
     if d.verdict == "healthy" and denied:
         return (f"{head}, {denied} denied by loadBalancerSourceRanges: the Service is healthy "
                 "for admitted sources")
     if d.verdict == "healthy":
-        return f"all {c['total']} connections succeeded; nothing to blame"
+        return " and ".join([f"all {c['tcp']} connections succeeded"] * bool(tcp) + [
+            f"all {c['udp']} flows answered"] * bool(udp)) + "; nothing to blame"
     failed = sum(c[o] for o in FAILED)
     parts = [head]
     if failed:
@@ -371,20 +386,23 @@ def format_text(d: Diagnosis) -> str:
     c = d.connections
     lines = [f"service {d.service}: {d.summary}"]
     if d.verdict != "no_connections":
-        lines.append("  " + ", ".join(f"{o.replace('_', ' ')} {c[o]}" for o in OUTCOMES)
+        shown = [o for o in ALL_OUTCOMES if (o != ANSWERED or c["udp"])
+                 and (o in UDP_OUTCOMES or c["tcp"])]
+        lines.append("  " + ", ".join(f"{o.replace('_', ' ')} {c[o]}" for o in shown)
                      + f", undetermined {c['undetermined']}")
     if c["already_open"]:
         lines.append(f"  {c['already_open']} connection(s) began before the capture: not judged")
     for i, g in enumerate(d.failures, 1):
         lines.append("")
-        why = WHY[g["outcome"]]
+        udp = g["proto"] == "udp"
+        why = (WHY_UDP if udp else WHY)[g["outcome"]]
         if g["reset_by"]:
             why += f" by the {g['reset_by']}"
         if g["outcome"] == "unreachable" and g["icmp"]:
             why = judgement_text(g["icmp"])
         if g["denied_by"]:
             why += ": denied by loadBalancerSourceRanges, not a fault"
-        lines.append(f"failure {i}: {g['count']} connection(s) {why}")
+        lines.append(f"failure {i}: {g['count']} {'flow' if udp else 'connection'}(s) {why}")
         lines.append(f"  {_stop_text(g)}")
         if g["reset_from"] and g["stop"] and g["stop"]["kind"] != "sent_by":
             who = "the pod" if g["reset_by"] == "pod" else "the node (no pod involved: a REJECT)"
@@ -399,6 +417,10 @@ def format_text(d: Diagnosis) -> str:
             if g["outcome"] == "no_answer" and " REJECT" in r["walk"]:
                 lines.append("  the REJECT's ICMP error never left for these: the kernel limits "
                              "ICMP errors per destination (net.ipv4.icmp_ratelimit)")
+        if udp and g["stop"] and g["stop"]["drop_reason"] == "NO_SOCKET":
+            lines.append("  no socket listens on the port where it arrived (NO_SOCKET)" + (
+                "" if g["icmp"] else "; no ICMP error came back for these: the kernel "
+                "rate-limits them (net.ipv4.icmp_ratelimit)"))
         lines.append(f"  {g['finding']}")
         if g["syn_retransmits"]:
             lines.append(f"  the clients retransmitted their SYN {g['syn_retransmits']} times")
@@ -419,5 +441,6 @@ def format_text(d: Diagnosis) -> str:
         why = ("the capture ended before they could be judged" if u["reason"] == "capture_ended"
                else f"the capture lost {d.capture['lost']} events: a missing answer may be a "
                "lost event")
-        lines.append(f"not judged: {u['count']} connection(s) ({would}): {why}")
+        noun = "flow" if u["proto"] == "udp" else "connection"
+        lines.append(f"not judged: {u['count']} {noun}(s) ({would}): {why}")
     return "\n".join(lines)

@@ -15,6 +15,10 @@ With session affinity (ClientIP) the endpoint table and windows count each
 client's first connections only, and the rest are checked for stickiness
 (tracer.analysis.affinity).
 
+A UDP port's DNAT decisions are flows (conntrack's entry per client tuple):
+``unit`` (unit_of) says what was counted, ``connections``, ``flows`` or
+``connections and flows``, in the JSON and the text.
+
 Requests per connection (tracer.analysis.request_counts) expose keep-alive
 pinning: one client's connection carrying thousands of requests to one pod
 while connection counts look fair. Which connections are counted and which
@@ -132,11 +136,14 @@ class FairnessReport:
     affinity: AffinityReport | None = None  # session affinity: stickiness
     # Connections whose source kube-proxy keeps (externalTrafficPolicy Local) but a SNAT rewrote.
     source_rewrites: list[SourceRewrite] = field(default_factory=list)
+    unit: str = "connections"  # what a DNAT decision is here: see unit_of
+
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "service": self.service,
             "confidence": self.confidence,
+            "unit": self.unit,
             "counted": "one DNAT decision per connection (nat_kind dnat, nat_first)",
             "overall": self.overall.to_dict(),
             "per_client": [g.to_dict() for g in self.per_client],
@@ -149,6 +156,14 @@ class FairnessReport:
             "notes": self.notes,
             "affinity": self.affinity.to_dict() if self.affinity else None,
         }
+
+
+def unit_of(protocols: np.ndarray) -> str:
+    """A DNAT decision is a TCP connection's or a UDP flow's (conntrack's
+    entry for a client tuple: a DNS query from a fresh port is one):
+    ``connections``, ``flows``, or ``connections and flows`` for both."""
+    kinds = {"flows" if p == 17 else "connections" for p in np.unique(protocols).tolist()}
+    return " and ".join(sorted(kinds)) if kinds else "connections"
 
 
 def _nice_window(span_ns: int, connections: int, min_per_window: int = 30, most: int = 10) -> int:
@@ -284,4 +299,5 @@ def analyze(
         notes=p.notes + rewrite_notes(rewrites),
         affinity=sticky,
         source_rewrites=rewrites,
+        unit=unit_of(every.conns["proto"].to_numpy()),
     )

@@ -8,6 +8,14 @@ from __future__ import annotations
 from tracer.analysis import affinity
 from tracer.analysis.fairness import FairnessReport, GroupFairness
 
+# A report's unit (tracer.analysis.fairness.unit_of): its words in a sentence,
+# a column head and after "per".
+_WORDS = {"flows": ("flows", "flows", "flow")}
+
+
+def _words(report: FairnessReport) -> tuple[str, str, str]:
+    return _WORDS.get(report.unit, (report.unit, "conns", "conn"))
+
 
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}%"
@@ -24,17 +32,17 @@ def _verdict(g: GroupFairness, alpha: float) -> str:
     return f"chi-square {c.statistic:.2f} (df {c.df}), p = {c.p_value:.3g}: {verdict}{caveat}"
 
 
-def _endpoint_table(o: GroupFairness, ci: str) -> list[str]:
+def _endpoint_table(o: GroupFairness, ci: str, head: str = "conns", per: str = "conn") -> list[str]:
     heads = [
         "endpoint",
         "node",
-        "conns",
+        head,
         "observed",
         "promised",
         ci,
         "deviation",
         "requests",
-        "req/conn",
+        f"req/{per}",
     ]
     rows = []
     for e in o.endpoints:
@@ -70,11 +78,12 @@ def _overall_lines(report: FairnessReport) -> list[str]:
     """The Service's endpoint table, the test's verdict, the largest deviation, Jain."""
     o = report.overall
     ci = f"{round(100 * report.confidence)}% CI"
+    unit, head, per = _words(report)
     lines = [
-        f"Service {report.service}: {o.connections} new connections "
+        f"Service {report.service}: {o.connections} new {unit} "
         f"(DNAT decisions: nat events dnat + nat_first; never per packet)"
     ]
-    lines += _endpoint_table(o, ci)
+    lines += _endpoint_table(o, ci, head, per)
     lines.append(f"  {_verdict(o, 1 - report.confidence)}")
     big = o.largest
     if big is not None:
@@ -92,24 +101,25 @@ def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
     """Requests per connection, then the per-client and per-window groups."""
     lines = []
     r = report.requests
+    unit, head, per = _words(report)
     if r.get("per_connection"):
         pc = r["per_connection"]
         lines.append(
-            f"\nRequests per connection ({r['counted']}): "
+            f"\nRequests per {'flow' if per == 'flow' else 'connection'} ({r['counted']}): "
             f"mean {pc['mean']:.2f}, p50 {pc['p50']:g}, "
             f"p90 {pc['p90']:g}, p99 {pc['p99']:g}, max {pc['max']:g}"
         )
     if report.per_client:
         lines.append(
             f"\nPer client (pre-NAT source), {min(max_rows, len(report.per_client))} of "
-            f"{len(report.per_client)} by connections:"
+            f"{len(report.per_client)} by {unit}:"
         )
         for g in report.per_client[:max_rows]:
             counts = " ".join(f"{e.connections}" for e in g.endpoints)
             req = sum(e.requests for e in g.endpoints)
             lines.append(
-                f"  {g.label:<16} conns {g.connections:>6}  per endpoint [{counts}]  "
-                f"req/conn {req / g.connections if g.connections else 0:.2f}  "
+                f"  {g.label:<16} {head} {g.connections:>6}  per endpoint [{counts}]  "
+                f"req/{per} {req / g.connections if g.connections else 0:.2f}  "
                 + _client_judgement(g, report)
             )
     if report.windows:
@@ -117,7 +127,7 @@ def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
         for g in report.windows[: max_rows * 5]:
             counts = " ".join(f"{e.connections}" for e in g.endpoints)
             lines.append(
-                f"  {g.label:>8}  conns {g.connections:>6}  per endpoint [{counts}]  "
+                f"  {g.label:>8}  {head} {g.connections:>6}  per endpoint [{counts}]  "
                 f"Jain {g.jain:.3f}  p {g.chi2.p_value:.3g}"
             )
     return lines

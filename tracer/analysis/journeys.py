@@ -15,6 +15,9 @@ packet's hops across nodes and NAT):
   answer; the server's data for a stall); for a reset, where the RST began
   and whether a pod sent it (it passed through the endpoint's address or the
   reverse NAT) or the node did (a REJECT: no pod involved).
+
+A UDP flow (tracer.analysis.udp_flows) is followed the same way: its first
+datagram's DNAT, and for no answer its last datagram or the pod's answer.
 """
 
 from __future__ import annotations
@@ -73,11 +76,12 @@ def server_rows(cc: ClientConnections, ev: pd.DataFrame) -> pd.DataFrame:
     keys = pd.DataFrame({
         "src": conns["endpoint_ip"].astype(np.int64), "sport": conns["endpoint_port"].astype(np.int64),
         "dst": conns["post_src"].astype(np.int64), "dport": conns["post_sport"].astype(np.int64),
+        "proto": conns["proto"].astype(np.int64) if "proto" in conns else 6,
         "conn": conns["conn"], "start_t": conns["start_t"],
     })
     cand = ev[np.isin(ev["src"].to_numpy(), keys["src"].unique())]
-    cand = cand.astype({c: np.int64 for c in ("src", "sport", "dst", "dport")})
-    m = cand.merge(keys, on=["src", "sport", "dst", "dport"])
+    cand = cand.astype({c: np.int64 for c in ("src", "sport", "dst", "dport", "proto")})
+    m = cand.merge(keys, on=["src", "sport", "dst", "dport", "proto"])
     m = m[m["t"].to_numpy() >= m["start_t"].to_numpy()]
     m = m.sort_values(["row", "start_t"]).drop_duplicates(["node", "row"], keep="last")
     payload = m["len"].to_numpy(np.int64) - m["ip_hlen"].to_numpy(np.int64) - m[
@@ -128,8 +132,12 @@ def locate(cc: ClientConnections, ev: pd.DataFrame, failed: np.ndarray) -> pd.Da
     drops = drops.merge(packets, on="packet").sort_values("t")
     last_drop = drops.drop_duplicates("conn", keep="last").set_index("conn")
     sf = server["tcp_flags"].to_numpy()
-    synack = server[((sf & SYN) != 0) & ((sf & ACK) != 0)].drop_duplicates("conn", keep="last")
-    data = server[server["payload"].to_numpy() > 0]
+    tcp = server["proto"].to_numpy() == 6
+    # The answer that should have reached the client: the SYN-ACK of a TCP
+    # connection, any datagram of a UDP flow.
+    synack = server[(tcp & ((sf & SYN) != 0) & ((sf & ACK) != 0)) | (server["proto"] == 17)]
+    synack = synack.drop_duplicates("conn", keep="last")
+    data = server[tcp & (server["payload"].to_numpy() > 0)]
     seg = data.drop_duplicates("packet").groupby(["conn", "seq"]).agg(
         copies=("packet", "size"), size=("len", "max"), packet=("packet", "last"))
     retx = seg[seg["copies"] > 1].reset_index()
