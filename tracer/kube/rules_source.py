@@ -162,9 +162,11 @@ def _read_nft(command: tuple[str, ...] = NFT_LIST) -> tuple[str | None, str | No
     """(JSON of the table COMMAND lists, table ip kube-proxy or ip6
     kube-proxy, or None; why not). No nft, or no such table, is not a
     failure: the node (or this family) is then not in nftables mode."""
-    if not _find(NFT):
+    nft = _find(NFT)
+    if not nft:
         return None, None
-    proc = run(list(command), check=False)
+    # Run what was found: _find also looks in /usr/sbin, which a user's PATH may lack.
+    proc = run([nft, *command[1:]], check=False)
     family = command[-2]
     if proc.returncode == 0:
         try:
@@ -198,13 +200,13 @@ def _read_iptables(
     backend with KUBE-SERVICES (more KUBE- lines if both have it), else the
     first that answered. The filter table only adds the Services without
     endpoints: a backend whose filter table cannot be read still counts."""
-    available = [p for p in programs if _find(p)]
+    available = [(p, path) for p in programs if (path := _find(p))]
     outputs: list[tuple[str, str]] = []
     failures: list[str] = []
-    for program in available:
-        proc = run([program, "-t", "nat"], check=False)
+    for program, path in available:
+        proc = run([path, "-t", "nat"], check=False)
         if proc.returncode == 0:
-            filter_proc = run([program, "-t", "filter"], check=False)
+            filter_proc = run([path, "-t", "filter"], check=False)
             extra = filter_proc.stdout if filter_proc.returncode == 0 else ""
             outputs.append((program, proc.stdout + extra))
             continue
