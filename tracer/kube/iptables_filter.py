@@ -99,10 +99,11 @@ def render_filter_table(
     conntrack_tcp_liberal: bool = False,
     forwarding_rules: bool = True,
     jump_rules: bool = True,
+    family: str = "ipv4",
 ) -> str:
     """The "*filter" section of kube-proxy's restore input (for
     `iptables-restore --noflush`: each declared chain is flushed, nothing
-    else in the table is touched).
+    else in the table is touched; `ip6tables-restore` with family "ipv6").
 
     services, endpoints, node_name, masquerade_mark, localhost_nodeports:
         as render_nat_table (tracer.kube.iptables_render).
@@ -116,7 +117,11 @@ def render_filter_table(
         them with separate `iptables -I` calls, once; leave them out when
         reloading into a namespace that already has them, as --noflush would
         add them again).
+    family: "ipv4", or "ipv6" for the IPv6 proxier's (as render_nat_table):
+        it has no KUBE-FIREWALL localnet drop, localhost node ports being
+        IPv4 only.
     """
+    localhost_nodeports = localhost_nodeports and family == "ipv4"
     chains = [f":{name} - [0:0]" for name in FILTER_CHAINS]
     rules: list[str] = []
     jumps = list(FILTER_JUMP_RULES)
@@ -132,12 +137,12 @@ def render_filter_table(
     if jump_rules:
         rules[:0] = [_jump_line(j) for j in jumps]
     for service in services:
-        if not service.cluster_ip:
+        if not service.cluster_ip_for(family):
             continue
         for port in service.ports:
-            chosen = port_endpoints(service, port, endpoints.get(service.key, ()))
-            rules += service_port_filter_rules(plan_service_port(service, port, chosen, node_name),
-                                               port.port, port.node_port)
+            chosen = port_endpoints(service, port, endpoints.get(service.key, ()), family)
+            plan = plan_service_port(service, port, chosen, node_name, family)
+            rules += service_port_filter_rules(plan, port.port, port.node_port)
     if forwarding_rules:
         rules += _forward_rules(masquerade_mark, conntrack_tcp_liberal)
     return "\n".join(["*filter", *chains, *rules, "COMMIT", ""])

@@ -30,7 +30,13 @@ What is rendered, per service port with at least one ready endpoint:
 Not rendered, as kube-proxy writes them in the filter table, not nat: the
 REJECT/DROP rules for services without (local) endpoints, so such a service
 has no nat rules at all (kube-proxy does the same). Not modelled: topology
-hints, masqueradeAll, terminating endpoints, IPv6.
+hints, masqueradeAll, terminating endpoints.
+
+IPv6 (family="ipv6"): the `ip6tables-restore` input of kube-proxy's IPv6
+proxier, the same chains and rules over the Services' IPv6 part (see
+tracer.kube.proxy_plan), with what differs in kube-proxy for IPv6: the
+nodeports jump never admits localhost (`! -d ::1/128`; localhostNodePorts
+applies to IPv4 only), no nfacct localhost rule, no loopback node address.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class _Options:
     localhost_nodeports: bool
     nfacct_localhost: bool
     node_ip: str | None = None  # the primary node IP (kube-proxy's nodeIP)
+    family: str = "ipv4"
 
 
 def probability(n: int) -> str:
@@ -115,8 +122,10 @@ def render_nat_table(
     localhost_nodeports: bool = True,
     nfacct_localhost_nodeports: bool = False,
     jump_rules: bool = True,
+    family: str = "ipv4",
 ) -> str:
-    """The complete `iptables-restore --noflush` input for the nat table.
+    """The complete `iptables-restore --noflush` input for the nat table
+    (`ip6tables-restore` input with family "ipv6").
 
     services: the Services to program; those without a cluster IP are skipped
         (kube-proxy does not proxy headless Services).
@@ -145,13 +154,19 @@ def render_nat_table(
     jump_rules: include `-I PREROUTING/OUTPUT/POSTROUTING` jumps (kube-proxy
         makes them with separate `iptables -I` calls); leave them out when
         reloading into a namespace that already has them.
+    family: "ipv4", or "ipv6" for the IPv6 proxier's rules: only Services
+        with a cluster IP of the family, and their addresses and endpoints
+        of it; node_ips and cluster_cidr must be of the family (an IPv6
+        render passes its own cluster_cidr, or None).
     """
-    node_addresses, cluster_cidr = check_node_options(node_ips, nodeport_addresses, cluster_cidr)
+    node_addresses, cluster_cidr = check_node_options(
+        node_ips, nodeport_addresses, cluster_cidr, family)
+    ipv6 = family == "ipv6"
 
     plan = [
-        (service, port, port_endpoints(service, port, endpoints.get(service.key, ())))
+        (service, port, port_endpoints(service, port, endpoints.get(service.key, ()), family))
         for service in services
-        if service.cluster_ip
+        if service.cluster_ip_for(family)
         for port in service.ports
     ]
     if large_cluster_mode is None:
@@ -163,8 +178,10 @@ def render_nat_table(
         node_name=node_name,
         masquerade_mark=masquerade_mark,
         localhost_nodeports=localhost_nodeports,
-        nfacct_localhost=nfacct_localhost_nodeports and localhost_nodeports,
+        # Localhost node ports (and their nfacct counter) are IPv4 only.
+        nfacct_localhost=nfacct_localhost_nodeports and localhost_nodeports and not ipv6,
         node_ip=str(node_addresses[0]) if node_addresses else None,
+        family=family,
     )
 
     out = _Restore()
@@ -179,7 +196,8 @@ def render_nat_table(
         _render_service_port(out, service, port, chosen, options)
     # The tail call to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
     _write_nodeports_jump(
-        out, node_addresses if nodeport_addresses == "node-ips" else None, localhost_nodeports
+        out, node_addresses if nodeport_addresses == "node-ips" else None,
+        localhost_nodeports and not ipv6, ipv6,
     )
     return "\n".join(["*nat", *out.chains, *out.rules, "COMMIT", ""])
 
@@ -198,12 +216,20 @@ def _write_masquerading(out: _Restore, mark: str, random_fully: bool) -> None:
 
 
 def _write_nodeports_jump(
-    out: _Restore, node_addresses: list[ipaddress.IPv4Address] | None, localhost_nodeports: bool
+    out: _Restore,
+    node_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None,
+    localhost_nodeports: bool,
+    ipv6: bool = False,
 ) -> None:
     """KUBE-SERVICES -> KUBE-NODEPORTS: for any local destination (node
-    addresses None, nodeport_addresses "all"), else for each node address."""
+    addresses None, nodeport_addresses "all"), else for each node address.
+    IPv6 never admits localhost (kube-proxy: localhost node ports never
+    work for IPv6)."""
     if node_addresses is None:
-        not_localhost = () if localhost_nodeports else ("!", "-d", "127.0.0.0/8")
+        if ipv6:
+            not_localhost: tuple[str, ...] = ("!", "-d", "::1/128")
+        else:
+            not_localhost = () if localhost_nodeports else ("!", "-d", "127.0.0.0/8")
         out.rule(
             "-A", KUBE_SERVICES, "-m", "comment", "--comment", NODEPORTS_COMMENT,
             "-m", "addrtype", "--dst-type", "LOCAL", *not_localhost, "-j", KUBE_NODEPORTS,
@@ -225,7 +251,7 @@ def _render_service_port(
     endpoints: list[Endpoint],
     options: _Options,
 ) -> None:
-    plan = plan_service_port(service, port, endpoints, options.node_name)
+    plan = plan_service_port(service, port, endpoints, options.node_name, options.family)
     if not plan.has_endpoints:
         return  # kube-proxy writes only filter-table REJECT rules for it
     spn, proto = plan.spn, plan.proto

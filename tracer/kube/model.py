@@ -8,6 +8,7 @@ them back as dicts."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,11 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 SESSION_AFFINITIES = ("None", "ClientIP")
+# spec.ipFamilies values and spec.ipFamilyPolicy values (the API's spelling).
+IP_FAMILIES = ("IPv4", "IPv6")
+IP_FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+# The renderers' and the resolved rules' spelling of a family.
+FAMILY_OF_API = {"IPv4": "ipv4", "IPv6": "ipv6"}
 # v1.DefaultClientIPServiceAffinitySeconds and v1.MaxClientIPServiceAffinitySeconds.
 DEFAULT_AFFINITY_TIMEOUT_S = 10800
 MAX_AFFINITY_TIMEOUT_S = 86400
@@ -86,6 +92,23 @@ class Service:
     # spec.loadBalancerSourceRanges: the only client CIDRs a load-balancer IP
     # admits (empty: any).
     load_balancer_source_ranges: tuple[str, ...] = ()
+    # spec.clusterIPs: one cluster IP per family, in spec.ipFamilies' order
+    # (empty: cluster_ip alone, a single-stack Service of its family);
+    # spec.ipFamilies and spec.ipFamilyPolicy as the API server settles
+    # them (empty / None when the document did not say: IPv4 single stack).
+    cluster_ips: tuple[str, ...] = ()
+    ip_families: tuple[str, ...] = ()
+    ip_family_policy: str | None = None
+
+    def cluster_ip_for(self, family: str) -> str | None:
+        """The cluster IP of family ("ipv4" or "ipv6"), None when the Service
+        has none there (kube-proxy's proxier of that family skips it). A
+        value that is no address counts as IPv4, so the IPv4 renderer still
+        refuses it in one line."""
+        for ip in self.cluster_ips or ((self.cluster_ip,) if self.cluster_ip else ()):
+            if ip_family(ip) == family:
+                return ip
+        return None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -113,6 +136,15 @@ class Service:
             if port.name == name:
                 return port
         raise UsageError(f"{self.full_name} has no port named {name!r}")
+
+
+def ip_family(value: str) -> str:
+    """"ipv6" for an IPv6 address or CIDR, else "ipv4" (also for text that
+    is neither: callers validate it as their family's)."""
+    try:
+        return "ipv6" if ipaddress.ip_network(value, strict=False).version == 6 else "ipv4"
+    except ValueError:
+        return "ipv4"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
-"""kube-proxy's nftables table (`ip kube-proxy`) -> the Services it programs,
-as the same ResolvedService model the iptables parser gives.
+"""kube-proxy's nftables table (`ip kube-proxy`, or `ip6 kube-proxy` for its
+IPv6 proxier) -> the Services it programs, as the same ResolvedService model
+the iptables parser gives.
+
+The ip6 table is laid out as the ip one, with `ip6 saddr/daddr` matches,
+ipv6_addr sets and maps and `dnat to [addr]:port`; kube-proxy names its
+chains the same in both (an endpoint chain spells the address with "." for
+":": endpoint-...__fd00.10.180..1/80).
 
 The walk follows what kube-proxy's nftables proxier writes
 (kubernetes/kubernetes pkg/proxy/nftables/proxier.go, v1.31 and later; read at
@@ -121,10 +127,11 @@ def read_nft(text: str, family: str = KUBE_PROXY_FAMILY, table: str = KUBE_PROXY
     return read_nft_text(text, family, table)
 
 
-def parse_kube_proxy_table(text: str) -> list[ResolvedService]:
-    """nft JSON or text of table ip kube-proxy -> its Services (sorted by
-    namespace and name; services named only by a chain last)."""
-    return resolve_services(read_nft(text))
+def parse_kube_proxy_table(text: str, family: str = KUBE_PROXY_FAMILY) -> list[ResolvedService]:
+    """nft JSON or text of table FAMILY kube-proxy ("ip", or "ip6" for the
+    IPv6 proxier's) -> its Services (sorted by namespace and name; services
+    named only by a chain last)."""
+    return resolve_services(read_nft(text, family))
 
 
 def resolve_services(table: NftTable) -> list[ResolvedService]:

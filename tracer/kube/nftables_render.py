@@ -10,7 +10,7 @@ objects.go writeOperation) produces for each object, operation by operation:
     add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
     add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
     add element ip kube-proxy service-ips { 10.96.88.88 . tcp . 8088 : goto service-... }
-    add rule ip kube-proxy service-... numgen random mod 2 vmap { 0 : goto endpoint-..., ... }
+    add rule ip kube-proxy service-... numgen random mod 2 vmap { 0 : goto endpoint-... , ... }
     add rule ip kube-proxy endpoint-... meta l4proto tcp dnat to 10.217.120.72:80
 
 Per service port (sorted by ServicePortName; kube-proxy walks a Go map, so
@@ -24,7 +24,14 @@ and a firewall- chain that drops other sources), and with sessionAffinity
 ClientIP each endpoint's affinity- set (`ip saddr @affinity-... goto
 endpoint-...` heading the service-/local- chain, `update @affinity-... { ip
 saddr }` in the endpoint chain). Not modelled, as in iptables_render:
-topology, masqueradeAll, terminating endpoints, IPv6.
+topology, masqueradeAll, terminating endpoints.
+
+IPv6 (family="ipv6"): the transaction of kube-proxy's IPv6 proxier, for table
+`ip6 kube-proxy`: the same objects over the Services' IPv6 part (see
+tracer.kube.proxy_plan) with `ip6 saddr/daddr`, ipv6_addr sets and maps and
+`dnat to [addr]:port`; node ports on any local address exclude `ip6 daddr
+!= ::1` (kube-proxy's IPv6 spelling of the localhost exclusion, which no
+kube-proxy fixture here covers; the node-ips form is checked against one).
 
 One deliberate, opt-in difference: endpoint_counters=True puts a `counter` in
 each endpoint chain's DNAT rule and in reject-chain's reject (what Services
@@ -41,7 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from tracer.errors import UsageError
 from tracer.kube import naming
 from tracer.kube.model import Endpoint, Service, ServicePort, SessionAffinity
-from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_TABLE
+from tracer.kube.nftables_table import KUBE_PROXY_FAMILY, KUBE_PROXY_FAMILY6, KUBE_PROXY_TABLE
 from tracer.kube.proxy_plan import PortPlan, check_node_options, plan_service_port, port_endpoints
 
 # fmt.Sprintf("%#08x", 1 << 14): kube-proxy's default --masquerade-bit.
@@ -82,10 +89,15 @@ REJECT_CHAIN = "reject-chain"
 class _Transaction:
     """knftables.Transaction for one table: each call is one line of `nft -f`."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: str = "ipv4") -> None:
         self.lines: list[str] = []
         self.created: set[str] = set()
-        self.where = f"{KUBE_PROXY_FAMILY} {KUBE_PROXY_TABLE}"
+        self.family = family
+        # The nft family of the table and of address matches ("ip daddr",
+        # "ip6 saddr"), and the sets' address type.
+        self.ip = KUBE_PROXY_FAMILY6 if family == "ipv6" else KUBE_PROXY_FAMILY
+        self.addr_type = "ipv6_addr" if family == "ipv6" else "ipv4_addr"
+        self.where = f"{self.ip} {KUBE_PROXY_TABLE}"
 
     def op(self, verb: str, kind: str, rest: str) -> None:
         self.lines.append(f"{verb} {kind} {self.where} {rest}".rstrip())
@@ -124,6 +136,7 @@ def render_kube_proxy_table(
     service_cidrs: Sequence[str] = SERVICE_CIDRS,
     endpoint_counters: bool = False,
     replace_table: bool = False,
+    family: str = "ipv4",
 ) -> str:
     """The `nft -f` input of kube-proxy's first full sync on this node.
 
@@ -135,19 +148,24 @@ def render_kube_proxy_table(
     replace_table: start with "add table; delete table" so loading the text
         replaces whatever table ip kube-proxy held (kube-proxy instead flushes
         stale chains and deletes them a second later; the lab reloads whole).
+    family: "ipv4", or "ipv6" for the IPv6 proxier's table ip6 kube-proxy
+        (node_ips, cluster_cidr and service_cidrs then of IPv6; see
+        render_nat_table).
     """
-    node_addresses, cluster_cidr = check_node_options(node_ips, nodeport_addresses, cluster_cidr)
+    node_addresses, cluster_cidr = check_node_options(
+        node_ips, nodeport_addresses, cluster_cidr, family)
+    network = ipaddress.IPv6Network if family == "ipv6" else ipaddress.IPv4Network
     cidrs = []
     for cidr in service_cidrs:
         try:
-            cidrs.append(str(ipaddress.IPv4Network(cidr)))
+            cidrs.append(str(network(cidr)))
         except ValueError as exc:
             raise UsageError(f"service CIDR {cidr!r}: {exc}") from None
 
     # kube-proxy's nodeIP: the primary node address (source ranges holding
     # it also admit the LB IPs).
     node_ip = str(node_addresses[0]) if node_addresses else None
-    tx = _Transaction()
+    tx = _Transaction(family)
     if replace_table:
         tx.lines += [f"add table {tx.where}", f"delete table {tx.where}"]
     _setup(tx, node_addresses if nodeport_addresses == "node-ips" else None,
@@ -157,13 +175,13 @@ def render_kube_proxy_table(
         (
             (naming.service_port_name(s.namespace, s.name, p.name), s, p)
             for s in services
-            if s.cluster_ip
+            if s.cluster_ip_for(family)
             for p in s.ports
         ),
         key=lambda item: item[0],
     )
     for _, service, port in plan:
-        chosen = port_endpoints(service, port, endpoints.get(service.key, ()))
+        chosen = port_endpoints(service, port, endpoints.get(service.key, ()), family)
         _render_service_port(tx, service, port, chosen, cluster_cidr, node_name,
                              endpoint_counters, node_ip)
     return "\n".join(tx.lines) + "\n"
@@ -171,14 +189,15 @@ def render_kube_proxy_table(
 
 def _setup(
     tx: _Transaction,
-    nodeport_ips: list[ipaddress.IPv4Address] | None,
+    nodeport_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None,
     mark: str,
     service_cidrs: list[str],
     *,
     reject_counter: bool = False,
 ) -> None:
     """setupNFTables: the table, base chains, jump chains and fixed rules."""
-    no_localhost = "ip daddr != 127.0.0.0/8"
+    ip, addr_type = tx.ip, tx.addr_type
+    no_localhost = "ip6 daddr != ::1" if tx.family == "ipv6" else "ip daddr != 127.0.0.0/8"
     tx.lines.append(f'add table {tx.where} {{ comment "rules for kube-proxy" ; }}')
     # First sync only (proxier.flushed false): add+delete every base chain so
     # that changed properties (priority) can be set.
@@ -199,23 +218,24 @@ def _setup(
     tx.rule("masquerading", "mark set mark xor", mark)
     tx.rule("masquerading", "masquerade fully-random")
 
-    tx.op("add", "set", 'cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }')
-    tx.rule("cluster-ips-check", "ip daddr @cluster-ips reject",
+    tx.op("add", "set", f'cluster-ips {{ type {addr_type} ; comment "Active ClusterIPs" ; }}')
+    tx.rule("cluster-ips-check", f"{ip} daddr @cluster-ips reject",
             comment="Reject traffic to invalid ports of ClusterIPs")
     if service_cidrs:
-        tx.rule("cluster-ips-check", "ip daddr {", ", ".join(service_cidrs), "} drop",
+        tx.rule("cluster-ips-check", f"{ip} daddr {{", ", ".join(service_cidrs), "} drop",
                 comment="Drop traffic to unallocated ClusterIPs")
 
-    tx.op("add", "set", 'nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }')
+    tx.op("add", "set", f'nodeport-ips {{ type {addr_type} ; '
+          'comment "IPs that accept NodePort traffic" ; }')
     if nodeport_ips is None:
         tx.op("delete", "set", "nodeport-ips")
     else:
         tx.op("flush", "set", "nodeport-ips")
-        for ip in nodeport_ips:
-            if not ip.is_loopback:  # kube-proxy: localhost NodePorts are not supported
-                tx.element("nodeport-ips", [str(ip)])
+        for node_address in nodeport_ips:
+            if not node_address.is_loopback:  # kube-proxy: localhost NodePorts are not supported
+                tx.element("nodeport-ips", [str(node_address)])
 
-    tx.op("add", "map", "no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; "
+    tx.op("add", "map", f"no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : verdict ; "
           'comment "vmap to drop or reject packets to services with no endpoints" ; }')
     tx.op("add", "map", "no-endpoint-nodeports { type inet_proto . inet_service : verdict ; "
           'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }')
@@ -223,26 +243,26 @@ def _setup(
           '@no-endpoint-nodeports" ; }')
     tx.op("flush", "chain", REJECT_CHAIN)
     tx.rule(REJECT_CHAIN, "counter" if reject_counter else "", "reject")
-    tx.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
-    nodeport_match = no_localhost if nodeport_ips is None else "ip daddr @nodeport-ips"
+    tx.rule("service-endpoints-check", f"{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services")
+    nodeport_match = no_localhost if nodeport_ips is None else f"{ip} daddr @nodeport-ips"
     tx.rule("nodeport-endpoints-check", nodeport_match,
             "meta l4proto . th dport vmap @no-endpoint-nodeports")
 
-    tx.op("add", "map", "firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; "
+    tx.op("add", "map", f"firewall-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; "
           'comment "destinations that are subject to LoadBalancerSourceRanges" ; }')
     tx.ensure_chain("firewall-check")
-    tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
+    tx.rule("firewall-check", f"{ip} daddr . meta l4proto . th dport vmap @firewall-ips")
 
-    tx.op("add", "map", "service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; "
+    tx.op("add", "map", f"service-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; "
           'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }')
     tx.op("add", "map", 'service-nodeports { type inet_proto . inet_service : verdict ; '
           'comment "NodePort traffic" ; }')
-    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
+    tx.rule("services", f"{ip} daddr . meta l4proto . th dport vmap @service-ips")
     if nodeport_ips is None:
         tx.rule("services", "fib daddr type local", no_localhost,
                 "meta l4proto . th dport vmap @service-nodeports")
     else:
-        tx.rule("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
+        tx.rule("services", f"{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
 
     # nftElementStorage.reset: every sync starts these from empty.
     tx.op("flush", "set", "cluster-ips")
@@ -261,8 +281,8 @@ def _render_service_port(
     endpoint_counters: bool,
     node_ip: str | None = None,
 ) -> None:
-    plan = plan_service_port(service, port, endpoints, node_name)
-    proto = plan.proto
+    plan = plan_service_port(service, port, endpoints, node_name, tx.family)
+    proto, ip = plan.proto, tx.ip
     ns, name, pname = service.namespace, service.name, port.name
     cluster_chain = naming.nft_service_chain(ns, name, proto, pname)
     local_chain = naming.nft_local_chain(ns, name, proto, pname)
@@ -292,8 +312,8 @@ def _render_service_port(
 
     # Internal traffic: masquerade what does not come from the pod network.
     if plan.has_internal_endpoints and cluster_cidr is not None:
-        tx.rule(internal_chain, "ip daddr", plan.cluster_ip, proto, "dport", port.port,
-                "ip saddr !=", cluster_cidr, "jump", MARK_MASQ)
+        tx.rule(internal_chain, f"{ip} daddr", plan.cluster_ip, proto, "dport", port.port,
+                f"{ip} saddr !=", cluster_cidr, "jump", MARK_MASQ)
     if uses_external_chain:
         _write_external_chain(tx, plan, cluster_cidr, external_chain, cluster_chain, local_chain)
     if plan.uses_firewall:
@@ -308,15 +328,15 @@ def _render_service_port(
             continue
         if affinity is not None:  # returning clients first, to the endpoint they had
             for endpoint in chosen:
-                tx.rule(chain, "ip saddr @" + affinity_set(endpoint), "goto", endpoint_chain(endpoint))
+                tx.rule(chain, f"{ip} saddr @" + affinity_set(endpoint), "goto", endpoint_chain(endpoint))
         _write_load_balancing(tx, chain, [endpoint_chain(e) for e in chosen])
 
     for endpoint in plan.reachable_endpoints:
         chain = endpoint_chain(endpoint)
         # Hairpin: a pod reaching itself through the service is masqueraded.
-        tx.rule(chain, "ip saddr", endpoint.ip, "jump", MARK_MASQ)
+        tx.rule(chain, f"{ip} saddr", endpoint.ip, "jump", MARK_MASQ)
         if affinity is not None:  # remember this client for this endpoint
-            tx.rule(chain, "update @" + affinity_set(endpoint), "{ ip saddr }")
+            tx.rule(chain, "update @" + affinity_set(endpoint), f"{{ {ip} saddr }}")
         counter = "counter" if endpoint_counters else ""
         tx.rule(chain, "meta l4proto", proto, counter, "dnat to",
                 naming.endpoint_string(endpoint.ip, endpoint.port))
@@ -332,7 +352,7 @@ def _write_firewall_chain(
     if plan.firewall_admits_lb_ips(node_ip):
         sources += plan.lb_ips
     # knftables.Concat joins every word with a space: "{ a , b }".
-    tx.rule(firewall_chain, "ip saddr != {", " , ".join(sources), "} drop")
+    tx.rule(firewall_chain, f"{tx.ip} saddr != {{", " , ".join(sources), "} drop")
 
 
 def _write_map_elements(
@@ -392,7 +412,7 @@ def _write_external_chain(
         tx.rule(external_chain, "jump", MARK_MASQ)
     else:
         if cluster_cidr is not None:
-            tx.rule(external_chain, "ip saddr", cluster_cidr, "goto", cluster_chain,
+            tx.rule(external_chain, f"{tx.ip} saddr", cluster_cidr, "goto", cluster_chain,
                     comment="short-circuit pod traffic")
         tx.rule(external_chain, "fib saddr type local jump", MARK_MASQ,
                 comment="masquerade local traffic")
@@ -406,12 +426,15 @@ def _add_affinity_set(tx: _Transaction, name: str, affinity: SessionAffinity) ->
     """The per-endpoint set of clients with affinity to it; knftables writes
     the timeout in whole seconds ("10800s")."""
     timeout = affinity.timeout_seconds
-    props = "type ipv4_addr ; flags dynamic,timeout ; " + (
+    props = f"type {tx.addr_type} ; flags dynamic,timeout ; " + (
         f"timeout {timeout}s ; " if timeout is not None else "")
     tx.op("add", "set", f"{name} {{ {props}}}")
 
 
 def _write_load_balancing(tx: _Transaction, chain: str, endpoint_chains: list[str]) -> None:
-    """writeServiceToEndpointRules: one `numgen random mod N` vmap, slot i -> endpoint i."""
-    elements = ", ".join(f"{i} : goto {c}" for i, c in enumerate(endpoint_chains))
+    """writeServiceToEndpointRules: one `numgen random mod N` vmap, slot i -> endpoint i.
+    knftables.Concat joins every word with a space, the "," between
+    elements too: "{ 0 : goto A , 1 : goto B }" (kube-proxy's expected
+    rules with two endpoints, IPv4 and IPv6 alike)."""
+    elements = " , ".join(f"{i} : goto {c}" for i, c in enumerate(endpoint_chains))
     tx.rule(chain, "numgen random mod", len(endpoint_chains), "vmap {", elements, "}")

@@ -29,6 +29,7 @@ from typing import Any
 from tracer.errors import TracerError
 
 KUBE_PROXY_FAMILY = "ip"
+KUBE_PROXY_FAMILY6 = "ip6"  # the IPv6 proxier's table: table ip6 kube-proxy
 KUBE_PROXY_TABLE = "kube-proxy"
 
 

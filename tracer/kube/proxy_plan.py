@@ -7,6 +7,12 @@ PortPlan follows the part of syncProxyRules() that both proxiers share
 (pkg/proxy/iptables/proxier.go and pkg/proxy/nftables/proxier.go): the
 service's addresses, pkg/proxy/topology.go CategorizeEndpoints without
 topology hints or terminating endpoints, and the external traffic policy.
+
+kube-proxy runs one proxier per IP family; each sees only its family's part
+of a Service (its cluster IP from spec.clusterIPs, its external and
+load-balancer IPs, source ranges and EndpointSlices). `family` ("ipv4", the
+default, or "ipv6") selects that part here, so the renderers write one
+family's rules per call.
 """
 
 from __future__ import annotations
@@ -17,24 +23,31 @@ from dataclasses import dataclass, field
 
 from tracer.errors import UsageError
 from tracer.kube import naming
-from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort
+from tracer.kube.model import PROTOCOLS, Endpoint, Service, ServicePort, ip_family
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ADDRESS = {"ipv4": (ipaddress.IPv4Address, "IPv4"), "ipv6": (ipaddress.IPv6Address, "IPv6")}
+_NETWORK = {"ipv4": ipaddress.IPv4Network, "ipv6": ipaddress.IPv6Network}
 
 
 def check_node_options(
-    node_ips: Sequence[str], nodeport_addresses: str, cluster_cidr: str | None
-) -> tuple[list[ipaddress.IPv4Address], str | None]:
+    node_ips: Sequence[str], nodeport_addresses: str, cluster_cidr: str | None,
+    family: str = "ipv4",
+) -> tuple[list[IPAddress], str | None]:
     """The node settings both of kube-proxy's modes take, checked: the node's
-    addresses and the cluster CIDR in canonical form."""
+    addresses and the cluster CIDR in canonical form, of family."""
     if nodeport_addresses not in ("all", "node-ips"):
         raise UsageError(
             f"nodeport_addresses must be 'all' or 'node-ips', not {nodeport_addresses!r}"
         )
-    node_addresses = [ipv4(ip, "node IP") for ip in node_ips]
+    node_addresses = [address(ip, "node IP", family) for ip in node_ips]
     if nodeport_addresses == "node-ips" and not node_addresses:
         raise UsageError("nodeport_addresses='node-ips' needs at least one node IP")
+    if cluster_cidr is not None and ip_family(cluster_cidr) != family:
+        raise UsageError(f"cluster CIDR {cluster_cidr!r} is not an {_ADDRESS[family][1]} CIDR")
     if cluster_cidr is not None:
         try:
-            cluster_cidr = str(ipaddress.IPv4Network(cluster_cidr))
+            cluster_cidr = str(_NETWORK[family](cluster_cidr))
         except ValueError as exc:
             raise UsageError(f"cluster CIDR {cluster_cidr!r}: {exc}") from None
     return node_addresses, cluster_cidr
@@ -47,10 +60,28 @@ def ipv4(value: str, what: str) -> ipaddress.IPv4Address:
         raise UsageError(f"{what} {value!r} is not an IPv4 address") from None
 
 
+def address(value: str, what: str, family: str = "ipv4") -> IPAddress:
+    """value as an address of family, or a UsageError saying it is not one."""
+    kind, name = _ADDRESS[family]
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not an {name} address") from None
+
+
+def of_family(values: Sequence[str], family: str) -> list[str]:
+    """The values of family: kube-proxy's proxier of one family ignores the
+    other's addresses. Text that is no address counts as IPv4 (ip_family),
+    so the IPv4 path refuses it as before."""
+    return [v for v in values if ip_family(v) == family]
+
+
 def port_endpoints(
-    service: Service, port: ServicePort, endpoints: Sequence[Endpoint]
+    service: Service, port: ServicePort, endpoints: Sequence[Endpoint], family: str = "ipv4"
 ) -> list[Endpoint]:
-    """The endpoints of one service port, deduplicated and in kube-proxy's order.
+    """The endpoints of one service port of family (kube-proxy's proxier of a
+    family reads only that family's EndpointSlices), deduplicated and in
+    kube-proxy's order.
 
     kube-proxy keeps endpoints in a set keyed by "ip:port" and sorts them by
     that string (pkg/proxy/endpointslicecache.go, byEndpoint), so 10.0.0.10
@@ -64,7 +95,9 @@ def port_endpoints(
         endpoints = [e for e in endpoints if e.port == port.target_port]
     unique: dict[str, Endpoint] = {}
     for endpoint in endpoints:
-        ipv4(endpoint.ip, f"{service.full_name}: endpoint")
+        if ip_family(endpoint.ip) != family:
+            continue  # the other family's EndpointSlice
+        address(endpoint.ip, f"{service.full_name}: endpoint", family)
         unique.setdefault(naming.endpoint_string(endpoint.ip, endpoint.port), endpoint)
     return [unique[key] for key in sorted(unique)]
 
@@ -122,8 +155,9 @@ class PortPlan:
         from it)."""
         if node_ip is None:
             return False
-        address = ipaddress.IPv4Address(node_ip)
-        return any(address in ipaddress.IPv4Network(r) for r in self.source_ranges)
+        node = ipaddress.ip_address(node_ip)
+        return any(node in ipaddress.ip_network(r) for r in self.source_ranges
+                   if ipaddress.ip_network(r).version == node.version)
 
     @property
     def has_external_endpoints(self) -> bool:
@@ -143,20 +177,26 @@ class PortPlan:
 
 
 def plan_service_port(
-    service: Service, port: ServicePort, endpoints: list[Endpoint], node_name: str | None
+    service: Service, port: ServicePort, endpoints: list[Endpoint], node_name: str | None,
+    family: str = "ipv4",
 ) -> PortPlan:
-    """PortPlan of one port of service; endpoints as port_endpoints gives them.
-    Checks what a proxier would refuse (protocol, addresses) as UsageError."""
+    """PortPlan of one port of service as the proxier of family sees it (the
+    service must have a cluster IP of family); endpoints as port_endpoints
+    gives them. Checks what a proxier would refuse (protocol, addresses) as
+    UsageError."""
     if port.protocol not in PROTOCOLS:
         raise UsageError(f"{service.full_name}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
-    assert service.cluster_ip is not None
-    cluster_ip = str(ipv4(service.cluster_ip, f"{service.full_name}: cluster IP"))
+    own_ip = service.cluster_ip_for(family)
+    assert own_ip is not None
+    name = service.full_name
+    cluster_ip = str(address(own_ip, f"{name}: cluster IP", family))
     external_ips = [
-        str(ipv4(ip, f"{service.full_name}: external IP")) for ip in service.external_ips
+        str(address(ip, f"{name}: external IP", family))
+        for ip in of_family(service.external_ips, family)
     ]
     lb_ips = [
-        str(ipv4(ip, f"{service.full_name}: load-balancer IP"))
-        for ip in service.load_balancer_ips
+        str(address(ip, f"{name}: load-balancer IP", family))
+        for ip in of_family(service.load_balancer_ips, family)
     ]
     cluster_endpoints = [e for e in endpoints if e.ready]
     return PortPlan(
@@ -176,15 +216,15 @@ def plan_service_port(
         ),
         internal_policy_local=service.internal_traffic_policy == "Local",
         source_ranges=tuple(
-            _network(r, f"{service.full_name}: loadBalancerSourceRanges entry")
-            for r in service.load_balancer_source_ranges
+            _network(r, f"{service.full_name}: loadBalancerSourceRanges entry", family)
+            for r in of_family(service.load_balancer_source_ranges, family)
         ),
     )
 
 
-def _network(value: str, what: str) -> str:
+def _network(value: str, what: str, family: str = "ipv4") -> str:
     """"203.0.113.5/25" -> "203.0.113.0/25", as kube-proxy prints a parsed CIDR."""
     try:
-        return str(ipaddress.IPv4Network(value, strict=False))
+        return str(_NETWORK[family](value, strict=False))
     except ValueError:
-        raise UsageError(f"{what} {value!r} is not an IPv4 CIDR") from None
+        raise UsageError(f"{what} {value!r} is not an {_ADDRESS[family][1]} CIDR") from None

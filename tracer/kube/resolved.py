@@ -4,14 +4,30 @@ share of new connections kube-proxy's load balancing gives each.
 
 Both parsers produce these: tracer.kube.iptables_parse (iptables mode, the
 nat table, and the filter table for Services without endpoints) and
-tracer.kube.nftables_parse (nftables mode, table ip kube-proxy). Chain
-names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or service-.../endpoint-....
+tracer.kube.nftables_parse (nftables mode, table ip kube-proxy or ip6
+kube-proxy). Chain names are the mode's own: KUBE-SVC-.../KUBE-SEP-... or
+service-.../endpoint-....
+
+IPv6 and dual stack. kube-proxy runs one proxier per IP family, each with
+rules of its own (ip6tables-save; table ip6 kube-proxy), with the same chain
+names for the same ServicePortName. A dual-stack Service therefore resolves
+to ONE ResolvedService with one ResolvedServicePort per family and port
+(merge_families): each port keeps what its family's rules say (its VIPs,
+its endpoints and their shares, its chains), since kube-proxy balances each
+family on its own, and a port's family is the family of its addresses
+(ResolvedServicePort.family). One port per family rather than both
+families' addresses in one port because that is how a capture's filter
+reads a Service: it takes every (ip, port, protocol) of every port
+(ResolvedService.service_addresses / endpoint_addresses / all_addresses),
+so `--svc NAME` traces both families at once with nothing to choose, while
+each port's endpoint shares still add up to 1 within its family.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tracer.errors import TracerError
@@ -124,6 +140,16 @@ class ResolvedServicePort:
     load_balancer_source_ranges: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
 
+    @property
+    def family(self) -> str:
+        """"ipv4" or "ipv6": the family of the port's addresses (kube-proxy
+        programs each family in rules of its own, so they never mix within
+        a port). "ipv4" for a port without any address."""
+        for ip in (*self.cluster_ips, *self.external_ips, *self.load_balancer_ips,
+                   *(e.ip for e in (*self.endpoints, *self.local_endpoints)), *self.pod_cidrs):
+            return address_family(ip)
+        return "ipv4"
+
     def entry_points(self) -> list[dict[str, Any]]:
         """Per kind of address (cluster_ip, external_ip, load_balancer_ip,
         node_port): the addresses, the chain they enter and the policy that
@@ -195,6 +221,9 @@ class ResolvedServicePort:
             "load_balancer_source_ranges": list(self.load_balancer_source_ranges),
             "pod_cidrs": list(self.pod_cidrs),
             "entry_points": self.entry_points(),
+            # Only IPv6 ports say so: every capture before IPv6 stored IPv4
+            # ports without the key, and an IPv4 port's dict stays as it was.
+            **({"family": "ipv6"} if self.family == "ipv6" else {}),
         }
 
     @classmethod
@@ -331,6 +360,35 @@ def group_services(
         for (ns, name), ports in sorted(named.items())
     ]
     return services + sorted(by_chain, key=lambda s: s.name)
+
+
+def address_family(value: str) -> str:
+    """"10.0.0.1", "10.0.0.0/8" -> "ipv4"; "fd00::1", "fd00::/64" -> "ipv6"."""
+    try:
+        version = ipaddress.ip_network(value, strict=False).version
+    except ValueError:
+        version = 6 if ":" in value else 4
+    return "ipv6" if version == 6 else "ipv4"
+
+
+def merge_families(*families: Iterable[ResolvedService]) -> list[ResolvedService]:
+    """Each family's Services (one list per proxier: IPv4, IPv6) -> the
+    node's Services: a Service found in more than one family (the same
+    namespace and name, or the same chain name for one nothing names) is
+    one ResolvedService with the ports of each family, IPv4's first.
+
+    Sorted as group_services sorts: named Services by namespace and name,
+    then those named by a chain. name_source is the first family's."""
+    merged: dict[tuple[str | None, str], ResolvedService] = {}
+    for services in families:
+        for service in services:
+            key = (service.namespace, service.name)
+            have = merged.get(key)
+            merged[key] = service if have is None else replace(have, ports=have.ports + service.ports)
+    named = sorted((s for s in merged.values() if s.namespace is not None),
+                   key=lambda s: (s.namespace or "", s.name))
+    by_chain = sorted((s for s in merged.values() if s.namespace is None), key=lambda s: s.name)
+    return named + by_chain
 
 
 def _unique(addresses: Iterable[Address]) -> list[Address]:
