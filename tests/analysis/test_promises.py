@@ -34,3 +34,17 @@ def test_no_connections():
     events = event_set([{"ts_ns": 0, "probe": "rx"}])
     p = promise_connections(dnat_decisions(events.events), events.node_meta)
     assert p.keys == [] and p.excluded == 0 and p.shares.shape == (0, 0)
+
+
+def test_a_dual_stack_services_ipv6_port_promises_nothing_to_ipv4():
+    """The IPv6 port of a dual-stack Service (same node port as its IPv4
+    port) must not capture IPv4 connections to that node port."""
+    from tracer.analysis.service import parse_service
+
+    v4 = {"protocol": "tcp", "port": 80, "node_port": 30080, "cluster_ips": ["10.96.0.10"],
+          "endpoints": [{"ip": "10.217.120.72", "port": 80, "share": 1.0}]}
+    v6 = {"protocol": "tcp", "port": 80, "node_port": 30080, "cluster_ips": ["fd00:10:96::10"],
+          "family": "ipv6", "endpoints": [{"ip": "fd00:10:217:120::72", "port": 80, "share": 1.0}]}
+    ports = parse_service({"namespace": "default", "name": "web", "ports": [v6, v4]})
+    assert len(ports) == 1
+    assert [e.ip for e in ports[0].endpoints] == ["10.217.120.72"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from tracer.capture.abi import ROLE_ENDPOINT, ROLE_FRONTEND
 from tracer.capture.abi import be16_as_loaded as _be16_value
 from tracer.capture.abi import be32_as_loaded as _be32_value
-from tracer.capture.service_filter import ServiceKeyMap, service_keys
+from tracer.capture.service_filter import ServiceKeyMap, ipv6_addresses, service_keys
 from tracer.kube.iptables_parse import ResolvedEndpoint, ResolvedService, ResolvedServicePort
 
 
@@ -29,6 +29,25 @@ def test_node_port_becomes_one_key_per_local_address():
     keys = service_keys(_svc(node_port=30089), ["127.0.0.1", "192.168.64.57"])
     assert keys[("127.0.0.1", 30089, 6)] == ROLE_FRONTEND
     assert keys[("192.168.64.57", 30089, 6)] == ROLE_FRONTEND
+
+
+def test_a_dual_stack_service_keys_its_ipv4_half_only():
+    """The in-kernel filter keys IPv4 addresses: the IPv6 port of a
+    dual-stack Service (and IPv6 node addresses for its node port) are left
+    out, and counted for the capture's note, instead of failing to pack."""
+    v4 = _svc(node_port=30089).ports[0]
+    v6 = ResolvedServicePort(
+        port_name="", protocol="tcp", port=8088, cluster_ips=("fd00:10:96::88",),
+        node_port=30089, endpoints=(ResolvedEndpoint("fd00:10:217:120::72", 80, "tcp", 1.0, 1.0,
+                                                     "KUBE-SEP-6"),))
+    svc = ResolvedService("default", "nginx-demo-1", (v4, v6))
+    keys = service_keys(svc, ["192.168.64.57", "fd00:192:168:64::57"])
+    assert keys == service_keys(_svc(node_port=30089), ["192.168.64.57"])
+    assert not any(":" in k[0] for k in keys)
+    assert ipv6_addresses(svc) == 2 and ipv6_addresses(_svc()) == 0
+    table = FakeTable(64)
+    ServiceKeyMap(table, capacity=64).sync(keys)  # packs: no IPv6 reaches be32
+    assert len(table) == len(keys)
 
 
 def test_network_order_values_as_the_bpf_program_loads_them():

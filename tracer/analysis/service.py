@@ -239,6 +239,11 @@ def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
     for p in service.get("ports") or []:
         if not isinstance(p, dict):
             continue
+        if p.get("family") == "ipv6":
+            # A dual-stack Service's IPv6 port: the capture and this analysis
+            # are IPv4 (issue 15). Kept, its node port would also match IPv4
+            # connections to the same port and promise them IPv6 endpoints.
+            continue
         ports.append(
             PortPromise(
                 protocol=_proto(p.get("protocol")),

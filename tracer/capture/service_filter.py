@@ -16,21 +16,32 @@ from tracer.kube.resolved import ResolvedService
 Key = tuple[str, int, int]  # (ip, port, protocol number)
 
 
+def ipv6_addresses(svc: ResolvedService) -> int:
+    """How many of the Service's addresses (frontends and endpoints) are
+    IPv6: the in-kernel filter keys IPv4 only, so a dual-stack Service is
+    traced on its IPv4 half (the capture says so)."""
+    return sum(1 for ip, _, _ in (*svc.service_addresses(), *svc.endpoint_addresses())
+               if ip is not None and ":" in ip)
+
+
 def service_keys(svc: ResolvedService, node_addresses: Iterable[str]) -> dict[Key, int]:
     """Every tuple side that marks a packet as this service's, with its role.
     A node port is reachable on every address of the node (kube-proxy matches
-    it with --dst-type LOCAL), so it becomes one key per local address."""
+    it with --dst-type LOCAL), so it becomes one key per local address.
+    IPv6 addresses are left out (ipv6_addresses)."""
     keys: dict[Key, int] = {}
-    local = [a for a in node_addresses if a]
+    local = [a for a in node_addresses if a and ":" not in a]
     for ip, port, proto in svc.service_addresses():
         number = PROTO_NUMBERS.get(proto.lower())
         if number is None:
+            continue
+        if ip is not None and ":" in ip:
             continue
         for addr in ([ip] if ip is not None else local):
             keys[(addr, port, number)] = keys.get((addr, port, number), 0) | ROLE_FRONTEND
     for ip, port, proto in svc.endpoint_addresses():
         number = PROTO_NUMBERS.get(proto.lower())
-        if number is None or ip is None:
+        if number is None or ip is None or ":" in ip:
             continue
         keys[(ip, port, number)] = keys.get((ip, port, number), 0) | ROLE_ENDPOINT
     return keys

@@ -36,7 +36,7 @@ from tracer.capture.options import CaptureOptions, validate_options
 from tracer.capture.program import LoadedProgram, ProgramSettings, load_and_attach
 from tracer.capture.ringbuf import RingBufferReader
 from tracer.capture.rule_recorder import RuleRecorder
-from tracer.capture.service_filter import ServiceKeyMap, service_keys
+from tracer.capture.service_filter import ServiceKeyMap, ipv6_addresses, service_keys
 from tracer.capture.sink import BATCH_EVENTS, EventSink
 from tracer.capture.stopper import Stopper
 from tracer.capture.summary import CaptureSummary, dropped_line, render_summary
@@ -139,6 +139,9 @@ class CaptureSession:
             writable_file(o.summary_json, "--summary-json")
         node, netns_info = self._enter_node()
         self.service = self._resolve_service()
+        if ipv6_addresses(self.service):
+            self.cb.notice(f"tracer: note: {self.service.full_name} is dual-stack; this capture "
+                           "traces its IPv4 addresses only (IPv6 capture is not built yet)")
         if o.output is not None:
             prepare_directory(o.output, overwrite=o.force)
         kf = KernelFeatures()
