@@ -108,13 +108,6 @@ def labels(value: Any, what: str) -> Labels:
     return labels_from_mapping(given)
 
 
-def ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(value))
-    except ValueError:
-        raise Problem(f"{what} {value!r} is not an IPv4 address") from None
-
-
 def name_and_namespace(doc: Mapping[str, Any]) -> tuple[str, str]:
     metadata = mapping(doc.get("metadata"), "metadata")
     name = metadata.get("name")
