@@ -166,10 +166,11 @@ def test_manifest_reads_policies_ranges_and_lb_ips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    (("ipFamilyPolicy: SingleStack", "ipFamilyPolicy: RequireDualStack"),
-     "spec.ipFamilyPolicy: 'RequireDualStack' is not rendered by the lab (it would be ignored)"),
+    (("ipFamilyPolicy: SingleStack", "ipFamilyPolicy: DualStack"),
+     "spec.ipFamilyPolicy 'DualStack' is not one of SingleStack, PreferDualStack, RequireDualStack"),
     (("ipFamilies: [IPv4]", "ipFamilies: [IPv6]"),
-     "spec.ipFamilies: ['IPv6'] is not rendered by the lab (it would be ignored)"),
+     "status.loadBalancer.ingress[0].ip 192.0.2.10 is IPv4 but the Service's ipFamilies are "
+     "[IPv6] (kube-proxy would ignore it)"),
     (("type: LoadBalancer", "type: LoadBalancer\n  healthCheckNodePort: 30999"),
      "spec.healthCheckNodePort is not rendered by the lab (it would be ignored)"),
     (("type: LoadBalancer", "type: LoadBalancer\n  loadBalancerIP: 192.0.2.11"),

@@ -13,7 +13,9 @@ selector that matches no Deployment, named target ports.
 
 A Service without a clusterIP gets one allocated deterministically inside the
 service CIDR (a stable hash of namespace/name, probing past 10.96.0.1 and
-addresses already taken), as a NodePort without nodePort gets one in
+addresses already taken), and a dual-stack or IPv6 Service one per family
+missing from spec.clusterIPs (IPv6 in SERVICE_CIDR6; families and their
+defaults: tracer.kube.manifest_families), as a NodePort without nodePort gets one in
 30000-32767 (tracer.kube.manifest_allocation). The same manifest therefore
 always renders the same rules.
 """
@@ -21,6 +23,7 @@ always renders the same rules.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,29 +31,39 @@ from tracer.errors import ManifestError
 from tracer.kube import manifest_fields as fields
 from tracer.kube.manifest_allocation import allocate_cluster_ip, allocate_node_port
 from tracer.kube.manifest_deployment import read_deployment
+from tracer.kube.manifest_families import IPNetwork
 from tracer.kube.manifest_service import ServiceDraft, read_service
 from tracer.kube.model import Deployment, Manifest, Service, ServicePort
 
 # kubeadm's default --service-cluster-ip-range; the first address belongs to
 # the default/kubernetes Service (the apiserver allocates it to itself).
 SERVICE_CIDR = "10.96.0.0/12"
+# The lab's IPv6 service CIDR (the second --service-cluster-ip-range of a
+# dual-stack kubeadm cluster; a /112, the largest the apiserver accepts for
+# its bitmap allocator).
+SERVICE_CIDR6 = "fd00:10:96::/112"
 
 SHIPPED_MANIFEST = Path(__file__).resolve().parent.parent / "lab" / "manifests" / "nginx-demo.yaml"
 
 
-def load_manifest(path: str | Path, *, service_cidr: str = SERVICE_CIDR) -> Manifest:
+def load_manifest(
+    path: str | Path, *, service_cidr: str = SERVICE_CIDR, service_cidr6: str = SERVICE_CIDR6
+) -> Manifest:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
-    return parse_manifest(text, source=str(path), service_cidr=service_cidr)
+    return parse_manifest(text, source=str(path), service_cidr=service_cidr,
+                          service_cidr6=service_cidr6)
 
 
 def parse_manifest(
-    text: str, source: str = "<string>", *, service_cidr: str = SERVICE_CIDR
+    text: str, source: str = "<string>", *, service_cidr: str = SERVICE_CIDR,
+    service_cidr6: str = SERVICE_CIDR6,
 ) -> Manifest:
-    cidr = ipaddress.IPv4Network(service_cidr)
+    cidrs: dict[str, IPNetwork] = {"IPv4": ipaddress.IPv4Network(service_cidr),
+                                   "IPv6": ipaddress.IPv6Network(service_cidr6)}
     deployments: list[tuple[fields.Where, Deployment]] = []
     drafts: list[ServiceDraft] = []
     for number, doc in fields.yaml_documents(text, source):
@@ -71,7 +84,7 @@ def parse_manifest(
             if kind == "Deployment":
                 deployments.append((where, read_deployment(doc)))
             else:
-                drafts.append(read_service(doc, where, cidr))
+                drafts.append(read_service(doc, where, cidrs))
         except fields.Problem as exc:
             raise where.error(str(exc)) from None
 
@@ -80,7 +93,7 @@ def parse_manifest(
     )
     _reject_duplicates([(s.where, s.namespace, s.name) for s in drafts], "Service")
     deployment_list = tuple(d for _, d in deployments)
-    services = _finish_services(drafts, deployment_list, cidr)
+    services = _finish_services(drafts, deployment_list, cidrs)
     return Manifest(deployments=deployment_list, services=services, source=source)
 
 
@@ -100,16 +113,19 @@ def _reject_duplicates(items: list[tuple[fields.Where, str, str]], kind: str) ->
 def _finish_services(
     drafts: list[ServiceDraft],
     deployments: tuple[Deployment, ...],
-    cidr: ipaddress.IPv4Network,
+    cidrs: Mapping[str, IPNetwork],
 ) -> tuple[Service, ...]:
     taken_ips: dict[str, ServiceDraft] = {}
     taken_node_ports: dict[int, ServiceDraft] = {}
     for draft in drafts:
-        if draft.cluster_ip is not None:
-            other = taken_ips.setdefault(draft.cluster_ip, draft)
+        for i, ip in enumerate(draft.cluster_ips):
+            if ip is None:
+                continue
+            other = taken_ips.setdefault(ip, draft)
             if other is not draft:
+                what = "spec.clusterIP" if i == 0 else f"spec.clusterIPs[{i}]"
                 raise draft.where.error(
-                    f"spec.clusterIP {draft.cluster_ip} is already used by "
+                    f"{what} {ip} is already used by "
                     f"{other.namespace}/{other.name} (document {other.where.document})"
                 )
         for port in draft.ports:
@@ -142,16 +158,21 @@ def _finish_services(
                 taken_node_ports[node_port] = draft
                 port = replace(port, node_port=node_port)
             ports.append(port)
-        cluster_ip = draft.cluster_ip
-        if cluster_ip is None:
-            cluster_ip = allocate_cluster_ip(draft, cidr, taken_ips)
-            taken_ips[cluster_ip] = draft
+        cluster_ips = []
+        for family, ip in zip(draft.families, draft.cluster_ips, strict=True):
+            if ip is None:
+                ip = allocate_cluster_ip(draft, cidrs[family], taken_ips)
+                taken_ips[ip] = draft
+            cluster_ips.append(ip)
+        # An IPv4 single-stack Service keeps the model it had before dual
+        # stack: no cluster_ips, ip_families or policy (the model's default).
+        single_v4 = draft.families == ("IPv4",)
         services.append(
             Service(
                 namespace=draft.namespace,
                 name=draft.name,
                 type=draft.type,
-                cluster_ip=cluster_ip,
+                cluster_ip=cluster_ips[0],
                 external_ips=draft.external_ips,
                 ports=tuple(ports),
                 selector=draft.selector,
@@ -160,6 +181,9 @@ def _finish_services(
                 load_balancer_ips=draft.load_balancer_ips,
                 internal_traffic_policy=draft.internal_traffic_policy,
                 load_balancer_source_ranges=draft.load_balancer_source_ranges,
+                cluster_ips=() if single_v4 else tuple(cluster_ips),
+                ip_families=() if single_v4 else draft.families,
+                ip_family_policy=None if single_v4 else draft.policy,
             )
         )
     return tuple(services)

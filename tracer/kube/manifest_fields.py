@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,13 +108,6 @@ def labels(value: Any, what: str) -> Labels:
     return labels_from_mapping(given)
 
 
-def ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(value))
-    except ValueError:
-        raise Problem(f"{what} {value!r} is not an IPv4 address") from None
-
-
 def name_and_namespace(doc: Mapping[str, Any]) -> tuple[str, str]:
     metadata = mapping(doc.get("metadata"), "metadata")
     name = metadata.get("name")
@@ -141,11 +134,9 @@ def require_api_version(doc: Mapping[str, Any], expected: str) -> None:
 SERVICE_SPEC_FIELDS = frozenset({
     "type", "clusterIP", "externalIPs", "selector", "ports", "externalTrafficPolicy",
     "internalTrafficPolicy", "loadBalancerSourceRanges", "sessionAffinity", "sessionAffinityConfig",
+    "clusterIPs", "ipFamilies", "ipFamilyPolicy",  # tracer.kube.manifest_families
 })
-SERVICE_SPEC_DEFAULTS: dict[str, Any] = {
-    "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"],
-    "allocateLoadBalancerNodePorts": True,
-}
+SERVICE_SPEC_DEFAULTS: dict[str, Any] = {"allocateLoadBalancerNodePorts": True}
 SERVICE_PORT_FIELDS = frozenset({"name", "protocol", "port", "targetPort", "nodePort",
                                  "appProtocol"})  # appProtocol: a hint kube-proxy ignores
 
@@ -157,8 +148,6 @@ def check_service_spec(spec: Mapping[str, Any]) -> None:
             continue
         if key in SERVICE_SPEC_DEFAULTS and value == SERVICE_SPEC_DEFAULTS[key]:
             continue
-        if key == "clusterIPs" and isinstance(value, list) and value == [spec.get("clusterIP")]:
-            continue
         shown = f"{key}: {value!r}" if key in SERVICE_SPEC_DEFAULTS else f"{key}"
         raise Problem(f"spec.{shown} is not rendered by the lab (it would be ignored)")
 
@@ -169,22 +158,21 @@ def check_service_port(port: Mapping[str, Any], where: str) -> None:
             raise Problem(f"{where}.{key} is not rendered by the lab (it would be ignored)")
 
 
-def source_ranges(spec: Mapping[str, Any], service_type: str) -> tuple[str, ...]:
+def source_ranges(
+    spec: Mapping[str, Any], service_type: str, families: Sequence[str] = ("IPv4",)
+) -> tuple[str, ...]:
     """spec.loadBalancerSourceRanges as networks (the API server's
-    validation: CIDRs, and only on a LoadBalancer)."""
+    validation: CIDRs, and only on a LoadBalancer), each of one of the
+    Service's families."""
     given = sequence(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")
     if given and service_type != "LoadBalancer":
         raise Problem("spec.loadBalancerSourceRanges applies to type LoadBalancer only")
-    out = []
-    for value in given:
-        try:
-            out.append(str(ipaddress.IPv4Network(str(value).strip(), strict=False)))
-        except ValueError:
-            raise Problem(f"spec.loadBalancerSourceRanges entry {value!r} is not an IPv4 CIDR") from None
-    return tuple(out)
+    return tuple(parse_network(v, "spec.loadBalancerSourceRanges entry", families) for v in given)
 
 
-def load_balancer_ips(doc: Mapping[str, Any], service_type: str) -> tuple[str, ...]:
+def load_balancer_ips(
+    doc: Mapping[str, Any], service_type: str, families: Sequence[str] = ("IPv4",)
+) -> tuple[str, ...]:
     """status.loadBalancer.ingress[].ip: with no cloud controller in the lab,
     the manifest's status says which LB IPs kube-proxy programs."""
     status = mapping(doc.get("status"), "status", required=False)
@@ -202,5 +190,42 @@ def load_balancer_ips(doc: Mapping[str, Any], service_type: str) -> tuple[str, .
         if extra or entry.get("ipMode", "VIP") != "VIP" or "ip" not in entry:
             what = extra[0] if extra else ("ipMode" if "ip" in entry else "ip (missing)")
             raise Problem(f"status.loadBalancer.ingress[{i}].{what} is not rendered by the lab")
-        out.append(str(ipv4(entry["ip"], f"status.loadBalancer.ingress[{i}].ip")))
+        out.append(parse_address(entry["ip"], f"status.loadBalancer.ingress[{i}].ip", families))
     return tuple(out)
+
+
+# --- addresses of a Service's families (tracer.kube.manifest_families) -----------
+
+
+def check_address_families(values: Sequence[str], what: str, families: Sequence[str]) -> None:
+    """Problem for an address (or CIDR) of a family the Service does not
+    have: kube-proxy's proxier of that family would skip it, so the lab
+    would silently render nothing for it."""
+    for value in values:
+        family = "IPv6" if ipaddress.ip_network(value, strict=False).version == 6 else "IPv4"
+        if family not in families:
+            raise Problem(
+                f"{what} {value} is {family} but the Service's ipFamilies are "
+                f"[{', '.join(families)}] (kube-proxy would ignore it)")
+
+
+def parse_address(value: Any, what: str, families: Sequence[str]) -> str:
+    """An IP address of one of families, as text; Problem naming the
+    families for anything else."""
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise Problem(f"{what} {value!r} is not an {' or '.join(families)} address") from None
+    check_address_families([str(address)], what, families)
+    return str(address)
+
+
+def parse_network(value: Any, what: str, families: Sequence[str]) -> str:
+    """A CIDR (host bits allowed, as the API server allows them) of one of
+    families, as text."""
+    try:
+        network = ipaddress.ip_network(str(value).strip(), strict=False)
+    except ValueError:
+        raise Problem(f"{what} {value!r} is not an {' or '.join(families)} CIDR") from None
+    check_address_families([str(network)], what, families)
+    return str(network)

@@ -1,18 +1,19 @@
 """A Service document (v1) -> ServiceDraft, for tracer.kube.manifest: each
 field checked as the API server checks it, or refused with
-manifest_fields.Problem when the lab cannot render it. The draft's cluster IP
-and node ports may still be missing (tracer.kube.manifest_allocation fills
+manifest_fields.Problem when the lab cannot render it (the address families:
+tracer.kube.manifest_families). The draft's cluster IPs and node ports may
+still be missing (tracer.kube.manifest_allocation fills
 them in once every document is read).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tracer.kube import manifest_fields as fields
+from tracer.kube.manifest_families import IPNetwork, read_families
 from tracer.kube.model import (
     DEFAULT_AFFINITY_TIMEOUT_S,
     MAX_AFFINITY_TIMEOUT_S,
@@ -31,7 +32,7 @@ NODE_PORT_RANGE = range(30000, 32768)
 
 @dataclass
 class ServiceDraft:
-    """A Service as its document gives it: its cluster IP and node ports may
+    """A Service as its document gives it: its cluster IPs and node ports may
     still be missing, its named target ports unresolved."""
 
     where: fields.Where
@@ -47,11 +48,17 @@ class ServiceDraft:
     internal_traffic_policy: str = "Cluster"
     load_balancer_ips: tuple[str, ...] = ()
     load_balancer_source_ranges: tuple[str, ...] = ()
+    # ipFamilies and ipFamilyPolicy as the API server settles them, and the
+    # cluster IP of each family (None: allocate one); cluster_ip is the first.
+    families: tuple[str, ...] = ("IPv4",)
+    policy: str = "SingleStack"
+    cluster_ips: tuple[str | None, ...] = (None,)
 
 
 def read_service(
-    doc: Mapping[str, Any], where: fields.Where, cidr: ipaddress.IPv4Network
+    doc: Mapping[str, Any], where: fields.Where, cidrs: Mapping[str, IPNetwork]
 ) -> ServiceDraft:
+    """cidrs: the service CIDR of each family ("IPv4", "IPv6")."""
     fields.require_api_version(doc, "v1")
     namespace, name = fields.name_and_namespace(doc)
     spec = fields.mapping(doc.get("spec"), "spec")
@@ -63,9 +70,9 @@ def read_service(
         raise fields.Problem(
             f"unknown Service type {service_type!r} (expected {', '.join(SERVICE_TYPES)})"
         )
-    cluster_ip = _cluster_ip(spec.get("clusterIP"), cidr)
+    families = read_families(spec, cidrs)
     external_ips = tuple(
-        str(fields.ipv4(ip, "spec.externalIPs entry"))
+        fields.parse_address(ip, "spec.externalIPs entry", families.families)
         for ip in fields.sequence(spec.get("externalIPs"), "spec.externalIPs")
     )
     if spec.get("selector") is None:
@@ -101,15 +108,18 @@ def read_service(
         namespace=namespace,
         name=name,
         type=service_type,
-        cluster_ip=cluster_ip,
+        cluster_ip=families.cluster_ips[0],
         external_ips=external_ips,
         ports=ports,
         selector=selector,
         external_traffic_policy=policy,
         session_affinity=_session_affinity(spec),
         internal_traffic_policy=internal_policy,
-        load_balancer_ips=fields.load_balancer_ips(doc, service_type),
-        load_balancer_source_ranges=fields.source_ranges(spec, service_type),
+        load_balancer_ips=fields.load_balancer_ips(doc, service_type, families.families),
+        load_balancer_source_ranges=fields.source_ranges(spec, service_type, families.families),
+        families=families.families,
+        policy=families.policy,
+        cluster_ips=families.cluster_ips,
     )
 
 
@@ -135,21 +145,6 @@ def _session_affinity(spec: Mapping[str, Any]) -> SessionAffinity | None:
     timeout = client_ip.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT_S)
     what = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
     return SessionAffinity(fields.number(timeout, what, 1, MAX_AFFINITY_TIMEOUT_S))
-
-
-def _cluster_ip(value: Any, cidr: ipaddress.IPv4Network) -> str | None:
-    if value is None or value == "":
-        return None
-    if value == "None":
-        raise fields.Problem("headless Services (clusterIP: None) are not proxied by kube-proxy")
-    address = fields.ipv4(value, "spec.clusterIP")
-    if address not in cidr:
-        raise fields.Problem(f"spec.clusterIP {address} is outside the service CIDR {cidr}")
-    if address in (cidr.network_address, cidr.broadcast_address):
-        raise fields.Problem(f"spec.clusterIP {address} is not allocatable in {cidr}")
-    if address == cidr.network_address + 1:
-        raise fields.Problem(f"spec.clusterIP {address} belongs to the default/kubernetes Service")
-    return str(address)
 
 
 def _service_port(raw: Any, index: int, service_type: str, count: int) -> ServicePort:

@@ -17,6 +17,11 @@ Switching modes removes the other mode's rules, as kube-proxy does when it
 starts in a mode (it cleans up after the other one). Endpoints are the lab's
 pods with the resolved targetPort. Everything happens inside the node's
 namespace only.
+
+A dual lab (--ip-family dual) also runs kube-proxy's IPv6 proxier:
+render6() gives its rules (the `ip6tables-restore` input, or the `nft -f`
+transaction for table ip6 kube-proxy) over the Services that are IPv6 in the
+lab, with the pods' IPv6 addresses as endpoints; render() stays IPv4 only.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from tracer.kube.iptables_filter import (
     render_filter_table,
 )
 from tracer.kube.iptables_render import render_nat_table
+from tracer.kube.manifest import SERVICE_CIDR6
 from tracer.kube.model import Endpoint as KubeEndpoint
 from tracer.kube.model import Manifest
 from tracer.kube.nftables_render import render_kube_proxy_table
 from tracer.kube.nftables_table import read_nft_json
+from tracer.lab.plan6 import CLUSTER_CIDR6
 from tracer.lab.state import LabState, Node
 from tracer.system import run
 
@@ -76,15 +83,22 @@ def require_programs() -> None:
         _require(program)
 
 
-def endpoints(state: LabState) -> dict[tuple[str, str], list[KubeEndpoint]]:
+def endpoints(
+    state: LabState, family: str = "ipv4"
+) -> dict[tuple[str, str], list[KubeEndpoint]]:
     """(namespace, service) -> the pods behind it, one Endpoint per service
-    port (its port is that port's resolved targetPort)."""
+    port (its port is that port's resolved targetPort); family "ipv6": the
+    pods' IPv6 addresses, of the Services that are IPv6 in the lab (the
+    IPv6 EndpointSlices kube-proxy's IPv6 proxier reads)."""
     out: dict[tuple[str, str], list[KubeEndpoint]] = {}
     for svc in state.services:
         eps = out.setdefault((svc.namespace, svc.name), [])
         for port in svc.ports:
             for e in port.endpoints:
-                ep = KubeEndpoint(ip=e.ip, port=e.port, node=e.node, pod=e.pod)
+                ip = e.ip6 if family == "ipv6" else e.ip
+                if ip is None:
+                    continue
+                ep = KubeEndpoint(ip=ip, port=e.port, node=e.node, pod=e.pod)
                 if ep not in eps:
                     eps.append(ep)
     return out
@@ -117,6 +131,33 @@ def render(manifest: Manifest, state: LabState, node: Node) -> str:
         node_ips=[node.ip],
         cluster_cidr=state.cluster_cidr,
         node_name=node.name,
+    )
+
+
+def render6(manifest: Manifest, state: LabState, node: Node) -> str | None:
+    """What kube-proxy's IPv6 proxier would load on this node in a dual lab
+    (None in an IPv4 lab): the `ip6tables-restore` input ("*filter" with the
+    REJECTs, then "*nat"; jumps as render()'s), or the `nft -f` transaction
+    that replaces table ip6 kube-proxy. Only the Services that are IPv6 in
+    the lab, with the node's IPv6 address, the pods' IPv6 block and the
+    IPv6 service CIDR."""
+    if state.ip_family != "dual" or node.ip6 is None:
+        return None
+    ipv6 = {(s.namespace, s.name) for s in state.services if "ipv6" in s.ip_families}
+    services = [s for s in manifest.services if s.key in ipv6]
+    eps = endpoints(state, "ipv6")
+    if state.proxy_mode == "nftables":
+        return render_kube_proxy_table(
+            services, eps, node_ips=[node.ip6], cluster_cidr=CLUSTER_CIDR6,
+            node_name=node.name, service_cidrs=[SERVICE_CIDR6], endpoint_counters=True,
+            replace_table=True, family="ipv6",
+        )
+    return render_filter_table(
+        services, eps, node_name=node.name, forwarding_rules=False, jump_rules=False,
+        family="ipv6",
+    ) + render_nat_table(
+        services, eps, node_ips=[node.ip6], cluster_cidr=CLUSTER_CIDR6, node_name=node.name,
+        family="ipv6",
     )
 
 

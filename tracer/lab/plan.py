@@ -17,8 +17,10 @@ from pathlib import Path
 from tracer.errors import ManifestError, UsageError
 from tracer.kube.model import Deployment, Manifest
 from tracer.kube.model import Service as KubeService
+from tracer.kube.proxy_plan import of_family
 from tracer.lab import plan6
 from tracer.lab.dnsmasq import files as dnsmasq_files
+from tracer.lab.service_families import lab_families
 from tracer.lab.state import (
     POD_NETNS_PREFIX,
     RUN_DIR,
@@ -209,7 +211,6 @@ def make_plan(
     client = Host(name="client", netns=netns_name("client"), ip=CLIENT_IP,
                   lan_port=lan_port("client"), extra_ips=CLIENT_EXTRA_IPS)
     pods = _pods(manifest, nodes, replicas, run_dir)
-    services = tuple(_service(manifest, svc, pods) for svc in manifest.services)
     state = LabState(
         run_dir=str(run_dir),
         manifest=manifest_path or manifest.source,
@@ -223,12 +224,16 @@ def make_plan(
         client=client,
         nodes=nodes,
         pods=tuple(pods),
-        services=services,
+        services=(),
         created=time.time(),
         proxy_mode=proxy_mode,
         encap=encap,
     )
-    return with_ipv6(state) if ip_family == "dual" else state
+    if ip_family == "dual":
+        state = with_ipv6(state)
+    # After with_ipv6: a Service's IPv6 endpoints are its pods' IPv6 twins.
+    return replace(state, services=tuple(
+        _service(manifest, svc, state.pods, ip_family) for svc in manifest.services))
 
 
 def with_ipv6(s: LabState) -> LabState:
@@ -330,7 +335,11 @@ def _pods(
     return pods
 
 
-def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:
+def _service(
+    manifest: Manifest, svc: KubeService, pods: tuple[Pod, ...], ip_family: str
+) -> Service:
+    families = lab_families(svc, ip_family)
+    ipv6 = "ipv6" in families
     backing = {(d.namespace, d.name): d for d in manifest.backing_deployments(svc)}
     ports = []
     for sp in svc.ports:
@@ -341,7 +350,8 @@ def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:
             if d is None:
                 continue
             target = resolve_target_port(svc, sp.target_port, d)
-            endpoints.append(Endpoint(ip=p.ip, port=target, pod=p.name, node=p.node))
+            endpoints.append(Endpoint(ip=p.ip, port=target, pod=p.name, node=p.node,
+                                      ip6=p.ip6 if ipv6 else None))
         ports.append(
             ServicePort(
                 name=sp.name,
@@ -356,11 +366,15 @@ def _service(manifest: Manifest, svc: KubeService, pods: list[Pod]) -> Service:
         namespace=svc.namespace,
         name=svc.name,
         type=svc.type,
-        cluster_ip=svc.cluster_ip,
-        external_ips=tuple(svc.external_ips),
+        cluster_ip=svc.cluster_ip_for("ipv4") if "ipv4" in families else None,
+        external_ips=tuple(of_family(svc.external_ips, "ipv4")),
         ports=tuple(ports),
         selector=tuple(svc.selector),
-        load_balancer_ips=tuple(svc.load_balancer_ips),
+        load_balancer_ips=tuple(of_family(svc.load_balancer_ips, "ipv4")),
         external_policy=svc.external_traffic_policy,
+        ip_families=families,
+        cluster_ip6=svc.cluster_ip_for("ipv6") if ipv6 else None,
+        external_ips6=tuple(of_family(svc.external_ips, "ipv6")) if ipv6 else (),
+        load_balancer_ips6=tuple(of_family(svc.load_balancer_ips, "ipv6")) if ipv6 else (),
     )
 

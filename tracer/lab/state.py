@@ -134,6 +134,9 @@ class Endpoint:
     port: int
     pod: str
     node: str
+    # The pod's IPv6 address when the Service is IPv6 in this lab (its IPv6
+    # EndpointSlice's address); None otherwise.
+    ip6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,15 @@ class Service:
     # externalTrafficPolicy Local, from the nodes with a local endpoint.
     load_balancer_ips: tuple[str, ...] = ()
     external_policy: str = "Cluster"
+    # The families kube-proxy programs this Service in, in this lab
+    # (tracer/lab/service_families.py): ("ipv4",) on an IPv4 lab; on a dual
+    # lab the Service's ipFamilies. cluster_ip, external_ips and
+    # load_balancer_ips are the IPv4 ones (cluster_ip None for an IPv6-only
+    # Service), these the IPv6 ones. Older state files: IPv4 only.
+    ip_families: tuple[str, ...] = ("ipv4",)
+    cluster_ip6: str | None = None
+    external_ips6: tuple[str, ...] = ()
+    load_balancer_ips6: tuple[str, ...] = ()
 
     @property
     def node_port(self) -> int | None:
