@@ -1,24 +1,33 @@
-"""The dual-stack lab (`tracer lab up --ip-family dual`) with real traffic:
-IPv6 routes learned over BGP as Calico's bird6 learns them, pods reached on
-their IPv6 addresses from the client and across nodes through Calico's
-link-local gateway, neighbour discovery inside the lab, and the pods' nginx
-logs as the witness of the client's IPv6 source."""
+"""The dual-stack lab (`tracer lab up --ip-family dual`, the shipped
+dual-stack.yaml) with real traffic, in both kube-proxy modes: IPv6 routes
+learned over BGP as Calico's bird6 learns them, pods reached on their IPv6
+addresses from the client and across nodes through Calico's link-local
+gateway, neighbour discovery inside the lab, and a dual-stack Service
+reached on its IPv6 node port, external IP and cluster IP through
+kube-proxy's IPv6 rules. Witnesses: the pods' nginx logs, the IPv6 DNAT
+counters and `conntrack -f ipv6`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tracer.lab import access_log, bird, bird6, controller
+from tracer.lab import access_log, bird, bird6, controller, kubeproxy6, plan
+from tracer.lab.traffic import run_traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-@pytest.fixture(scope="module")
-def dual_lab(lab):
-    yield controller.up(ip_family="dual").state
+MANIFEST = Path(plan.__file__).parent / "manifests" / "dual-stack.yaml"
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def dual_lab(lab, request):
+    yield controller.up(MANIFEST, ip_family="dual", proxy_mode=request.param).state
     controller.up()
 
 
@@ -63,3 +72,37 @@ def test_pods_route_through_calicos_link_local_gateway(dual_lab):
     neigh = json.loads(_in(p.netns, "ip", "-6", "-j", "neigh", "show", "dev", "eth0").stdout)
     gw = [n for n in neigh if n["dst"] == "fe80::ecee:eeff:feee:eeee"]
     assert gw and gw[0]["lladdr"] == "ee:ee:ee:ee:ee:ee"
+
+
+def _conntrack6(netns: str, port: int) -> int:
+    out = _in(netns, "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--dport", str(port)).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("tcp"))
+
+
+def test_the_dual_stack_service_answers_on_ipv6(dual_lab):
+    """The client to node A's IPv6 node port and to the IPv6 external IP,
+    a pod on node A to the IPv6 cluster IP: all DNATed by node A's IPv6
+    proxier, whose per-endpoint counters equal what the pods logged."""
+    s = dual_lab
+    svc = s.service("nginx-demo-dual")
+    assert svc.cluster_ip6 == "fd00:10:96::90" and svc.external_ips6 == ("fd00:192:168:64::57",)
+    for n in s.nodes:
+        _in(n.netns, "conntrack", "-F")
+    before = kubeproxy6.dnat_counters("lab-node-a", s.proxy_mode)
+    marks = access_log.offsets(s)
+    pod_a = next(p for p in s.pods if p.node == "node-a")
+    runs = [run_traffic(requests=30, target="node-port", node="a", family="ipv6", state=s),
+            run_traffic(requests=30, target="external-ip", family="ipv6", state=s),
+            run_traffic(requests=30, target="cluster-ip", source=pod_a.name, family="ipv6",
+                        state=s)]
+    assert [(r.ok, r.failed) for r in runs] == [(30, 0)] * 3
+    assert runs[0].url == "http://[fd00:192:168:64::57]:30090/"
+    after = kubeproxy6.dnat_counters("lab-node-a", s.proxy_mode)
+    dnat = {ip: after[ip] - before.get(ip, 0) for ip in after if after[ip] > before.get(ip, 0)}
+    logged = Counter(p.ip6 for e in access_log.read_since(marks, s)
+                     for p in s.pods if p.name == e.pod)
+    assert dnat == dict(logged) and sum(dnat.values()) == 90
+    # Every answer came over IPv6: nginx logged IPv6 sources only.
+    assert all(":" in e.remote_addr for e in access_log.read_since(marks, s))
+    assert _conntrack6("lab-node-a", 30090) == 30
+    assert _conntrack6("lab-node-a", 8090) == 60

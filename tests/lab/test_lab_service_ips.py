@@ -111,3 +111,18 @@ def test_clients_option_is_checked(source, clients, duration, message):
     tgt = Target("load-balancer", "web-affinity", "192.168.100.10", 80, source, netns)
     with pytest.raises(UsageError, match=message):
         traffic._client_addresses(s, tgt, clients, duration)
+
+
+def test_convergence_waits_for_a_withdrawn_lb_ip_but_not_for_a_tunnel_address(monkeypatch):
+    """The ToR must stop routing a load-balancer IP nobody advertises any
+    more; a /32 inside a node's block (IPIP's tunl0 address, which BIRD
+    exports as Calico's does) is not one."""
+    s = make_plan(load_manifest(SERVICE_API), run_dir="/run/tracer-lab")
+    blocks = {(n.pod_cidr, n.ip) for n in s.nodes}
+    kernel = {s.tor.netns: blocks | {("10.217.120.64/32", "192.168.64.57")}}
+    monkeypatch.setattr(bird, "bgp_sessions", lambda files: [])
+    monkeypatch.setattr(bird, "installed", lambda netns, six=False: kernel.get(netns, set()))
+    assert bird._not_converged(s.tor, s.nodes, {s.tor.netns: blocks}) is None
+    kernel[s.tor.netns] |= {("192.168.100.10/32", "192.168.64.58")}
+    assert bird._not_converged(s.tor, s.nodes, {s.tor.netns: blocks}) == (
+        "lab-tor still routes 192.168.100.10/32 via 192.168.64.58 (no longer advertised)")

@@ -277,7 +277,7 @@ def services_table(services: list[ResolvedService]) -> list[dict[str, str]]:
                 label = f"{port.port_name}:{label}"
             # internalTrafficPolicy Local services have only a KUBE-SVL choice.
             choice = port.endpoints or port.local_endpoints
-            endpoints = " ".join(f"{e.ip}:{e.port}({e.share:.0%})" for e in choice) or "-"
+            endpoints = " ".join(f"{_hostport(e.ip, e.port)}({e.share:.0%})" for e in choice) or "-"
             if port.no_endpoints:
                 endpoints = "no endpoints (REJECT)"
             elif port.no_local_endpoints:
@@ -349,3 +349,8 @@ def format_services_table(services: list[ResolvedService]) -> str:
     for row in rows:
         lines.append("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
     return "\n".join(lines)
+
+
+def _hostport(ip: str, port: int) -> str:
+    """ip:port, with an IPv6 address in brackets ([fd00::1]:80)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

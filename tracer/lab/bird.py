@@ -13,6 +13,7 @@ namespaces.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -331,6 +332,11 @@ def _missing6(want6: dict[str, set[tuple[str, str]]]) -> str | None:
     return None
 
 
+def _in_blocks(dst: str, nodes: tuple[Node, ...]) -> bool:
+    address = ipaddress.ip_network(dst).network_address
+    return any(address in ipaddress.ip_network(n.pod_cidr) for n in nodes)
+
+
 def _not_converged(
     tor: Router, nodes: tuple[Node, ...], want: dict[str, set[tuple[str, str]]],
     bare: frozenset[str] = frozenset(),
@@ -348,7 +354,11 @@ def _not_converged(
         if missing:
             block, via = sorted(missing)[0]
             return f"{netns} has no route {block} via {via} proto bird yet"
-        stale = {(d, v) for d, v in installed(netns) - routes if d.endswith("/32")}
+        # A /32 outside every node's block that nobody advertises any more: a
+        # withdrawn load-balancer IP. (A /32 inside a block is a tunnel
+        # address, e.g. IPIP's tunl0, which BIRD exports as Calico's does.)
+        stale = {(d, v) for d, v in installed(netns) - routes
+                 if d.endswith("/32") and not _in_blocks(d, nodes)}
         if netns == tor.netns and stale:
             dst, via = sorted(stale)[0]
             return f"{netns} still routes {dst} via {via} (no longer advertised)"

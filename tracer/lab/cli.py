@@ -174,13 +174,15 @@ def exec_command(name: str, argv: tuple[str, ...]) -> int:
               help="Spread the connections over the client's first N addresses in turn "
                    "(session affinity, source ranges); results per address.")
 @click.option("--service", default=None, help="Service to target (default: the first that fits).")
+@click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4", show_default=True,
+              help="Address family of the target (ipv6: a dual-stack lab's IPv6 Service addresses).")
 @click.option("--path", default="/", show_default=True,
               help="URL path to request (every pod serves /large, a 64 KiB page, as well).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Seconds each connect and read may take.")
 @click.option("--json", "as_json", is_flag=True)
 def traffic_command(requests, duration, concurrency, target, keepalive, node, source, clients,
-                    service, path, timeout, as_json) -> int:
+                    service, family, path, timeout, as_json) -> int:
     """Send real HTTP requests to a lab Service and report what happened
     (to a UDP Service: DNS queries, each from a new source port, answered by
     the pods' dnsmasq). Exits 1 if any request failed."""
@@ -189,7 +191,7 @@ def traffic_command(requests, duration, concurrency, target, keepalive, node, so
     result = traffic.run_traffic(
         requests=requests, duration=duration, concurrency=concurrency, target=target,
         keepalive=keepalive, node=node, source=source, service=service, path=path,
-        timeout=timeout, clients=clients,
+        timeout=timeout, clients=clients, family=family,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))

@@ -109,7 +109,7 @@ def up(
     )
     # Render before touching anything: a manifest the renderer rejects fails
     # with nothing built.
-    rules = {n.name: kubeproxy.render(parsed, want, n) for n in want.nodes}
+    rules = {n.name: kubeproxy.render_all(parsed, want, n) for n in want.nodes}
 
     with _locked():
         have = try_load_state()

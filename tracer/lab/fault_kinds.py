@@ -198,7 +198,7 @@ def _load_rules_everywhere(state: LabState, service: str, port: int | None) -> N
     manifest = load_manifest(state.manifest)
     rendered = _with_endpoint_port(state, service, port)
     for node in state.nodes:
-        kubeproxy.load(state, node, kubeproxy.render(manifest, rendered, node))
+        kubeproxy.load(state, node, kubeproxy.render_all(manifest, rendered, node))
 
 
 def _wrong_target_port_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:
@@ -265,7 +265,7 @@ def _load_rendered_everywhere(state: LabState, rendered: LabState) -> None:
 
     manifest = load_manifest(state.manifest)
     for node in state.nodes:
-        kubeproxy.load(state, node, kubeproxy.render(manifest, rendered, node))
+        kubeproxy.load(state, node, kubeproxy.render_all(manifest, rendered, node))
 
 
 def _no_endpoints_apply(state: LabState, node: str, pod: Pod | None) -> dict[str, Any]:

@@ -31,8 +31,14 @@ class Target:
     source_ips: tuple[str, ...] = ()
 
     @property
+    def hostport(self) -> str:
+        """address:port, an IPv6 address in brackets (RFC 3986)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}{self.path}"
+        return f"http://{self.hostport}{self.path}"
 
 
 @dataclass
@@ -113,7 +119,7 @@ def _read_response(sock: socket.socket, keepalive: bool) -> tuple[int, bytes, bo
 
 def _requests(target: Target, total: int, keepalive: bool, timeout: float, tally: Tally) -> None:
     request = (
-        f"GET {target.path} HTTP/1.1\r\nHost: {target.address}:{target.port}\r\n"
+        f"GET {target.path} HTTP/1.1\r\nHost: {target.hostport}\r\n"
         f"User-Agent: tracer-lab\r\nAccept: */*\r\n"
         f"Connection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
     ).encode()

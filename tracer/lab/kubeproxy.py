@@ -45,6 +45,7 @@ from tracer.kube.model import Endpoint as KubeEndpoint
 from tracer.kube.model import Manifest
 from tracer.kube.nftables_render import render_kube_proxy_table
 from tracer.kube.nftables_table import read_nft_json
+from tracer.lab import kubeproxy6
 from tracer.lab.plan6 import CLUSTER_CIDR6
 from tracer.lab.state import LabState, Node
 from tracer.system import run
@@ -220,6 +221,7 @@ def load(state: LabState, node: Node, text: str) -> str:
     path = rules_file(state, node)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    text, text6 = kubeproxy6.split(text)
     try:
         if state.proxy_mode == "nftables":
             run([RESTORE], netns=node.netns, input=_EMPTY_NAT)
@@ -233,9 +235,11 @@ def load(state: LabState, node: Node, text: str) -> str:
                 _ensure_filter_jumps(node.netns)
             if nft_table(node.netns) is not None:
                 run([NFT, "delete", "table", *NFT_TABLE], netns=node.netns)
+        if text6 is not None:
+            kubeproxy6.load(node.netns, state.proxy_mode, text6, _FILTER_CLEANUP)
     except TracerError as exc:
         raise LabError(f"loading kube-proxy rules into {node.netns}: {exc}") from exc
-    return digest(node.netns)
+    return digest(node.netns, six=text6 is not None)
 
 
 def nft_table(netns: str, *, json_output: bool = False, stateless: bool = False) -> str | None:
@@ -264,13 +268,13 @@ def save(netns: str, *, counters: bool = False, table: str = "nat") -> str:
     return run([SAVE, "-t", table, *(["-c"] if counters else [])], netns=netns).stdout
 
 
-def digest(netns: str) -> str:
+def digest(netns: str, *, six: bool = False) -> str:
     """sha256 of the nat rules, of kube-proxy's filter rules (the KUBE- lines)
     and of table ip kube-proxy (not counters, not comments) as the kernel
-    gives them back: equal digests mean the same rules are loaded, in either
-    mode."""
+    gives them back, with six (a dual lab) the IPv6 ones too: equal digests
+    mean the same rules are loaded, in either mode."""
     lines = [
-        re.sub(r"\[\d+:\d+\]", "", line)
+        _strip_counters(line)
         for line in save(netns).splitlines()
         if line and not line.startswith("#")
     ]
@@ -279,7 +283,19 @@ def digest(netns: str) -> str:
     table = nft_table(netns, stateless=True)
     if table is not None:
         lines += ["# table ip kube-proxy", *table.splitlines()]
+    if six:
+        lines += kubeproxy6.digest_lines(netns, _strip_counters)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _strip_counters(line: str) -> str:
+    return re.sub(r"\[\d+:\d+\]", "", line)
+
+
+def render_all(manifest: Manifest, state: LabState, node: Node) -> str:
+    """The node's whole rules text: render() and, in a dual lab, render6()
+    after kubeproxy6.SECTION (load() splits them again)."""
+    return kubeproxy6.combine(render(manifest, state, node), render6(manifest, state, node))
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def _stale_rules(have: LabState, state: LabState, rules: dict[str, str]) -> list
         path = kubeproxy.rules_file(state, n)
         old = path.read_text() if path.exists() else None
         mode_changed = state.proxy_mode != have.proxy_mode
-        if mode_changed or old != rules[n.name] or n.rules_digest != kubeproxy.digest(n.netns):
+        loaded = kubeproxy.digest(n.netns, six=state.ip_family == "dual")
+        if mode_changed or old != rules[n.name] or n.rules_digest != loaded:
             stale.append(n)
     return stale
 

@@ -72,14 +72,20 @@ def resolve_target(
     node: str = "a",
     source: str | None = None,
     service: str | None = None,
+    family: str = "ipv4",
 ) -> Target:
-    """Where to send requests and from which namespace."""
+    """Where to send requests and from which namespace; family "ipv6": the
+    Service's IPv6 address of that kind (a dual-stack lab)."""
     if kind not in TARGETS:
         raise UsageError(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
     candidates = [state.service(service)] if service else list(state.services)
-    svc, address, port = _destination(state, kind, candidates, node)
+    if family == "ipv6":
+        svc, address, port = _destination6(state, kind, candidates, node)
+    else:
+        svc, address, port = _destination(state, kind, candidates, node)
     if svc is None or address is None:
-        raise UsageError(f"no lab service has a {kind.replace('-', ' ')}")
+        what = kind.replace("-", " ") + (" (IPv6)" if family == "ipv6" else "")
+        raise UsageError(f"no lab service has a {what}")
 
     if source is None:
         # Cluster IPs are reached from inside the cluster: from a pod.
@@ -102,6 +108,20 @@ def resolve_target(
         return Target(kind, svc.name, address, port, host.name, host.netns)
     pod = state.pod(source)
     return Target(kind, svc.name, address, port, pod.name, pod.netns)
+
+
+def _destination6(state: LabState, kind: str, candidates: list[Service], node: str
+                  ) -> tuple[Service | None, str | None, int]:
+    """_destination's IPv6 twin: the Services' IPv6 addresses."""
+    if kind == "node-port":
+        svc = next((s for s in candidates if s.node_port and "ipv6" in s.ip_families), None)
+        return svc, state.node(node).ip6 if svc else None, (svc.node_port or 0) if svc else 0
+    field = {"external-ip": "external_ips6", "load-balancer": "load_balancer_ips6"}.get(kind)
+    if field is None:
+        svc = next((s for s in candidates if s.cluster_ip6), None)
+        return svc, svc.cluster_ip6 if svc else None, svc.port if svc else 0
+    svc = next((s for s in candidates if getattr(s, field)), None)
+    return svc, getattr(svc, field)[0] if svc else None, svc.port if svc else 0
 
 
 def _destination(state: LabState, kind: str, candidates: list[Service], node: str
@@ -175,6 +195,7 @@ def run_traffic(
     timeout: float = 5.0,
     path: str = "/",
     clients: int | None = None,
+    family: str = "ipv4",
     state: LabState | None = None,
 ) -> TrafficResult | DnsResult:
     """Send HTTP requests (DNS queries to a UDP Service) to a lab Service
@@ -193,8 +214,10 @@ def run_traffic(
     state = state or load_state()
     if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", path):
         raise UsageError(f"--path must be an absolute URL path, got {path!r}")
-    tgt = replace(resolve_target(state, target, node=node, source=source, service=service),
-                  path=path)
+    if family == "ipv6" and state.ip_family != "dual":
+        raise UsageError("--family ipv6 needs a dual-stack lab (tracer lab up --ip-family dual)")
+    tgt = replace(resolve_target(state, target, node=node, source=source, service=service,
+                                 family=family), path=path)
     if clients is not None:
         tgt = replace(tgt, source_ips=_client_addresses(state, tgt, clients, duration))
     if state.service(tgt.service).ports[0].protocol == "UDP":
