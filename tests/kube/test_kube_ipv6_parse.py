@@ -156,7 +156,7 @@ def test_services_table_shows_the_family_only_with_ipv6() -> None:
     rows = [r for r in services_table(merged) if r["service"] == "ns1/svc1"]
     assert [(r["family"], r["cluster_ip"], r["endpoints"]) for r in rows] == [
         ("ipv4", "172.30.0.41", "10.180.0.1:80(100%)"),
-        ("ipv6", "fd00:ab34::20", "ff06::c1:80(50%) ff06::c2:80(50%)"),
+        ("ipv6", "fd00:ab34::20", "[ff06::c1]:80(50%) [ff06::c2]:80(50%)"),
     ]
     header = format_services_table(merged).splitlines()[0].split()
     assert header[:3] == ["SERVICE", "PORT", "FAMILY"]
