@@ -1,7 +1,8 @@
 """Loads one or more captures into one normalized event table.
 
 Every analysis works on the same frame: the capture's columns, plus addresses
-as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``, a tunnel's
+as int64 keys (tracer.analysis.addresses: IPv4 its 32-bit value, IPv6 a
+registered key; ``src``, ``dst``, ``nat_src``, ``nat_dst``, a tunnel's
 ``outer_src``, ``outer_dst``, an ICMP error's ``quoted_src``, ``quoted_dst``), the tuple *after* each
 event (``out_*``: the NAT rewrite for nat events, unchanged otherwise), a
 probe code, and ``t``: the event's UTC time in ns, later corrected by the
@@ -209,7 +210,7 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     return ev
 
 
-# Capture address columns (strings) -> the normalized frame's uint32 columns.
+# Capture address columns (strings) -> the normalized frame's int64 key columns.
 _ADDRESS_SOURCES = {
     "saddr": "src",
     "daddr": "dst",
