@@ -175,8 +175,14 @@ class Networks:
         return out
 
 
+# ICMPv6 carries IPv6's errors; the capture's vocabulary (PROTO_NAMES) may
+# not name it yet.
+_MORE_PROTO_NAMES = {58: "icmp6"}
+
+
 def proto_name(number: int) -> str:
-    return PROTO_NAMES.get(int(number), str(int(number)))
+    number = int(number)
+    return PROTO_NAMES.get(number) or _MORE_PROTO_NAMES.get(number) or str(number)
 
 
 def endpoint(addr: int | str, port: int, proto: int = 6) -> str:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tracer.analysis import rule_walks
 from tracer.analysis.addresses import (
+    IPV6_BASE,
     endpoint,
     int_to_ip,
     ints_to_strings,
@@ -174,7 +175,7 @@ def journey(packets: Packets, packet_id: int) -> dict[str, Any]:
         # packet's tuple where this hop saw it: NAT rewrites the quote too).
         hop["icmp"] = (
             {"type": int(r.icmp_type), "code": int(r.icmp_code),
-             "name": icmp_name(int(r.icmp_type), int(r.icmp_code)),
+             "name": icmp_name(int(r.icmp_type), int(r.icmp_code), int(r.src) >= IPV6_BASE),
              "quoted": quote_text(int(r.quoted_src), int(r.quoted_sport), int(r.quoted_dst),
                                   int(r.quoted_dport), int(r.quoted_proto))
              if r.quoted_proto else None}
