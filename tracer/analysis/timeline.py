@@ -251,7 +251,9 @@ def _detail(h: dict[str, Any]) -> str:
         if h.get("icmp") and h["icmp"]["quoted"]:
             text += f"  (icmp {h['icmp']['type']}/{h['icmp']['code']}, quote now {h['icmp']['quoted']})"
         return text
-    text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
+    # IPv6 calls its TTL the hop limit (the JSON keeps one name, ttl).
+    ttl = f"{'hlim' if ':' in h['src'] else 'ttl'} {h['ttl']}"
+    text = f"{h['src']} -> {h['dst']}  {ttl}"
     if h.get("encap"):
         e = h["encap"]
         text += f"  in {e['kind']} {e['outer_src']} -> {e['outer_dst']}"
@@ -259,7 +261,7 @@ def _detail(h: dict[str, Any]) -> str:
         i = h["icmp"]
         text = (f"icmp {i['type']}/{i['code']} {i['name']} from {h['src']} to {h['dst']}, "
                 + (f"quoting {i['quoted']}" if i["quoted"] else "quote unreadable")
-                + f"  ttl {h['ttl']}")
+                + f"  {ttl}")
     if h["drop_reason"]:
         text = f"DROP {h['drop_reason']}: {text}"
     if "from_node" in h:
@@ -269,13 +271,18 @@ def _detail(h: dict[str, Any]) -> str:
     return text
 
 
+def _ip_id(doc: dict[str, Any], first: dict[str, Any]) -> str:
+    """' id N' for IPv4; nothing for IPv6, which has no IP ID."""
+    return "" if ":" in str(first["src"]) else f" id {first['ip_id']}"
+
+
 def format_journey(doc: dict[str, Any]) -> str:
     first = doc["hops"][0]
     flags = f" [{first['tcp_flags']}]" if "tcp_flags" in first else ""
     seq = f" seq {first['seq']} ack {first['ack']}" if "seq" in first else ""
     lines = [
         f"packet {doc['packet']}  {doc['proto']} {doc['src']} -> {doc['dst']}{flags} "
-        f"len {first['len']} id {first['ip_id']}{seq}",
+        f"len {first['len']}{_ip_id(doc, first)}{seq}",
         f"  {' -> '.join(doc['nodes'])}: {len(doc['hops'])} hops "
         f"in {fmt_duration(doc['duration_ns'])}; "
         f"{doc['outcome']}",
