@@ -6,7 +6,8 @@ protocol, addresses; DF and TOS are not captured and written as 0), or for
 an IPv6 event a 40-byte IPv6 header (traffic class and flow label 0, payload
 length, next header = the transport protocol, hop limit from ``ttl``; the
 extension headers the capture counted in ``ip_hlen`` are not captured and
-not written, so the packet is shorter than on the wire by their size), and a TCP
+not written, so the packet is shorter than on the wire by their size;
+tracer.analysis.pcap_headers), and a TCP
 (20 bytes: ports, seq, ack, flags; window not captured, written as 65535; no
 options) or UDP header, with correct checksums over the zero-filled payload.
 By default the payload is omitted and the original length kept in the block
@@ -19,6 +20,9 @@ rewrite); its comment says what it was before. Every packet has a comment
 interface, hook, NAT rewrite, NAT hook time, drop reason. There is one
 Interface Description Block per (node, netns, interface); timestamps are
 ``time_ns`` (clock-corrected in merged captures) at nanosecond resolution.
+Link type: raw IPv4 (228) or raw IPv6 (229) for a capture of one family, as
+before; a capture of both is written as Ethernet (1) with zero MACs, since
+libpcap (tcpdump) refuses a file whose interfaces differ in link type.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from tracer import __version__
-from tracer.analysis.addresses import IPV6_BASE, ints_to_strings, ip_object
+from tracer.analysis.addresses import IPV6_BASE, ints_to_strings
 from tracer.analysis.events import EventSet, load_events
 from tracer.analysis.packets import Packets, assemble
+from tracer.analysis.pcap_headers import headers
 from tracer.capfile import Capture
 from tracer.errors import CaptureFileError
 from tracer.safe_output import refuse_overlap, replacing
@@ -42,13 +47,14 @@ from tracer.safe_output import refuse_overlap, replacing
 # 101 to DLT_RAW for the first interface only and then rejects the second
 # interface block of a multi-interface file ("type 101 different from the type
 # of the first interface"); 228 is read by both tcpdump and tshark. 229 is
-# raw IPv6, so an interface that saw both families has an IDB for each.
+# raw IPv6. libpcap wants one link type in a file, so a capture of both
+# families is written as Ethernet (1): each packet behind a 14-byte header
+# with zero MAC addresses (not captured) and the family's EtherType.
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
-# Bytes of headers written per event at most: IPv6 (40) + TCP with options (60).
-MAX_HEADER = 100
+LINKTYPE_ETHERNET = 1
+_ETHERTYPE = {False: b"\x08\x00", True: b"\x86\xdd"}
 SNAPLEN = 262144
-TCP_WINDOW = 65535
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 _OPT_END, _OPT_COMMENT = 0, 1
@@ -83,198 +89,6 @@ def interface_description(name: str, description: str, linktype: int = LINKTYPE_
         + _option(_OPT_END, b"")
     )
     return _block(_IDB, struct.pack("<HHI", linktype, 0, SNAPLEN) + options)
-
-
-def _fold(total: np.ndarray) -> np.ndarray:
-    total = total.astype(np.uint64)
-    for _ in range(3):
-        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    return total
-
-
-def _words32(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    return (x >> np.uint64(16)) + (x & np.uint64(0xFFFF))
-
-
-# Header layouts (network byte order), filled a column at a time.
-_IP_HEADER = np.dtype(
-    [
-        ("vihl", "u1"),
-        ("tos", "u1"),
-        ("tot", ">u2"),
-        ("id", ">u2"),
-        ("frag", ">u2"),
-        ("ttl", "u1"),
-        ("proto", "u1"),
-        ("csum", ">u2"),
-        ("src", ">u4"),
-        ("dst", ">u4"),
-    ]
-)
-_TCP_HEADER = np.dtype(
-    [
-        ("sport", ">u2"),
-        ("dport", ">u2"),
-        ("seq", ">u4"),
-        ("ack", ">u4"),
-        ("off", "u1"),
-        ("flags", "u1"),
-        ("win", ">u2"),
-        ("csum", ">u2"),
-        ("urg", ">u2"),
-    ]
-)
-_UDP_HEADER = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2")])
-_IP6_HEADER = np.dtype(
-    [
-        ("vtcfl", ">u4"),
-        ("plen", ">u2"),
-        ("next", "u1"),
-        ("hlim", "u1"),
-        ("src", "u1", (16,)),
-        ("dst", "u1", (16,)),
-    ]
-)
-
-
-def _checksums(
-    f: dict[str, np.ndarray], tot: np.ndarray, tcp_len: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(IPv4 header checksum, TCP or UDP checksum) of the headers as written:
-    total length tot, TCP header of tcp_len bytes (options NOPs), no payload
-    bytes summed (the payload is omitted or zeros)."""
-    src, dst, proto = f["src"], f["dst"], f["proto"]
-    ip_sum = (
-        np.uint64(0x4500)
-        + tot
-        + f["ip_id"]
-        + ((f["ttl"] << np.uint64(8)) | proto)
-        + _words32(src)
-        + _words32(dst)
-    )
-    ip_csum = (~_fold(ip_sum)) & np.uint64(0xFFFF)
-    seg_len = tot - np.uint64(20)
-    pseudo = _words32(src) + _words32(dst) + proto + seg_len
-    return ip_csum, _l4_checksum(f, pseudo, seg_len, tcp_len)
-
-
-def _l4_checksum(
-    f: dict[str, np.ndarray], pseudo: np.ndarray, seg_len: np.ndarray, tcp_len: np.ndarray
-) -> np.ndarray:
-    """TCP or UDP checksum over the pseudo-header's sum (either family's)
-    and the transport header as written."""
-    proto, sport, dport = f["proto"], f["sport"], f["dport"]
-    tcp_sum = (
-        pseudo
-        + sport
-        + dport
-        + _words32(f["seq"])
-        + _words32(f["ack"])
-        + (((tcp_len >> np.uint64(2)) << np.uint64(12)) | f["flags"])
-        + np.uint64(TCP_WINDOW)
-        + ((tcp_len - np.uint64(20)) >> np.uint64(1)) * np.uint64(0x0101)  # NOP options
-    )
-    udp_sum = pseudo + sport + dport + seg_len
-    is_tcp, is_udp = proto == 6, proto == 17
-    l4_csum = (~_fold(np.where(is_tcp, tcp_sum, udp_sum))) & np.uint64(0xFFFF)
-    return np.where(is_udp & (l4_csum == 0), np.uint64(0xFFFF), l4_csum)  # UDP: 0 means "none"
-
-
-def _ipv6_parts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(16 address bytes per key, sum of its eight 16-bit words), computed
-    once per distinct address."""
-    uniques, inverse = np.unique(keys, return_inverse=True)
-    packed = np.array(
-        [list(ip_object(int(k)).packed) if k >= IPV6_BASE else [0] * 16 for k in uniques],
-        dtype=np.uint8,
-    ).reshape(-1, 16)
-    sums = (packed[:, 0::2].astype(np.uint64) << np.uint64(8)).sum(axis=1) + packed[:, 1::2].astype(
-        np.uint64).sum(axis=1)
-    inverse = inverse.reshape(-1)
-    return packed[inverse], sums[inverse]
-
-
-def _ipv6_headers(f: dict[str, np.ndarray], payload: np.ndarray, tcp_len: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(IPv6 headers, TCP or UDP checksums) of IPv6 events: upper-layer
-    length ``payload`` (RFC 8200 8.1 pseudo-header)."""
-    src, src_sum = _ipv6_parts(f["src"])
-    dst, dst_sum = _ipv6_parts(f["dst"])
-    pseudo = src_sum + dst_sum + _words32(payload) + f["proto"]
-    ip6 = np.zeros(len(payload), _IP6_HEADER)
-    ip6["vtcfl"], ip6["plen"], ip6["next"], ip6["hlim"] = 0x60000000, payload, f["proto"], f["ttl"]
-    ip6["src"], ip6["dst"] = src, dst
-    return ip6, _l4_checksum(f, pseudo, payload, tcp_len)
-
-
-def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes of IP + L4 header per event as a 2-D uint8 array of MAX_HEADER
-    columns, header length per event). Fields from the tuple *after* each
-    event. TCP headers keep their captured length (tcp_hlen): the option
-    bytes, not captured, are written as NOPs so readers see the true payload
-    length. IPv6 events (address keys >= IPV6_BASE) get an IPv6 header."""
-    n = len(ev)
-
-    def u(column: str) -> np.ndarray:
-        return ev[column].to_numpy().astype(np.uint64)
-
-    f = {
-        "src": u("out_src"),
-        "dst": u("out_dst"),
-        "sport": u("out_sport"),
-        "dport": u("out_dport"),
-        "proto": u("proto"),
-        "ip_id": u("ip_id"),
-        "ttl": u("ttl"),
-        "seq": u("seq"),
-        "ack": u("ack"),
-        "flags": u("tcp_flags"),
-    }
-    src, dst, sport, dport, proto = f["src"], f["dst"], f["sport"], f["dport"], f["proto"]
-    is_tcp, is_udp = proto == 6, proto == 17
-    hlen = u("tcp_hlen") if "tcp_hlen" in ev else np.zeros(n, np.uint64)
-    tcp_len = np.where((hlen >= 20) & (hlen <= 60), hlen & ~np.uint64(3), 20).astype(np.uint64)
-    l4_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0)).astype(np.uint64)
-    # The header we write must fit inside the total length it announces.
-    tot = np.maximum(u("len"), np.uint64(20) + l4_len)
-    seg_len = tot - np.uint64(20)
-    ip_csum, l4_csum = _checksums(f, tot, tcp_len)
-    v6 = (src >= np.uint64(IPV6_BASE)) | (dst >= np.uint64(IPV6_BASE))
-    l3_len = np.where(v6, 40, 20).astype(np.int64)
-    ip6 = None
-    if v6.any():
-        # IPv6: len is the payload length + 40 and ip_hlen counts the
-        # extension headers, which are not written: what follows the
-        # 40-byte header is len - ip_hlen bytes.
-        iph = np.maximum(u("ip_hlen")[v6], np.uint64(40)) if "ip_hlen" in ev else np.uint64(40)
-        plen = np.maximum(u("len")[v6], iph + l4_len[v6]) - iph
-        ip6, l4_csum[v6] = _ipv6_headers({k: a[v6] for k, a in f.items()}, plen, tcp_len[v6])
-        seg_len[v6] = plen
-
-    ip = np.zeros(n, _IP_HEADER)
-    ip["vihl"], ip["tot"], ip["id"], ip["ttl"], ip["proto"] = 0x45, tot, f["ip_id"], f["ttl"], proto
-    # (IPv6 rows: their IPv4 header is not written.)
-    ip["csum"], ip["src"], ip["dst"] = ip_csum, src & np.uint64(0xFFFFFFFF), dst & np.uint64(0xFFFFFFFF)
-    tcp = np.zeros(n, _TCP_HEADER)
-    tcp["sport"], tcp["dport"], tcp["seq"], tcp["ack"] = sport, dport, f["seq"], f["ack"]
-    tcp["off"], tcp["flags"], tcp["win"], tcp["csum"] = (
-        (tcp_len >> np.uint64(2)) << np.uint64(4), f["flags"], TCP_WINDOW, l4_csum)
-    udp = np.zeros(n, _UDP_HEADER)
-    udp["sport"], udp["dport"], udp["len"], udp["csum"] = sport, dport, seg_len, l4_csum
-    out = np.zeros((n, MAX_HEADER), dtype=np.uint8)
-    v4 = ~v6
-    out[v4, :20] = ip.view(np.uint8).reshape(n, 20)[v4]
-    if ip6 is not None:
-        out[v6, :40] = ip6.view(np.uint8).reshape(-1, 40)
-    for l3, rows in ((20, v4), (40, v6)):
-        out[rows & is_tcp, l3 : l3 + 20] = tcp.view(np.uint8).reshape(n, 20)[rows & is_tcp]
-        out[rows & is_udp, l3 : l3 + 8] = udp.view(np.uint8).reshape(n, 8)[rows & is_udp]
-    col = np.arange(MAX_HEADER)[None, :]
-    options = is_tcp[:, None] & (col >= (l3_len + 20)[:, None]) & (
-        col < (l3_len + tcp_len.astype(np.int64))[:, None])
-    out[options] = 1  # TCP option NOP
-    return out, (l3_len + l4_len.astype(np.int64)).astype(np.int64)
 
 
 def _bracketed(texts: np.ndarray) -> np.ndarray:
@@ -348,11 +162,20 @@ def _sort_order(ev: pd.DataFrame) -> np.ndarray:
 
 
 def _interface_keys(ev: pd.DataFrame) -> list[str]:
-    """node, netns, interface and, for IPv6 events, '6' (their link type differs)."""
-    v6 = (ev["out_src"].to_numpy() >= IPV6_BASE) | (ev["out_dst"].to_numpy() >= IPV6_BASE)
-    return [f"{n}\0{ns}\0{i}" + ("\0" + "6" if six else "") for n, ns, i, six in zip(
-        ev["node"].astype(str), ev["netns"].astype(str), ev["ifname"].astype(str), v6,
-        strict=True)]
+    return [f"{n}\0{ns}\0{i}" for n, ns, i in zip(
+        ev["node"].astype(str), ev["netns"].astype(str), ev["ifname"].astype(str), strict=True)]
+
+
+def _is_ipv6(ev: pd.DataFrame) -> np.ndarray:
+    return (ev["out_src"].to_numpy() >= IPV6_BASE) | (ev["out_dst"].to_numpy() >= IPV6_BASE)
+
+
+def _linktype(ev: pd.DataFrame) -> int:
+    """Raw IPv4 or raw IPv6 for a capture of one family, Ethernet for both."""
+    v6 = _is_ipv6(ev)
+    if v6.all() and len(v6):
+        return LINKTYPE_IPV6
+    return LINKTYPE_ETHERNET if v6.any() else LINKTYPE_IPV4
 
 
 class _Interfaces:
@@ -370,17 +193,19 @@ class _Interfaces:
                     self.codes[key] = len(self.codes)
                     self.first.append(int(row))
 
-    def names(self) -> list[tuple[str, str, str, bool]]:
-        """(node, netns, interface, IPv6) of each interface, in code order."""
-        return [(*key.split("\0")[:3], key.endswith("\0" + "6")) for key in self.codes]  # type: ignore[misc]
+    def names(self) -> list[tuple[str, str, str]]:
+        return [tuple(key.split("\0")) for key in self.codes]  # type: ignore[misc]
 
     def codes_of(self, batch: pd.DataFrame) -> list[int]:
         return [self.codes[key] for key in _interface_keys(batch)]
 
 
-def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str) -> bytes:
+def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str,
+                   linktype: int = LINKTYPE_IPV4) -> bytes:
     """The Enhanced Packet Blocks of a batch of events (in written order)."""
     hdr, hlen = headers(ev)
+    ethernet = linktype == LINKTYPE_ETHERNET
+    v6 = _is_ipv6(ev) if ethernet else None
     notes = comments(ev)
     length = ev["len"].to_numpy().astype(np.int64)
     t = ev["t"].to_numpy().astype(np.int64)
@@ -392,6 +217,9 @@ def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str) -> by
         if payload == "zeros":
             data += b"\0" * (orig - captured)
             captured = orig
+        if ethernet:
+            data = b"\0" * 12 + _ETHERTYPE[bool(v6[i])] + data
+            captured, orig = captured + 14, orig + 14
         ts = int(t[i])
         body = (
             struct.pack("<IIIII", iface_codes[i], (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
@@ -415,6 +243,7 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     ev = packets.events
     order = _sort_order(ev)
     interfaces = _Interfaces(ev, order)
+    linktype = _linktype(ev)
     ino = ev["netns_ino"].to_numpy()
     ifindex = ev["ifindex"].to_numpy()
     comment = (
@@ -427,20 +256,19 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     try:
         with replacing(out_path) as f:  # 0600, complete or not at all (tracer.safe_output)
             f.write(section_header(comment))
-            for i, (node, netns, ifname, v6) in zip(interfaces.first, interfaces.names(),
-                                                     strict=True):
+            for i, (node, netns, ifname) in zip(interfaces.first, interfaces.names(), strict=True):
                 name = f"{node}/{netns or ino[i]}/{ifname}"
                 f.write(
                     interface_description(
                         name,
                         f"node {node}, netns {netns or '?'} (inode {ino[i]}), "
-                        f"{ifname} ifindex {ifindex[i]}" + (", IPv6" if v6 else ""),
-                        LINKTYPE_IPV6 if v6 else LINKTYPE_IPV4,
+                        f"{ifname} ifindex {ifindex[i]}",
+                        linktype,
                     )
                 )
             for a in range(0, len(order), EXPORT_BATCH):
                 batch = ev.iloc[order[a : a + EXPORT_BATCH]].reset_index(drop=True)
-                f.write(_packet_blocks(batch, interfaces.codes_of(batch), payload))
+                f.write(_packet_blocks(batch, interfaces.codes_of(batch), payload, linktype))
     except OSError as exc:
         raise CaptureFileError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     return len(order)
