@@ -21,6 +21,11 @@ capturing node's CLOCK_MONOTONIC) starts with the Service at capture start and
 adds an entry for every change; ``meta["service"]`` is the latest. Each entry
 applies from its ts_ns on (the first also before it).
 
+A dual-stack Service has a port per family; the IPv6 one says ``"family":
+"ipv6"``. Each is its own promise (separate iptables and ip6tables rules),
+and a connection matches only its own family's ports: an IPv6 node port
+shares its number with the IPv4 one but never claims IPv4 connections.
+
 Field names are read leniently (a flat ``endpoints`` list, ``address`` for
 ``ip``, ``target_port`` for ``port``) so older or hand-written metadata works.
 """
