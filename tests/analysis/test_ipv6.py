@@ -165,7 +165,9 @@ def test_ipv6_timeline_flow(capsys, twins):
     assert [len(d["hops"]) for d in docs] == [len(d["hops"]) for d in docs4]
     text = _cli(capsys, "timeline", *twins.v6, "--flow", flow, "--limit", "1")
     assert f"[{conn.client}]:{conn.client_port} -> [{s6.VIP6}]:8088" in text
-    assert " id 0" not in text and "hlim 64" in text
+    assert " id 0" not in text and "hlim 64" in text and "ttl " not in text
+    text4 = _cli(capsys, "timeline", *twins.v4, "--flow", flow4, "--limit", "1")
+    assert " id " in text4 and "ttl 64" in text4 and "hlim" not in text4  # IPv4 as before
     # A bare IPv6 address (no port) selects the client's packets too.
     bare = _cli(capsys, "timeline", *twins.v6, "--flow", str(conn.client), "--limit", "0", "--json")
     assert len(bare.splitlines()) > len(docs)

@@ -252,7 +252,7 @@ def _detail(h: dict[str, Any]) -> str:
             text += f"  (icmp {h['icmp']['type']}/{h['icmp']['code']}, quote now {h['icmp']['quoted']})"
         return text
     # IPv6 calls its TTL the hop limit (the JSON keeps one name, ttl).
-    ttl = f"{'hlim' if ':' in h['src'] else 'ttl'} {h['ttl']}"
+    ttl = f"{'hlim' if _is_ipv6_text(h['src']) else 'ttl'} {h['ttl']}"
     text = f"{h['src']} -> {h['dst']}  {ttl}"
     if h.get("encap"):
         e = h["encap"]
@@ -271,9 +271,14 @@ def _detail(h: dict[str, Any]) -> str:
     return text
 
 
-def _ip_id(doc: dict[str, Any], first: dict[str, Any]) -> str:
+def _is_ipv6_text(text: str) -> bool:
+    """'[2001:db8::1]:80' or '2001:db8::1', not '10.0.0.1:80'."""
+    return text.startswith("[") or text.count(":") > 1
+
+
+def _ip_id(first: dict[str, Any]) -> str:
     """' id N' for IPv4; nothing for IPv6, which has no IP ID."""
-    return "" if ":" in str(first["src"]) else f" id {first['ip_id']}"
+    return "" if _is_ipv6_text(str(first["src"])) else f" id {first['ip_id']}"
 
 
 def format_journey(doc: dict[str, Any]) -> str:
@@ -282,7 +287,7 @@ def format_journey(doc: dict[str, Any]) -> str:
     seq = f" seq {first['seq']} ack {first['ack']}" if "seq" in first else ""
     lines = [
         f"packet {doc['packet']}  {doc['proto']} {doc['src']} -> {doc['dst']}{flags} "
-        f"len {first['len']}{_ip_id(doc, first)}{seq}",
+        f"len {first['len']}{_ip_id(first)}{seq}",
         f"  {' -> '.join(doc['nodes'])}: {len(doc['hops'])} hops "
         f"in {fmt_duration(doc['duration_ns'])}; "
         f"{doc['outcome']}",
