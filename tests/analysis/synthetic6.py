@@ -136,3 +136,25 @@ def _mixed_meta(m4: dict[str, Any], m6: dict[str, Any], f: pd.DataFrame) -> dict
     out["stats"]["lost_by_probe"]["rx"] = out["stats"]["lost"]
     out["histograms"]["nat_hook_ns"] = m4["histograms"]["nat_hook_ns"]  # the IPv4 run's (unused)
     return out
+
+
+# ICMP (type, code) -> the ICMPv6 error an IPv6 stack sends instead.
+ICMPV6_OF = {(3, 3): (1, 4), (3, 1): (1, 3), (3, 13): (1, 1), (3, 10): (1, 1), (3, 4): (2, 0),
+             (11, 0): (3, 0)}
+
+
+def udp_to_ipv6(sim: Any) -> Any:
+    """A tests/analysis/synthetic_udp.py simulation (UDP flows, ICMP errors
+    from the pods, TCP beside them) as IPv6: the addresses' twins and ICMPv6
+    (protocol 58) errors in place of ICMP ones. Changes sim in place."""
+    for node, f in sim.events.items():
+        f = _to_ipv6_frame(f)
+        icmp = f["proto"].to_numpy() == 1
+        pairs = [ICMPV6_OF[(int(t), int(c))] for t, c in zip(
+            f.loc[icmp, "icmp_type"], f.loc[icmp, "icmp_code"], strict=True)]
+        f.loc[icmp, "proto"] = 58
+        f.loc[icmp, "icmp_type"] = np.array([t for t, _ in pairs], dtype=np.uint8)
+        f.loc[icmp, "icmp_code"] = np.array([c for _, c in pairs], dtype=np.uint8)
+        sim.events[node] = f
+        sim.metas[node] = _meta6(sim.metas[node])
+    return sim

@@ -233,6 +233,33 @@ def test_mixed_diagnose_and_latency(capsys, twins):
     assert lat["nat_hook"] and lat["cross_node_hop"]
 
 
+def test_ipv6_udp_flows_and_icmpv6_errors(tmp_path, capsys):
+    """UDP flows (answered, retried, refused by the pod's ICMPv6 port
+    unreachable, unanswered) and TCP beside them are judged in IPv6 as their
+    IPv4 twins are, and the refusals are named as ICMPv6 ones."""
+    from tests.analysis.synthetic_udp import simulate_udp
+
+    kinds = ["answer", "retry", "no_socket", "icmp", "silent", "icmp", "answer", "answer_lost"]
+    args = dict(endpoints=[0, 1, 0, 1, 1, 0, 1, 1], tcp_connections=4)
+    paths4 = list(map(str, simulate_udp(kinds, **args).write(tmp_path / "v4")))
+    sim6 = s6.udp_to_ipv6(simulate_udp(kinds, **args))
+    paths6 = list(map(str, sim6.write(tmp_path / "v6")))
+    before = _tree_hash(paths6)
+    d4 = _loaded(_cli(capsys, "diagnose", *paths4, "--json"))
+    d6 = _loaded(_cli(capsys, "diagnose", *paths6, "--json"))
+    assert d6["connections"] == d4["connections"]
+    assert d6["connections"]["unreachable"] == 2
+    icmp = [g["icmp"] for g in d6["failures"] if g["outcome"] == "unreachable"]
+    assert {(i["type"], i["code"], i["name"], i["sent_by"]) for i in icmp} == {
+        (1, 4, "port unreachable", "pod")}
+    assert {i["sender"] for i in icmp} == {p.ip for p in s6.PODS6}
+    text = _cli(capsys, "diagnose", *paths6)
+    assert "refused by ICMPv6 1/4 (port unreachable) from fd00:10:217:" in text
+    fair = _loaded(_cli(capsys, "fairness", *paths6, "--json"))
+    assert fair["unit"] == "connections and flows" and fair["overall"]["connections"] == 12
+    assert _tree_hash(paths6) == before
+
+
 # ---------------------------------------------------------------- pcapng
 
 

@@ -379,7 +379,8 @@ def _stop_text(group: dict[str, Any]) -> str:
 def _icmp_text(i: dict[str, Any]) -> str:
     who = {"pod": "the pod", "node": "the node (no pod involved)"}.get(
         i["sent_by"], "a router outside the captured nodes")
-    return (f"ICMP {i['type']}/{i['code']} {i['name']} from {i['sender']}, sent by {who}, "
+    v6 = "v6" if ":" in str(i["sender"]) else ""
+    return (f"ICMP{v6} {i['type']}/{i['code']} {i['name']} from {i['sender']}, sent by {who}, "
             f"first seen at {i['probe']} on {i['node']} {i['device']}, quoting {i['quoted']}")
 
 
