@@ -153,14 +153,13 @@ def fingerprint(frame: pd.DataFrame) -> np.ndarray:
     )
     c = (u["seq"] << np.uint64(32)) | u["ack"]
     # IPv6 address keys (>= 2**32, tracer.analysis.addresses) lose their high
-    # bits in ``a``; they go in with the protocol (0 for IPv4: same hash).
-    high = ((u["src"] >> np.uint64(32)) << np.uint64(40)) | ((u["dst"] >> np.uint64(32)) << np.uint64(8))
+    # bits in ``a``; they go in with the protocol (IPv4 only: same hash as ever).
+    last = u["proto"]
+    if len(a) and max(u["src"].max(), u["dst"].max()) >> np.uint64(32):
+        last = last | ((u["src"] >> np.uint64(32)) << np.uint64(40)) | (
+            (u["dst"] >> np.uint64(32)) << np.uint64(8))
     with np.errstate(over="ignore"):
-        h = (
-            _splitmix(a)
-            ^ _splitmix(b ^ np.uint64(0x5851F42D4C957F2D))
-            ^ _splitmix(c + (u["proto"] | high))
-        )
+        h = _splitmix(a) ^ _splitmix(b ^ np.uint64(0x5851F42D4C957F2D)) ^ _splitmix(c + last)
     return h.view(np.int64)
 
 

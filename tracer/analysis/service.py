@@ -90,20 +90,22 @@ class PortPromise:
         "unknown" (the metadata lists no addresses), None (not this port)."""
         if self.protocol is not None and proto != self.protocol:
             return None
-        if (int(dst) >= IPV6_BASE) != (self.family == 6):
-            # Another family's connection: a node port or an address-less
-            # port would otherwise claim it for this family's endpoints.
-            return None
+        # Addresses are one family's; a node port or an address-less port
+        # would claim another family's connections for this family's
+        # endpoints, so those check the family (after the cheap tests).
         if self.port is not None and dport == self.port:
             if dst in self.cluster_ips:
                 return "cluster"
             if dst in self.external_ips:
                 return "external"
-            if not self.cluster_ips and not self.external_ips:
+            if not self.cluster_ips and not self.external_ips and self._same_family(dst):
                 return "unknown"
-        if self.node_port is not None and dport == self.node_port:
+        if self.node_port is not None and dport == self.node_port and self._same_family(dst):
             return "external"
         return None
+
+    def _same_family(self, dst: int) -> bool:
+        return (int(dst) >= IPV6_BASE) == (self.family == 6)
 
     def promise_for(
         self, dst: int, dport: int, proto: int, src: int | None = None, from_node: bool = False
