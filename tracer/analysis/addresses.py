@@ -23,7 +23,9 @@ slow IPv4 down; one int64 keeps ``(key << 16) | port`` and
 ``(key << 24) | (port << 8) | proto`` (tracer.analysis.outcomes) inside 63
 bits because the registry holds at most ``MAX_IPV6`` addresses (2**30: a
 capture has thousands). A key's family is ``key >= IPV6_BASE``; there is no
-per-row family column. Arithmetic on keys (masks, ranges) means nothing for
+per-row family column. A frame without IPv6 keeps its key columns uint32
+(``key_dtype``), so IPv4 analysis moves exactly the bytes it always did.
+Arithmetic on keys (masks, ranges) means nothing for
 IPv6: prefix checks go through ``Networks``, which handles both families."""
 
 from __future__ import annotations
@@ -98,12 +100,26 @@ def int_to_ip(value: int) -> str:
     return _format_ip(int(value))
 
 
-def column_to_int(series: pd.Series) -> np.ndarray:
-    """A column of address strings (categorical or not) as int64 keys; missing -> 0."""
-    if not isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype("category")
+def _categorical(series: pd.Series) -> pd.Series:
+    return series if isinstance(series.dtype, pd.CategoricalDtype) else series.astype("category")
+
+
+def key_dtype(columns: list[pd.Series]) -> type:
+    """The narrowest dtype for these address columns' keys: uint32 when all
+    are IPv4 (the frame is then exactly what it was before IPv6: half the
+    bytes to copy in every take and merge), int64 when any is IPv6."""
+    for series in columns:
+        if any(ip_to_int(str(c)) >= IPV6_BASE for c in _categorical(series).cat.categories):
+            return np.int64
+    return np.uint32
+
+
+def column_to_int(series: pd.Series, dtype: type = np.int64) -> np.ndarray:
+    """A column of address strings (categorical or not) as keys; missing -> 0.
+    dtype uint32 only for IPv4 columns (key_dtype)."""
+    series = _categorical(series)
     categories = series.cat.categories
-    table = np.array([ip_to_int(str(c)) for c in categories] + [0], dtype=np.int64)
+    table = np.array([ip_to_int(str(c)) for c in categories] + [0], dtype=dtype)
     codes = series.cat.codes.to_numpy()
     # Code -1 (missing) indexes the trailing 0.
     return table[codes]
