@@ -304,6 +304,15 @@ def test_pcapng_of_a_mixed_capture_is_read_by_tshark(capsys, twins, tmp_path):
     assert any("IP 192.168.64.10." in line for line in lines)
 
 
+def test_key_columns_are_uint32_without_ipv6(twins):
+    """IPv4 frames keep the 32-bit columns they always had (speed); IPv6 or
+    mixed ones widen every address column to int64 together."""
+    cols = ("src", "dst", "nat_src", "nat_dst", "out_src", "out_dst", "quoted_src", "outer_dst")
+    for paths, dtype in ((twins.v4, np.uint32), (twins.v6, np.int64), (twins.mx, np.int64)):
+        ev = load_events(paths).events
+        assert {ev[c].dtype for c in cols} == {np.dtype(dtype)}
+
+
 def test_pcapng_of_an_ipv6_capture_is_raw_ipv6(capsys, twins, tmp_path):
     pcap = tmp_path / "v6.pcapng"
     _cli(capsys, "export", twins.v6[1], "--pcap", str(pcap), "--payload", "zeros")
