@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.analysis.synthetic import event_set, first_dnat_rows
+from tracer.analysis.addresses import ip_to_int
 from tracer.analysis.events import load_events
 from tracer.analysis.promises import dnat_decisions, promise_connections
 
@@ -38,7 +39,8 @@ def test_no_connections():
 
 def test_a_dual_stack_services_ipv6_port_promises_nothing_to_ipv4():
     """The IPv6 port of a dual-stack Service (same node port as its IPv4
-    port) must not capture IPv4 connections to that node port."""
+    port) must not capture IPv4 connections to that node port, nor the
+    IPv4 port IPv6 ones: each family's port is its own promise."""
     from tracer.analysis.service import parse_service
 
     v4 = {"protocol": "tcp", "port": 80, "node_port": 30080, "cluster_ips": ["10.96.0.10"],
@@ -46,5 +48,12 @@ def test_a_dual_stack_services_ipv6_port_promises_nothing_to_ipv4():
     v6 = {"protocol": "tcp", "port": 80, "node_port": 30080, "cluster_ips": ["fd00:10:96::10"],
           "family": "ipv6", "endpoints": [{"ip": "fd00:10:217:120::72", "port": 80, "share": 1.0}]}
     ports = parse_service({"namespace": "default", "name": "web", "ports": [v6, v4]})
-    assert len(ports) == 1
-    assert [e.ip for e in ports[0].endpoints] == ["10.217.120.72"]
+    assert [p.family for p in ports] == [6, 4]
+    node_v4, node_v6 = ip_to_int("192.168.64.57"), ip_to_int("fd00:64::57")
+    # Each family's node port promises that family's endpoints, whichever
+    # port the metadata lists first.
+    for dst, want in ((node_v4, ["10.217.120.72"]), (node_v6, ["fd00:10:217:120::72"])):
+        found = [p.promise_for(dst, 30080, 6) for p in ports]
+        assert [[e.ip for e in f] for f in found if f is not None] == [want]
+    assert ports[0].promise_for(ip_to_int("fd00:10:96::10"), 80, 6)[0].key == "[fd00:10:217:120::72]:80"
+    assert ports[1].promise_for(ip_to_int("fd00:10:96::10"), 80, 6) is None

@@ -14,11 +14,10 @@ is a failure like any other.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.addresses import Networks, endpoint, int_to_ip, ip_to_int
 
 KIND = "loadBalancerSourceRanges"
 
@@ -33,8 +32,8 @@ class SourceRanges:
     chain: str | None
 
     def admits(self, client: str) -> bool:
-        address = ipaddress.ip_address(client)
-        return any(address in ipaddress.ip_network(r.strip(), strict=False) for r in self.ranges)
+        """Either family: an IPv6 client is admitted by IPv6 ranges only."""
+        return Networks(self.ranges).contains(ip_to_int(client))
 
 
 def source_ranges(service: dict[str, Any] | None) -> list[SourceRanges]:
@@ -42,11 +41,19 @@ def source_ranges(service: dict[str, Any] | None) -> list[SourceRanges]:
     out = []
     for port in (service or {}).get("ports", ()):
         ranges = tuple(port.get("load_balancer_source_ranges") or ())
-        lb_ips = frozenset(port.get("load_balancer_ips") or ())
+        lb_ips = frozenset(_canonical(ip) for ip in port.get("load_balancer_ips") or ())
         if ranges and lb_ips and port.get("port") is not None:
             out.append(SourceRanges(lb_ips, int(port["port"]), ranges,
                                     port.get("firewall_chain") or port.get("load_balancer_chain")))
     return out
+
+
+def _canonical(ip: str) -> str:
+    """As int_to_ip writes it, so an IPv6 LB IP compares equal to the packets'."""
+    try:
+        return int_to_ip(ip_to_int(str(ip)))
+    except ValueError:
+        return str(ip)
 
 
 def denied_by(client_ip: float, frontend_ip: float, frontend_port: float,
@@ -69,7 +76,7 @@ def group_doc(denials: list[tuple[str, int, SourceRanges] | None],
         return None
     first = denials[0]
     assert first is not None
-    lb_ips = sorted({f"{d[0]}:{d[1]}" for d in denials if d})
+    lb_ips = sorted({endpoint(d[0], d[1]) for d in denials if d})
     return {"kind": KIND, "ranges": list(first[2].ranges), "chain": first[2].chain,
             "load_balancer_ips": lb_ips, "sources": sorted(set(clients))}
 

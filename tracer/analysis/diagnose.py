@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from tracer.analysis import denials, rule_walks
-from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.addresses import IPV6_BASE, endpoint, int_to_ip
 from tracer.analysis.endpoint_placement import endpoint_nodes
 from tracer.analysis.events import load_events
 from tracer.analysis.icmp import attach as attach_icmp
@@ -109,7 +109,7 @@ def _lost(packets: Packets) -> dict[str, int]:
 
 
 def _endpoint_text(ip: float, port: float) -> str | None:
-    return None if np.isnan(ip) else f"{int_to_ip(int(ip))}:{int(port)}"
+    return None if np.isnan(ip) else endpoint(int(ip), int(port))
 
 
 def diagnose(source: Sequence[str | Path] | Packets, settle_ns: int = SETTLE_NS) -> Diagnosis:
@@ -176,7 +176,8 @@ def _judge_icmp(conns: pd.DataFrame, icmp: pd.DataFrame) -> None:
             r = icmp.loc[conn]
             docs[i] = {
                 "type": int(r["icmp_type"]), "code": int(r["icmp_code"]),
-                "name": icmp_name(int(r["icmp_type"]), int(r["icmp_code"])),
+                "name": icmp_name(int(r["icmp_type"]), int(r["icmp_code"]),
+                                  int(r["sender"]) >= IPV6_BASE),
                 "sender": int_to_ip(int(r["sender"])), "sent_by": str(r["sent_by"]),
                 "node": str(r["node"]), "probe": str(r["probe"]), "device": str(r["device"]),
                 "netns": str(r["netns"]), "quoted": str(r["quoted"]), "packet": int(r["packet"]),
@@ -305,8 +306,8 @@ def _common(g: pd.DataFrame) -> dict[str, Any]:
 
 def _example(r: pd.Series) -> dict[str, Any]:
     return {
-        "client": f"{int_to_ip(int(r['client_ip']))}:{int(r['client_port'])}",
-        "frontend": f"{int_to_ip(int(r['frontend_ip']))}:{int(r['frontend_port'])}",
+        "client": endpoint(int(r["client_ip"]), int(r["client_port"])),
+        "frontend": endpoint(int(r["frontend_ip"]), int(r["frontend_port"])),
         "endpoint": r["endpoint"], "start_t": int(r["start_t"]),
         "syn_packet": None if np.isnan(r["last_syn_packet"]) else int(r["last_syn_packet"]),
     }
@@ -378,7 +379,8 @@ def _stop_text(group: dict[str, Any]) -> str:
 def _icmp_text(i: dict[str, Any]) -> str:
     who = {"pod": "the pod", "node": "the node (no pod involved)"}.get(
         i["sent_by"], "a router outside the captured nodes")
-    return (f"ICMP {i['type']}/{i['code']} {i['name']} from {i['sender']}, sent by {who}, "
+    v6 = "v6" if ":" in str(i["sender"]) else ""
+    return (f"ICMP{v6} {i['type']}/{i['code']} {i['name']} from {i['sender']}, sent by {who}, "
             f"first seen at {i['probe']} on {i['node']} {i['device']}, quoting {i['quoted']}")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.addresses import endpoint, int_to_ip
 from tracer.analysis.events import PROBE_RX
 from tracer.analysis.promises import dnat_decisions
 
@@ -26,7 +26,7 @@ def endpoint_nodes(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> di
     if routed:
         dnat = dnat_decisions(ev)
         for ip, port in zip(dnat["out_dst"].tolist(), dnat["out_dport"].tolist(), strict=True):
-            key = f"{int_to_ip(int(ip))}:{int(port)}"
+            key = endpoint(int(ip), int(port))
             if key not in out and int_to_ip(int(ip)) in routed:
                 out[key] = routed[int_to_ip(int(ip))]
     return out
@@ -50,5 +50,5 @@ def _endpoints_reached(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -
     )
     out = {}
     for row in frame.drop_duplicates().itertuples(index=False):
-        out.setdefault(f"{int_to_ip(int(row.dst))}:{int(row.dport)}", cats[int(row.node)])
+        out.setdefault(endpoint(int(row.dst), int(row.dport)), cats[int(row.node)])
     return out

@@ -1,7 +1,9 @@
 """Loads one or more captures into one normalized event table.
 
 Every analysis works on the same frame: the capture's columns, plus addresses
-as uint32 (``src``, ``dst``, ``nat_src``, ``nat_dst``, a tunnel's
+as integer keys (tracer.analysis.addresses: IPv4 its 32-bit value, IPv6 a
+registered key; uint32 columns when the events hold no IPv6, else int64;
+``src``, ``dst``, ``nat_src``, ``nat_dst``, a tunnel's
 ``outer_src``, ``outer_dst``, an ICMP error's ``quoted_src``, ``quoted_dst``), the tuple *after* each
 event (``out_*``: the NAT rewrite for nat events, unchanged otherwise), a
 probe code, and ``t``: the event's UTC time in ns, later corrected by the
@@ -20,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api.types import union_categoricals
 
-from tracer.analysis.addresses import column_to_int, ints_to_strings
+from tracer.analysis.addresses import column_to_int, ints_to_strings, key_dtype
 from tracer.capfile import COLUMN_NAMES, PROBES, SCHEMA, Capture, load, part_files, read_meta
 from tracer.errors import CaptureFileError, UsageError
 
@@ -182,17 +184,19 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     ):
         ev[name] = raw[name].fillna(0).to_numpy().astype(dtype, copy=False)
     ev["nat_first"] = raw["nat_first"].fillna(False).to_numpy(dtype=bool)
-    ev["src"] = column_to_int(raw["saddr"])
-    ev["dst"] = column_to_int(raw["daddr"])
-    ev["nat_src"] = column_to_int(raw["nat_saddr"])
-    ev["nat_dst"] = column_to_int(raw["nat_daddr"])
+    # One key dtype for every address column: uint32 unless IPv6 is present.
+    dtype = key_dtype([raw[name] for name in _ADDRESS_SOURCES])
+    ev["src"] = column_to_int(raw["saddr"], dtype)
+    ev["dst"] = column_to_int(raw["daddr"], dtype)
+    ev["nat_src"] = column_to_int(raw["nat_saddr"], dtype)
+    ev["nat_dst"] = column_to_int(raw["nat_daddr"], dtype)
     # Encapsulated events: src/dst above are the inner packet's (the tunnel's
     # addresses are these), so everything that follows is tunnel-blind.
-    ev["outer_src"] = column_to_int(raw["outer_saddr"])
-    ev["outer_dst"] = column_to_int(raw["outer_daddr"])
+    ev["outer_src"] = column_to_int(raw["outer_saddr"], dtype)
+    ev["outer_dst"] = column_to_int(raw["outer_daddr"], dtype)
     # ICMP errors: the tuple of the packet they quote (tracer.analysis.icmp).
-    ev["quoted_src"] = column_to_int(raw["quoted_saddr"])
-    ev["quoted_dst"] = column_to_int(raw["quoted_daddr"])
+    ev["quoted_src"] = column_to_int(raw["quoted_saddr"], dtype)
+    ev["quoted_dst"] = column_to_int(raw["quoted_daddr"], dtype)
     is_nat = ev["probe_code"].to_numpy() == PROBE_NAT
     # A nat event whose "after" address is missing rewrote nothing on that side.
     for out, before, after in (("out_src", "src", "nat_src"), ("out_dst", "dst", "nat_dst")):
@@ -209,7 +213,7 @@ def normalize(raw: pd.DataFrame) -> pd.DataFrame:
     return ev
 
 
-# Capture address columns (strings) -> the normalized frame's uint32 columns.
+# Capture address columns (strings) -> the normalized frame's key columns.
 _ADDRESS_SOURCES = {
     "saddr": "src",
     "daddr": "dst",

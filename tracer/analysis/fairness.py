@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from tracer.analysis import affinity
-from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.addresses import IPV6_BASE, int_to_ip
 from tracer.analysis.affinity import AffinityReport
 from tracer.analysis.endpoint_placement import endpoint_nodes
 from tracer.analysis.events import EventSet
@@ -137,6 +137,9 @@ class FairnessReport:
     # Connections whose source kube-proxy keeps (externalTrafficPolicy Local) but a SNAT rewrote.
     source_rewrites: list[SourceRewrite] = field(default_factory=list)
     unit: str = "connections"  # what a DNAT decision is here: see unit_of
+    # A dual-stack Service with connections of both families: one group per
+    # family (IPv4, IPv6), each against its own port's promise; else empty.
+    per_family: list[GroupFairness] = field(default_factory=list)
 
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class FairnessReport:
             "unit": self.unit,
             "counted": "one DNAT decision per connection (nat_kind dnat, nat_first)",
             "overall": self.overall.to_dict(),
+            "per_family": [g.to_dict() for g in self.per_family],
             "per_client": [g.to_dict() for g in self.per_client],
             "source_rewrites": [w.to_dict() for w in self.source_rewrites],
             "window_ns": self.window_ns,
@@ -240,6 +244,28 @@ def _per_client(
     return per_client
 
 
+def _per_family(
+    p: PromisedConnections, nodes: list[str | None], confidence: float, per_conn: np.ndarray
+) -> list[GroupFairness]:
+    """IPv4 and IPv6 apart, when both have connections: a dual-stack
+    Service's families are separate promises (a port each, separate
+    iptables and ip6tables rules), so each is judged over its own endpoints."""
+    six = p.conns["src"].to_numpy() >= IPV6_BASE
+    if six.all() or not six.any():
+        return []
+    k = len(p.keys)
+    out = []
+    for label, sel in (("IPv4", ~six), ("IPv6", six)):
+        # An IPv6 endpoint is written [addr]:port (tracer.analysis.addresses.endpoint).
+        cols = [i for i, key in enumerate(p.keys) if key.startswith("[") == (label == "IPv6")]
+        observed = np.bincount(p.endpoint[sel], minlength=k).astype(float)[cols]
+        expected = p.shares[sel].sum(axis=0)[cols]
+        requests = np.bincount(p.endpoint[sel], weights=per_conn[sel], minlength=k)[cols]
+        out.append(_group(label, observed, expected, [p.keys[i] for i in cols],
+                          [nodes[i] for i in cols], confidence, requests))
+    return out
+
+
 def _time_windows(
     p: PromisedConnections, nodes: list[str | None], confidence: float, window_ns: int | None
 ) -> tuple[list[GroupFairness], int, int]:
@@ -300,4 +326,5 @@ def analyze(
         affinity=sticky,
         source_rewrites=rewrites,
         unit=unit_of(every.conns["proto"].to_numpy()),
+        per_family=_per_family(p, nodes, confidence, per_conn) if len(p.endpoint) else [],
     )

@@ -109,6 +109,12 @@ def _group_lines(report: FairnessReport, max_rows: int) -> list[str]:
             f"mean {pc['mean']:.2f}, p50 {pc['p50']:g}, "
             f"p90 {pc['p90']:g}, p99 {pc['p99']:g}, max {pc['max']:g}"
         )
+    if report.per_family:
+        lines.append("\nPer family (a dual-stack Service's IPv4 and IPv6 ports are separate promises):")
+        for g in report.per_family:
+            counts = " ".join(f"{e.endpoint} {e.connections}" for e in g.endpoints)
+            lines.append(f"  {g.label:<5} {head} {g.connections:>6}  [{counts}]  "
+                         f"Jain {g.jain:.4f}  {_verdict(g, 1 - report.confidence)}")
     if report.per_client:
         lines.append(
             f"\nPer client (pre-NAT source), {min(max_rows, len(report.per_client))} of "

@@ -1,13 +1,16 @@
 """``--flow`` selections: which packets a user means by a tuple.
 
 Syntax: ``[SRC][->DST][/PROTO]`` where SRC and DST are ``IP``, ``IP:PORT``,
-``:PORT`` or ``*`` (anything), and PROTO is tcp, udp, icmp or a number:
+``:PORT`` or ``*`` (anything), and PROTO is tcp, udp, icmp or a number. IP is
+IPv4 or IPv6; an IPv6 address with a port is bracketed (``[2001:db8::1]:80``),
+without one it may be bare:
 
     192.168.64.10:43210->192.168.64.57:8088/tcp    one connection, as the client sees it
     192.168.64.10->192.168.64.57:8088              any client port
     ->192.168.64.57:8088                           anything to the Service VIP
     10.217.121.8:80                                no arrow: this endpoint on either side
     /udp                                           every UDP packet
+    [fd00:10:96::1]:80->[fd00:10:217::8]:80/tcp    IPv6
 
 A packet matches when any of its hops carries the tuple, before or after NAT,
 so a flow written from the client's side also selects the DNATed and
@@ -17,13 +20,12 @@ unless ``bidirectional`` is off: a flow is a conversation.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.addresses import int_to_ip, proto_name
+from tracer.analysis.addresses import endpoint, int_to_ip, ip_to_int, proto_name
 from tracer.capfile import PROTO_NUMBERS
 from tracer.errors import UsageError
 
@@ -35,7 +37,7 @@ class Endpoint:
 
     def text(self) -> str:
         a = "*" if self.addr is None else int_to_ip(self.addr)
-        return a if self.port is None else f"{a}:{self.port}"
+        return a if self.port is None else endpoint(a, self.port)
 
 
 @dataclass(frozen=True)
@@ -50,21 +52,36 @@ class FlowSpec:
         return body + (f"/{proto_name(self.proto)}" if self.proto is not None else "")
 
 
+def _split(text: str, whole: str) -> tuple[str, str, bool]:
+    """(address text, port text, whether a port was given) of IP, IP:PORT,
+    :PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address (more than one ':')
+    has no port."""
+    if text.startswith("["):
+        addr_text, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UsageError(f"--flow {whole!r}: expected [IPV6]:PORT, got {text!r}")
+        return addr_text, rest[1:], bool(rest)
+    if text.count(":") > 1:
+        return text, "", False
+    addr_text, sep, port_text = text.rpartition(":")
+    return (addr_text, port_text, True) if sep else (text, "", False)
+
+
 def _endpoint(text: str, whole: str) -> Endpoint:
     text = text.strip()
     if text in ("", "*"):
         return Endpoint()
-    addr_text, sep, port_text = text.rpartition(":")
-    if not sep:
-        addr_text, port_text = text, ""
+    addr_text, port_text, has_port = _split(text, whole)
     addr = None
     if addr_text not in ("", "*"):
         try:
-            addr = int(ipaddress.IPv4Address(addr_text))
+            addr = ip_to_int(addr_text)
         except ValueError:
-            raise UsageError(f"--flow {whole!r}: {addr_text!r} is not an IPv4 address") from None
+            raise UsageError(
+                f"--flow {whole!r}: {addr_text!r} is not an IPv4 or IPv6 address"
+            ) from None
     port = None
-    if sep:
+    if has_port:
         if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
             raise UsageError(f"--flow {whole!r}: port {port_text!r} is not a number 0-65535")
         port = int(port_text)

@@ -2,8 +2,9 @@
 
 An ICMP error (destination unreachable, time exceeded, parameter problem)
 carries its own addresses (the sender of the error -> the offending packet's
-source) and, in its body, the offending packet's IPv4 header and first 8
-bytes: the capture records that quoted tuple (``quoted_*`` columns). The
+source) and, in its body, the offending packet's IP header and first 8
+bytes (ICMPv6, protocol 58, for IPv6: its own type numbers, ICMPV6_CODES):
+the capture records that quoted tuple (``quoted_*`` columns). The
 quote is the packet as the error's sender saw it, so it may be any
 translation of the connection: the client's tuple (a REJECT on the node that
 received it), the DNATed one (a router or node between it and the pod), the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.addresses import int_to_ip, proto_name
+from tracer.analysis.addresses import IPV6_BASE, endpoint, int_to_ip, proto_name
 from tracer.analysis.events import PROBE_NAT, PROBE_RX
 
 # (type, code) -> name; a type's name alone where the code is not listed.
@@ -39,19 +40,35 @@ ICMP_CODES = {
 }
 
 
-def icmp_name(icmp_type: int, code: int) -> str:
-    return ICMP_CODES.get((icmp_type, code), ICMP_TYPES.get(icmp_type, f"type {icmp_type}"))
+# ICMPv6 (RFC 4443): the same errors under other numbers.
+ICMPV6_TYPES = {1: "destination unreachable", 2: "packet too big", 3: "time exceeded",
+                4: "parameter problem"}
+ICMPV6_CODES = {
+    (1, 0): "no route", (1, 1): "administratively prohibited", (1, 2): "beyond scope",
+    (1, 3): "address unreachable", (1, 4): "port unreachable",
+    (1, 5): "source address failed policy", (1, 6): "reject route",
+    (3, 0): "hop limit exceeded in transit", (3, 1): "fragment reassembly time exceeded",
+}
+# (type, codes) of errors that say "refused" rather than "unreachable".
+_REFUSED = {False: (3, (3, 9, 10, 13)), True: (1, (1, 4, 5, 6))}
+
+
+def icmp_name(icmp_type: int, code: int, v6: bool = False) -> str:
+    """The error's name; v6: an ICMPv6 error (an IPv6 packet's)."""
+    codes, types = (ICMPV6_CODES, ICMPV6_TYPES) if v6 else (ICMP_CODES, ICMP_TYPES)
+    return codes.get((icmp_type, code), types.get(icmp_type, f"type {icmp_type}"))
 
 
 def quote_text(src: int, sport: int, dst: int, dport: int, proto: int) -> str:
-    a = int_to_ip(src) + (f":{sport}" if sport else "")
-    b = int_to_ip(dst) + (f":{dport}" if dport else "")
+    a = endpoint(src, sport, 0) if sport else int_to_ip(src)
+    b = endpoint(dst, dport, 0) if dport else int_to_ip(dst)
     return f"{a} -> {b} {proto_name(proto)}"
 
 
 def error_text(icmp_type: int, code: int, sender: int) -> str:
     """``icmp 3/3 port unreachable from 192.168.64.57``."""
-    return f"icmp {icmp_type}/{code} {icmp_name(icmp_type, code)} from {int_to_ip(sender)}"
+    name = icmp_name(icmp_type, code, int(sender) >= IPV6_BASE)
+    return f"icmp {icmp_type}/{code} {name} from {int_to_ip(sender)}"
 
 
 def _key(ip: np.ndarray, port: np.ndarray) -> np.ndarray:
@@ -144,6 +161,9 @@ def who_text(icmp: dict) -> str:
 def judgement_text(icmp: dict) -> str:
     """``refused by ICMP 3/3 (port unreachable) from 10.0.0.1 (node lab-node-a)``,
     of a diagnosis document's ``icmp`` (type, code, sender, sent_by, node)."""
-    refused = icmp["type"] == 3 and icmp["code"] in (3, 9, 10, 13)
-    return (f"{'refused' if refused else 'unreachable'} by ICMP {icmp['type']}/{icmp['code']} "
-            f"({icmp_name(icmp['type'], icmp['code'])}) from {icmp['sender']} ({who_text(icmp)})")
+    v6 = ":" in str(icmp["sender"])
+    refused_type, refused_codes = _REFUSED[v6]
+    refused = icmp["type"] == refused_type and icmp["code"] in refused_codes
+    return (f"{'refused' if refused else 'unreachable'} by ICMP{'v6' if v6 else ''} "
+            f"{icmp['type']}/{icmp['code']} ({icmp_name(icmp['type'], icmp['code'], v6)}) "
+            f"from {icmp['sender']} ({who_text(icmp)})")

@@ -139,7 +139,10 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 
 def fingerprint(frame: pd.DataFrame) -> np.ndarray:
-    """64-bit hash of what survives forwarding: tuple, IP ID, seq, ack, length."""
+    """64-bit hash of what survives forwarding: tuple, IP ID, seq, ack, length.
+    IPv6 has no IP ID (the capture writes 0; the flow label is not captured):
+    its packets are told apart by tuple, seq, ack and length, which is
+    enough for TCP; equal UDP datagrams of one flow become ambiguous links."""
     u = {c: frame[c].to_numpy().astype(np.uint64) for c in _FP_COLUMNS}
     a = (u["src"] << np.uint64(32)) | u["dst"]
     b = (
@@ -149,8 +152,14 @@ def fingerprint(frame: pd.DataFrame) -> np.ndarray:
         | u["len"]
     )
     c = (u["seq"] << np.uint64(32)) | u["ack"]
+    # IPv6 address keys (>= 2**32, tracer.analysis.addresses) lose their high
+    # bits in ``a``; they go in with the protocol (IPv4 only: same hash as ever).
+    last = u["proto"]
+    if len(a) and max(u["src"].max(), u["dst"].max()) >> np.uint64(32):
+        last = last | ((u["src"] >> np.uint64(32)) << np.uint64(40)) | (
+            (u["dst"] >> np.uint64(32)) << np.uint64(8))
     with np.errstate(over="ignore"):
-        h = _splitmix(a) ^ _splitmix(b ^ np.uint64(0x5851F42D4C957F2D)) ^ _splitmix(c + u["proto"])
+        h = _splitmix(a) ^ _splitmix(b ^ np.uint64(0x5851F42D4C957F2D)) ^ _splitmix(c + last)
     return h.view(np.int64)
 
 

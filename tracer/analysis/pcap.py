@@ -2,7 +2,12 @@
 
 Events carry header fields, not packet bytes, so each packet is synthesized:
 an IPv4 header (version 4, IHL 5, the captured total length, IP ID, TTL,
-protocol, addresses; DF and TOS are not captured and written as 0) and a TCP
+protocol, addresses; DF and TOS are not captured and written as 0), or for
+an IPv6 event a 40-byte IPv6 header (traffic class and flow label 0, payload
+length, next header = the transport protocol, hop limit from ``ttl``; the
+extension headers the capture counted in ``ip_hlen`` are not captured and
+not written, so the packet is shorter than on the wire by their size;
+tracer.analysis.pcap_headers), and a TCP
 (20 bytes: ports, seq, ack, flags; window not captured, written as 65535; no
 options) or UDP header, with correct checksums over the zero-filled payload.
 By default the payload is omitted and the original length kept in the block
@@ -15,6 +20,9 @@ rewrite); its comment says what it was before. Every packet has a comment
 interface, hook, NAT rewrite, NAT hook time, drop reason. There is one
 Interface Description Block per (node, netns, interface); timestamps are
 ``time_ns`` (clock-corrected in merged captures) at nanosecond resolution.
+Link type: raw IPv4 (228) or raw IPv6 (229) for a capture of one family, as
+before; a capture of both is written as Ethernet (1) with zero MACs, since
+libpcap (tcpdump) refuses a file whose interfaces differ in link type.
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from tracer import __version__
-from tracer.analysis.addresses import ints_to_strings
+from tracer.analysis.addresses import IPV6_BASE, ints_to_strings
 from tracer.analysis.events import EventSet, load_events
 from tracer.analysis.packets import Packets, assemble
+from tracer.analysis.pcap_headers import headers
 from tracer.capfile import Capture
 from tracer.errors import CaptureFileError
 from tracer.safe_output import refuse_overlap, replacing
@@ -37,10 +46,15 @@ from tracer.safe_output import refuse_overlap, replacing
 # Raw IPv4, no link-layer header. Not LINKTYPE_RAW (101): libpcap 1.10 maps
 # 101 to DLT_RAW for the first interface only and then rejects the second
 # interface block of a multi-interface file ("type 101 different from the type
-# of the first interface"); 228 is read by both tcpdump and tshark.
+# of the first interface"); 228 is read by both tcpdump and tshark. 229 is
+# raw IPv6. libpcap wants one link type in a file, so a capture of both
+# families is written as Ethernet (1): each packet behind a 14-byte header
+# with zero MAC addresses (not captured) and the family's EtherType.
 LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_ETHERNET = 1
+_ETHERTYPE = {False: b"\x08\x00", True: b"\x86\xdd"}
 SNAPLEN = 262144
-TCP_WINDOW = 65535
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 _OPT_END, _OPT_COMMENT = 0, 1
@@ -67,143 +81,20 @@ def section_header(comment: str) -> bytes:
     return _block(_SHB, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + options)
 
 
-def interface_description(name: str, description: str) -> bytes:
+def interface_description(name: str, description: str, linktype: int = LINKTYPE_IPV4) -> bytes:
     options = (
         _option(_IF_NAME, name.encode())
         + _option(_IF_DESCRIPTION, description.encode())
         + _option(_IF_TSRESOL, bytes([9]))
         + _option(_OPT_END, b"")
     )
-    return _block(_IDB, struct.pack("<HHI", LINKTYPE_IPV4, 0, SNAPLEN) + options)
+    return _block(_IDB, struct.pack("<HHI", linktype, 0, SNAPLEN) + options)
 
 
-def _fold(total: np.ndarray) -> np.ndarray:
-    total = total.astype(np.uint64)
-    for _ in range(3):
-        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    return total
-
-
-def _words32(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    return (x >> np.uint64(16)) + (x & np.uint64(0xFFFF))
-
-
-# Header layouts (network byte order), filled a column at a time.
-_IP_HEADER = np.dtype(
-    [
-        ("vihl", "u1"),
-        ("tos", "u1"),
-        ("tot", ">u2"),
-        ("id", ">u2"),
-        ("frag", ">u2"),
-        ("ttl", "u1"),
-        ("proto", "u1"),
-        ("csum", ">u2"),
-        ("src", ">u4"),
-        ("dst", ">u4"),
-    ]
-)
-_TCP_HEADER = np.dtype(
-    [
-        ("sport", ">u2"),
-        ("dport", ">u2"),
-        ("seq", ">u4"),
-        ("ack", ">u4"),
-        ("off", "u1"),
-        ("flags", "u1"),
-        ("win", ">u2"),
-        ("csum", ">u2"),
-        ("urg", ">u2"),
-    ]
-)
-_UDP_HEADER = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2")])
-
-
-def _checksums(
-    f: dict[str, np.ndarray], tot: np.ndarray, tcp_len: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(IPv4 header checksum, TCP or UDP checksum) of the headers as written:
-    total length tot, TCP header of tcp_len bytes (options NOPs), no payload
-    bytes summed (the payload is omitted or zeros)."""
-    src, dst, proto, sport, dport = f["src"], f["dst"], f["proto"], f["sport"], f["dport"]
-    ip_sum = (
-        np.uint64(0x4500)
-        + tot
-        + f["ip_id"]
-        + ((f["ttl"] << np.uint64(8)) | proto)
-        + _words32(src)
-        + _words32(dst)
-    )
-    ip_csum = (~_fold(ip_sum)) & np.uint64(0xFFFF)
-    seg_len = tot - np.uint64(20)
-    pseudo = _words32(src) + _words32(dst) + proto + seg_len
-    tcp_sum = (
-        pseudo
-        + sport
-        + dport
-        + _words32(f["seq"])
-        + _words32(f["ack"])
-        + (((tcp_len >> np.uint64(2)) << np.uint64(12)) | f["flags"])
-        + np.uint64(TCP_WINDOW)
-        + ((tcp_len - np.uint64(20)) >> np.uint64(1)) * np.uint64(0x0101)  # NOP options
-    )
-    udp_sum = pseudo + sport + dport + seg_len
-    is_tcp, is_udp = proto == 6, proto == 17
-    l4_csum = (~_fold(np.where(is_tcp, tcp_sum, udp_sum))) & np.uint64(0xFFFF)
-    l4_csum = np.where(is_udp & (l4_csum == 0), np.uint64(0xFFFF), l4_csum)  # UDP: 0 means "none"
-    return ip_csum, l4_csum
-
-
-def headers(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes of IPv4 + L4 header per event as a 2-D uint8 array of 80 columns,
-    header length per event). Fields from the tuple *after* each event. TCP
-    headers keep their captured length (tcp_hlen): the option bytes, not
-    captured, are written as NOPs so readers see the true payload length."""
-    n = len(ev)
-
-    def u(column: str) -> np.ndarray:
-        return ev[column].to_numpy().astype(np.uint64)
-
-    f = {
-        "src": u("out_src"),
-        "dst": u("out_dst"),
-        "sport": u("out_sport"),
-        "dport": u("out_dport"),
-        "proto": u("proto"),
-        "ip_id": u("ip_id"),
-        "ttl": u("ttl"),
-        "seq": u("seq"),
-        "ack": u("ack"),
-        "flags": u("tcp_flags"),
-    }
-    src, dst, sport, dport, proto = f["src"], f["dst"], f["sport"], f["dport"], f["proto"]
-    is_tcp, is_udp = proto == 6, proto == 17
-    hlen = u("tcp_hlen") if "tcp_hlen" in ev else np.zeros(n, np.uint64)
-    tcp_len = np.where((hlen >= 20) & (hlen <= 60), hlen & ~np.uint64(3), 20).astype(np.uint64)
-    l4_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0)).astype(np.uint64)
-    # The header we write must fit inside the total length it announces.
-    tot = np.maximum(u("len"), np.uint64(20) + l4_len)
-    seg_len = tot - np.uint64(20)
-    ip_csum, l4_csum = _checksums(f, tot, tcp_len)
-
-    ip = np.zeros(n, _IP_HEADER)
-    ip["vihl"], ip["tot"], ip["id"], ip["ttl"], ip["proto"] = 0x45, tot, f["ip_id"], f["ttl"], proto
-    ip["csum"], ip["src"], ip["dst"] = ip_csum, src, dst
-    tcp = np.zeros(n, _TCP_HEADER)
-    tcp["sport"], tcp["dport"], tcp["seq"], tcp["ack"] = sport, dport, f["seq"], f["ack"]
-    tcp["off"], tcp["flags"], tcp["win"], tcp["csum"] = (
-        (tcp_len >> np.uint64(2)) << np.uint64(4), f["flags"], TCP_WINDOW, l4_csum)
-    udp = np.zeros(n, _UDP_HEADER)
-    udp["sport"], udp["dport"], udp["len"], udp["csum"] = sport, dport, seg_len, l4_csum
-    out = np.zeros((n, 80), dtype=np.uint8)
-    out[:, :20] = ip.view(np.uint8).reshape(n, 20)
-    out[is_tcp, 20:40] = tcp.view(np.uint8).reshape(n, 20)[is_tcp]
-    options = is_tcp[:, None] & (np.arange(80)[None, :] >= 40) & (
-        np.arange(80)[None, :] < (20 + tcp_len)[:, None].astype(np.int64))
-    out[options] = 1  # TCP option NOP
-    out[is_udp, 20:28] = udp.view(np.uint8).reshape(n, 8)[is_udp]
-    return out, (20 + l4_len).astype(np.int64)
+def _bracketed(texts: np.ndarray) -> np.ndarray:
+    """IPv6 addresses in brackets, as they are written before a port."""
+    six = np.char.find(texts.astype(str), ":") >= 0
+    return np.where(six, np.char.add(np.char.add("[", texts), "]"), texts) if six.any() else texts
 
 
 def comments(ev: pd.DataFrame) -> list[str]:
@@ -219,7 +110,8 @@ def comments(ev: pd.DataFrame) -> list[str]:
     length = ev["len"].to_numpy()
     packet = ev["packet"].to_numpy() if "packet" in ev else np.zeros(len(ev), dtype=np.int64)
     hop = ev["hop"].to_numpy() if "hop" in ev else np.zeros(len(ev), dtype=np.int64)
-    before = [np.asarray(ints_to_strings(ev[c].to_numpy()).astype(str)) for c in ("src", "dst")]
+    before = [_bracketed(np.asarray(ints_to_strings(ev[c].to_numpy()).astype(str)))
+              for c in ("src", "dst")]
     sport, dport = ev["sport"].to_numpy(), ev["dport"].to_numpy()
     out = []
     for i in range(len(ev)):
@@ -274,6 +166,18 @@ def _interface_keys(ev: pd.DataFrame) -> list[str]:
         ev["node"].astype(str), ev["netns"].astype(str), ev["ifname"].astype(str), strict=True)]
 
 
+def _is_ipv6(ev: pd.DataFrame) -> np.ndarray:
+    return (ev["out_src"].to_numpy() >= IPV6_BASE) | (ev["out_dst"].to_numpy() >= IPV6_BASE)
+
+
+def _linktype(ev: pd.DataFrame) -> int:
+    """Raw IPv4 or raw IPv6 for a capture of one family, Ethernet for both."""
+    v6 = _is_ipv6(ev)
+    if v6.all() and len(v6):
+        return LINKTYPE_IPV6
+    return LINKTYPE_ETHERNET if v6.any() else LINKTYPE_IPV4
+
+
 class _Interfaces:
     """One Interface Description Block per (node, netns, interface), numbered
     by first appearance in written order. Found a batch at a time, so memory
@@ -296,9 +200,12 @@ class _Interfaces:
         return [self.codes[key] for key in _interface_keys(batch)]
 
 
-def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str) -> bytes:
+def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str,
+                   linktype: int = LINKTYPE_IPV4) -> bytes:
     """The Enhanced Packet Blocks of a batch of events (in written order)."""
     hdr, hlen = headers(ev)
+    ethernet = linktype == LINKTYPE_ETHERNET
+    v6 = _is_ipv6(ev) if ethernet else None
     notes = comments(ev)
     length = ev["len"].to_numpy().astype(np.int64)
     t = ev["t"].to_numpy().astype(np.int64)
@@ -310,6 +217,9 @@ def _packet_blocks(ev: pd.DataFrame, iface_codes: list[int], payload: str) -> by
         if payload == "zeros":
             data += b"\0" * (orig - captured)
             captured = orig
+        if ethernet:
+            data = b"\0" * 12 + _ETHERTYPE[bool(v6[i])] + data
+            captured, orig = captured + 14, orig + 14
         ts = int(t[i])
         body = (
             struct.pack("<IIIII", iface_codes[i], (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
@@ -333,11 +243,13 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
     ev = packets.events
     order = _sort_order(ev)
     interfaces = _Interfaces(ev, order)
+    linktype = _linktype(ev)
     ino = ev["netns_ino"].to_numpy()
     ifindex = ev["ifindex"].to_numpy()
     comment = (
-        "Synthesized by tracer from eBPF events: IPv4 and TCP/UDP headers rebuilt from captured "
-        "fields (TCP window and options, DF and TOS not captured: window 65535, no options, 0); "
+        "Synthesized by tracer from eBPF events: IPv4 or IPv6 and TCP/UDP headers rebuilt from "
+        "captured fields (TCP window and options, DF and TOS not captured: window 65535, no "
+        "options, 0; IPv6 flow label and extension headers neither: 0, none); "
         + ("payload omitted, original length kept" if payload == "omit" else "payload zero-filled")
     )
     out_path = Path(out_path)
@@ -351,11 +263,12 @@ def export_pcapng(source, out_path: str | Path, *, payload: str = "omit") -> int
                         name,
                         f"node {node}, netns {netns or '?'} (inode {ino[i]}), "
                         f"{ifname} ifindex {ifindex[i]}",
+                        linktype,
                     )
                 )
             for a in range(0, len(order), EXPORT_BATCH):
                 batch = ev.iloc[order[a : a + EXPORT_BATCH]].reset_index(drop=True)
-                f.write(_packet_blocks(batch, interfaces.codes_of(batch), payload))
+                f.write(_packet_blocks(batch, interfaces.codes_of(batch), payload, linktype))
     except OSError as exc:
         raise CaptureFileError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     return len(order)

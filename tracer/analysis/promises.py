@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.addresses import int_to_ip
+from tracer.analysis.addresses import endpoint
 from tracer.analysis.events import PROBE_NAT
 from tracer.analysis.service import Era, PromisedEndpoint, era_index, eras
 
@@ -41,7 +41,7 @@ class PromisedConnections:
 
 
 def _target_keys(conns: pd.DataFrame) -> np.ndarray:
-    """Each connection's endpoint as "ip:port" (its post-DNAT destination)."""
+    """Each connection's endpoint as "ip:port" or "[ipv6]:port" (its post-DNAT destination)."""
     if not len(conns):
         return np.array([], dtype=object)
     target = (conns["out_dst"].to_numpy().astype(np.int64) << 16) | conns[
@@ -49,7 +49,7 @@ def _target_keys(conns: pd.DataFrame) -> np.ndarray:
     ].to_numpy().astype(np.int64)
     uniq_t, inv_t = np.unique(target, return_inverse=True)
     return np.array(
-        [f"{int_to_ip(int(c) >> 16)}:{int(c) & 0xFFFF}" for c in uniq_t] + [""], dtype=object
+        [endpoint(int(c) >> 16, int(c) & 0xFFFF) for c in uniq_t] + [""], dtype=object
     )[inv_t.reshape(-1)]
 
 

@@ -10,7 +10,6 @@ goes to the last matching event of its node at or before its read time."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tracer.analysis.addresses import ip_to_int
 from tracer.capfile.rule_trace import read_records
 from tracer.rules.trace_events import TraceEvent
 from tracer.rules.walk import TextOf, Walk, build_walks, format_walk, walk_lines
@@ -78,7 +78,7 @@ def _recorded(texts: dict) -> TextOf:
 
 
 def _ip(text: str | None) -> int:
-    return int(ipaddress.IPv4Address(text)) if text else -1
+    return ip_to_int(text) if text else -1
 
 
 def attach(rw: RuleWalks, ev: pd.DataFrame) -> None:

@@ -21,20 +21,24 @@ capturing node's CLOCK_MONOTONIC) starts with the Service at capture start and
 adds an entry for every change; ``meta["service"]`` is the latest. Each entry
 applies from its ts_ns on (the first also before it).
 
+A dual-stack Service has a port per family; the IPv6 one says ``"family":
+"ipv6"``. Each is its own promise (separate iptables and ip6tables rules),
+and a connection matches only its own family's ports: an IPv6 node port
+shares its number with the IPv4 one but never claims IPv4 connections.
+
 Field names are read leniently (a flat ``endpoints`` list, ``address`` for
 ``ip``, ``target_port`` for ``port``) so older or hand-written metadata works.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tracer.analysis.addresses import ip_to_int
+from tracer.analysis.addresses import IPV6_BASE, Networks, endpoint, int_to_ip, ip_to_int
 from tracer.capfile import PROTO_NUMBERS
 
 
@@ -48,7 +52,8 @@ class PromisedEndpoint:
 
     @property
     def key(self) -> str:
-        return f"{self.ip}:{self.port}" if self.port is not None else self.ip
+        """'10.0.0.1:80', '[2001:db8::1]:80' (tracer.analysis.addresses.endpoint)."""
+        return endpoint(self.ip, self.port) if self.port is not None else self.ip
 
 
 # A connection's source as kube-proxy's external chain tells them apart
@@ -73,8 +78,11 @@ class PortPromise:
     # None without affinity.
     affinity_timeout_s: float | None = None
     internal_policy: str | None = None
-    # (network, mask) of the sources kube-proxy short-circuits as pods.
-    pod_cidrs: tuple[tuple[int, int], ...] = ()
+    # The sources kube-proxy short-circuits as pods.
+    pod_cidrs: Networks = field(default_factory=Networks)
+    # 4 or 6: a dual-stack Service has a port per family, each its own
+    # promise (kube-proxy's iptables and ip6tables rules are separate).
+    family: int = 4
 
     def entry(self, dst: int, dport: int, proto: int) -> str | None:
         """How a connection to dst:dport/proto reached this port: "cluster"
@@ -82,16 +90,22 @@ class PortPromise:
         "unknown" (the metadata lists no addresses), None (not this port)."""
         if self.protocol is not None and proto != self.protocol:
             return None
+        # Addresses are one family's; a node port or an address-less port
+        # would claim another family's connections for this family's
+        # endpoints, so those check the family (after the cheap tests).
         if self.port is not None and dport == self.port:
             if dst in self.cluster_ips:
                 return "cluster"
             if dst in self.external_ips:
                 return "external"
-            if not self.cluster_ips and not self.external_ips:
+            if not self.cluster_ips and not self.external_ips and self._same_family(dst):
                 return "unknown"
-        if self.node_port is not None and dport == self.node_port:
+        if self.node_port is not None and dport == self.node_port and self._same_family(dst):
             return "external"
         return None
+
+    def _same_family(self, dst: int) -> bool:
+        return (int(dst) >= IPV6_BASE) == (self.family == 6)
 
     def promise_for(
         self, dst: int, dport: int, proto: int, src: int | None = None, from_node: bool = False
@@ -109,7 +123,7 @@ class PortPromise:
     def source_kind(self, src: int | None, from_node: bool) -> str:
         if from_node:
             return SOURCE_NODE
-        if src is not None and any((src & mask) == net for net, mask in self.pod_cidrs):
+        if src is not None and self.pod_cidrs.contains(src):
             return SOURCE_POD
         return SOURCE_EXTERNAL
 
@@ -169,9 +183,8 @@ def parse_endpoints(raw: Sequence[Any] | None) -> tuple[PromisedEndpoint, ...]:
         ip = _first(e, "ip", "address", "addr", "pod_ip")
         port = _first(e, "port", "target_port", "targetPort")
         if ip is None and e.get("endpoint"):
-            ip, _, port_text = str(e["endpoint"]).rpartition(":")
-            ip, port = (ip, int(port_text)) if ip else (port_text, None)
-        parsed.append((str(ip), None if port is None else int(port), e))
+            ip, port = _split_endpoint(str(e["endpoint"]))
+        parsed.append((_canonical(str(ip)), None if port is None else int(port), e))
     if not parsed:
         return ()
     shares = [_first(e, "share") for _, _, e in parsed]
@@ -189,6 +202,44 @@ def parse_endpoints(raw: Sequence[Any] | None) -> tuple[PromisedEndpoint, ...]:
         )
         for (ip, port, e), s, p in zip(parsed, shares, probs, strict=True)
     )
+
+
+def _split_endpoint(text: str) -> tuple[str, int | None]:
+    """'10.0.0.1:80', '[2001:db8::1]:80', a bare address of either family."""
+    if text.startswith("["):
+        ip, _, rest = text[1:].partition("]")
+        return ip, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if text.count(":") > 1:
+        return text, None
+    ip, _, port_text = text.rpartition(":")
+    return (ip, int(port_text)) if ip else (port_text, None)
+
+
+def _canonical(ip: str) -> str:
+    """The address as int_to_ip writes it (RFC 5952 for IPv6), so endpoint
+    keys compare equal to the packets'; left alone when it is no address."""
+    try:
+        return int_to_ip(ip_to_int(ip)) or ip
+    except ValueError:
+        return ip
+
+
+def _family(p: dict[str, Any], cluster_ips: frozenset[int], endpoints: Sequence[Any]) -> int:
+    """A port's family: as the resolved Service says ("family": "ipv6"; IPv4
+    ports say nothing), else as its addresses say (hand-written metadata)."""
+    if p.get("family") in ("ipv6", "IPv6", 6):
+        return 6
+    if p.get("family") in ("ipv4", "IPv4", 4):
+        return 4
+    keys = [*cluster_ips, *(ip_to_int(e.ip) for e in endpoints if _is_address(e.ip))]
+    return 6 if keys and all(k >= IPV6_BASE for k in keys) else 4
+
+
+def _is_address(text: str) -> bool:
+    try:
+        return bool(ip_to_int(text))
+    except ValueError:
+        return False
 
 
 def _ips(values: Any) -> frozenset[int]:
@@ -212,17 +263,6 @@ def _proto(value: Any) -> int | None:
     return PROTO_NUMBERS.get(str(value).lower(), -1)
 
 
-def _networks(values: Any) -> tuple[tuple[int, int], ...]:
-    out = []
-    for v in values or []:
-        try:
-            net = ipaddress.IPv4Network(str(v), strict=False)
-        except ValueError:
-            continue
-        out.append((int(net.network_address), int(net.netmask)))
-    return tuple(out)
-
-
 def _affinity_timeout(affinity: Any) -> float | None:
     """session_affinity ({"type": "ClientIP", "timeout_seconds": N}) -> N s;
     inf when it has no timeout; None without affinity."""
@@ -239,26 +279,24 @@ def parse_service(service: dict[str, Any] | None) -> list[PortPromise]:
     for p in service.get("ports") or []:
         if not isinstance(p, dict):
             continue
-        if p.get("family") == "ipv6":
-            # A dual-stack Service's IPv6 port: the capture and this analysis
-            # are IPv4 (issue 15). Kept, its node port would also match IPv4
-            # connections to the same port and promise them IPv6 endpoints.
-            continue
+        cluster_ips = _ips(p.get("cluster_ips") or p.get("cluster_ip"))
+        endpoints = parse_endpoints(p.get("endpoints"))
         ports.append(
             PortPromise(
                 protocol=_proto(p.get("protocol")),
                 port=p.get("port"),
                 node_port=p.get("node_port"),
-                cluster_ips=_ips(p.get("cluster_ips") or p.get("cluster_ip")),
+                cluster_ips=cluster_ips,
                 external_ips=_ips(
                     [*(p.get("external_ips") or []), *(p.get("load_balancer_ips") or [])]
                 ),
                 external_policy=p.get("external_policy"),
-                endpoints=parse_endpoints(p.get("endpoints")),
+                endpoints=endpoints,
                 local_endpoints=parse_endpoints(p.get("local_endpoints")),
                 affinity_timeout_s=_affinity_timeout(p.get("session_affinity")),
                 internal_policy=p.get("internal_policy"),
-                pod_cidrs=_networks(p.get("pod_cidrs")),
+                pod_cidrs=Networks(p.get("pod_cidrs") or ()),
+                family=_family(p, cluster_ips, endpoints),
             )
         )
     if service.get("endpoints"):  # flat form: one promise for everything

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tracer.analysis import rule_walks
 from tracer.analysis.addresses import (
+    IPV6_BASE,
     endpoint,
     int_to_ip,
     ints_to_strings,
@@ -174,7 +175,7 @@ def journey(packets: Packets, packet_id: int) -> dict[str, Any]:
         # packet's tuple where this hop saw it: NAT rewrites the quote too).
         hop["icmp"] = (
             {"type": int(r.icmp_type), "code": int(r.icmp_code),
-             "name": icmp_name(int(r.icmp_type), int(r.icmp_code)),
+             "name": icmp_name(int(r.icmp_type), int(r.icmp_code), int(r.src) >= IPV6_BASE),
              "quoted": quote_text(int(r.quoted_src), int(r.quoted_sport), int(r.quoted_dst),
                                   int(r.quoted_dport), int(r.quoted_proto))
              if r.quoted_proto else None}
@@ -250,7 +251,9 @@ def _detail(h: dict[str, Any]) -> str:
         if h.get("icmp") and h["icmp"]["quoted"]:
             text += f"  (icmp {h['icmp']['type']}/{h['icmp']['code']}, quote now {h['icmp']['quoted']})"
         return text
-    text = f"{h['src']} -> {h['dst']}  ttl {h['ttl']}"
+    # IPv6 calls its TTL the hop limit (the JSON keeps one name, ttl).
+    ttl = f"{'hlim' if _is_ipv6_text(h['src']) else 'ttl'} {h['ttl']}"
+    text = f"{h['src']} -> {h['dst']}  {ttl}"
     if h.get("encap"):
         e = h["encap"]
         text += f"  in {e['kind']} {e['outer_src']} -> {e['outer_dst']}"
@@ -258,7 +261,7 @@ def _detail(h: dict[str, Any]) -> str:
         i = h["icmp"]
         text = (f"icmp {i['type']}/{i['code']} {i['name']} from {h['src']} to {h['dst']}, "
                 + (f"quoting {i['quoted']}" if i["quoted"] else "quote unreadable")
-                + f"  ttl {h['ttl']}")
+                + f"  {ttl}")
     if h["drop_reason"]:
         text = f"DROP {h['drop_reason']}: {text}"
     if "from_node" in h:
@@ -268,13 +271,23 @@ def _detail(h: dict[str, Any]) -> str:
     return text
 
 
+def _is_ipv6_text(text: str) -> bool:
+    """'[2001:db8::1]:80' or '2001:db8::1', not '10.0.0.1:80'."""
+    return text.startswith("[") or text.count(":") > 1
+
+
+def _ip_id(first: dict[str, Any]) -> str:
+    """' id N' for IPv4; nothing for IPv6, which has no IP ID."""
+    return "" if _is_ipv6_text(str(first["src"])) else f" id {first['ip_id']}"
+
+
 def format_journey(doc: dict[str, Any]) -> str:
     first = doc["hops"][0]
     flags = f" [{first['tcp_flags']}]" if "tcp_flags" in first else ""
     seq = f" seq {first['seq']} ack {first['ack']}" if "seq" in first else ""
     lines = [
         f"packet {doc['packet']}  {doc['proto']} {doc['src']} -> {doc['dst']}{flags} "
-        f"len {first['len']} id {first['ip_id']}{seq}",
+        f"len {first['len']}{_ip_id(first)}{seq}",
         f"  {' -> '.join(doc['nodes'])}: {len(doc['hops'])} hops "
         f"in {fmt_duration(doc['duration_ns'])}; "
         f"{doc['outcome']}",
