@@ -129,13 +129,16 @@ def _instances(client: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return c[conn >= 0], int(orphans[["k1", "k2"]].drop_duplicates().shape[0])
 
 
-def find_connections(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> ClientConnections:
-    """The client connections in the packets' events (tracer.analysis.packets
-    columns: ``packet`` and ``hop`` per event, events in packet/hop order)."""
-    tcp = ev["proto"].to_numpy() == 6
+def client_and_reply(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]], proto: int
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The packets of protocol proto the client sent to a Service frontend
+    (each at its first rx there) and those sent back from one (each at its
+    last tx), keyed alike by their tuple: k1 the client side, k2 the
+    frontend side. What TCP connections and UDP flows are made from."""
+    of_proto = ev["proto"].to_numpy() == proto
     probe = ev["probe_code"].to_numpy()
-    to_fe = tcp & (probe == PROBE_RX) & frontend_mask(ev, "dst", "dport", node_meta)
-    from_fe = tcp & (probe == PROBE_TX) & frontend_mask(ev, "src", "sport", node_meta)
+    to_fe = of_proto & (probe == PROBE_RX) & frontend_mask(ev, "dst", "dport", node_meta)
+    from_fe = of_proto & (probe == PROBE_TX) & frontend_mask(ev, "src", "sport", node_meta)
     client = _per_packet(ev, to_fe, last=False)
     reply = _per_packet(ev, from_fe, last=True)
     client = client.assign(
@@ -146,6 +149,13 @@ def find_connections(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> 
         k1=_tuple_key(reply["dst"].to_numpy(), reply["dport"].to_numpy()),
         k2=_tuple_key(reply["src"].to_numpy(), reply["sport"].to_numpy()),
     )
+    return client, reply
+
+
+def find_connections(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> ClientConnections:
+    """The client connections in the packets' events (tracer.analysis.packets
+    columns: ``packet`` and ``hop`` per event, events in packet/hop order)."""
+    client, reply = client_and_reply(ev, node_meta, 6)
     client, already_open = _instances(client)
     starts = client[client["starts"]][["k1", "k2", "t", "conn"]].sort_values("t")
     reply = pd.merge_asof(

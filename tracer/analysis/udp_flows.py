@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracer.analysis.events import PROBE_NAT, PROBE_RX, PROBE_TX
-from tracer.analysis.outcomes import ClientConnections, _per_packet, _tuple_key, frontend_mask
+from tracer.analysis.events import PROBE_NAT
+from tracer.analysis.outcomes import ClientConnections, client_and_reply
 
 UDP, TCP = 17, 6
 ANSWERED = "answered"
@@ -79,20 +79,7 @@ def _number_flows(client: pd.DataFrame, ev: pd.DataFrame) -> tuple[pd.DataFrame,
 def find_flows(ev: pd.DataFrame, node_meta: dict[str, dict[str, Any]]) -> ClientConnections:
     """The client UDP flows in the packets' events (tracer.analysis.packets
     columns), judged answered or no_answer."""
-    udp = ev["proto"].to_numpy() == UDP
-    probe = ev["probe_code"].to_numpy()
-    to_fe = udp & (probe == PROBE_RX) & frontend_mask(ev, "dst", "dport", node_meta)
-    from_fe = udp & (probe == PROBE_TX) & frontend_mask(ev, "src", "sport", node_meta)
-    client = _per_packet(ev, to_fe, last=False)
-    reply = _per_packet(ev, from_fe, last=True)
-    client = client.assign(
-        k1=_tuple_key(client["src"].to_numpy(), client["sport"].to_numpy()),
-        k2=_tuple_key(client["dst"].to_numpy(), client["dport"].to_numpy()),
-    )
-    reply = reply.assign(
-        k1=_tuple_key(reply["dst"].to_numpy(), reply["dport"].to_numpy()),
-        k2=_tuple_key(reply["src"].to_numpy(), reply["sport"].to_numpy()),
-    )
+    client, reply = client_and_reply(ev, node_meta, UDP)
     client, already_open = _number_flows(client, ev)
     starts = client[client["starts"]][["k1", "k2", "t", "conn"]].sort_values("t")
     reply = pd.merge_asof(
