@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tracer.analysis.commands import to_json
-from tracer.analysis.diagnose import Diagnosis, diagnose, format_text
+from tracer.analysis.diagnose import Diagnosis, diagnose
+from tracer.analysis.diagnose_text import format_text
 from tracer.analysis.outcomes import FAILED, SETTLE_NS
 from tracer.demo import (
     SERVICE,

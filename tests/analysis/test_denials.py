@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tests.analysis.synthetic import VIP, VIP_PORT
 from tests.analysis.synthetic_faults import DENIED_CLIENT, LB_FW_CHAIN, simulate_fault
-from tracer.analysis.diagnose import diagnose, format_text
+from tracer.analysis.diagnose import diagnose
+from tracer.analysis.diagnose_text import format_text
 
 ROOT = Path(__file__).resolve().parents[2]
 RANGES = ["192.168.64.0/24"]

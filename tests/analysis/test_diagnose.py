@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.analysis.synthetic_faults import PODS, simulate_fault
-from tracer.analysis.diagnose import diagnose, format_text
+from tracer.analysis.diagnose import diagnose
+from tracer.analysis.diagnose_text import format_text
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = f"{PODS[1].ip}:80"

@@ -16,7 +16,8 @@ import pytest
 from tests.analysis.synthetic_udp import PODS, simulate_udp
 from tests.cli_run import one_line_error, run
 from tracer.analysis import fairness
-from tracer.analysis.diagnose import diagnose, format_text
+from tracer.analysis.diagnose import diagnose
+from tracer.analysis.diagnose_text import format_text
 from tracer.analysis.events import load_events
 from tracer.analysis.fairness_text import format_text as fairness_text
 from tracer.analysis.packets import assemble
@@ -210,3 +211,12 @@ def test_damaged_udp_capture_is_one_line(tmp_path, capsys, command):
     assert code == 5 and out == ""
     assert one_line_error(err).startswith("tracer: error: ")
     assert _digest([copy]) == before
+
+
+def test_the_rate_limit_hint_names_the_familys_sysctl():
+    from tracer.analysis.diagnose_text import _ratelimit
+
+    v4 = {"examples": [{"client": "192.168.64.10:5353"}]}
+    v6 = {"examples": [{"client": "[fd00:192:168:64::10]:5353"}]}
+    assert _ratelimit(v4) == "net.ipv4.icmp_ratelimit"
+    assert _ratelimit(v6) == "net.ipv6.icmp.ratelimit"

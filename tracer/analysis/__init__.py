@@ -13,6 +13,8 @@ nor BCC. Modules, one job each:
 - latency    analyze(packets): NAT hook time, node traversal, cross-node hop
 - fairness   analyze(packets): new connections per endpoint vs kube-proxy's promise
 - fairness_text  format_text(report): what `tracer fairness` prints
+- diagnose   diagnose(captures) -> Diagnosis: each connection's or flow's outcome, failures grouped
+- diagnose_text  format_text(diagnosis): what `tracer diagnose` prints
 - endpoint_placement  endpoint_nodes(...): on which node each endpoint lives
 - service    the promise: endpoints and shares from the Service metadata
 - promises   the connections counted (dnat_decisions), each one's promised endpoints and shares

@@ -168,12 +168,13 @@ def diagnose(
     captures: Sequence[str | Path], *, as_json: bool = False, notes: list[str] | None = None,
 ) -> Iterator[str]:
     from tracer.analysis import diagnose as diagnose_mod
+    from tracer.analysis import diagnose_text
 
     result = diagnose_mod.diagnose(captures)
     if as_json:
         yield to_json(result.to_dict(), indent=1)
     else:
-        yield diagnose_mod.format_text(result)
+        yield diagnose_text.format_text(result)
     _note_no_events(captures, notes)
 
 

@@ -37,11 +37,13 @@ import numpy as np
 import pandas as pd
 
 from tracer.analysis.events import PROBE_NAT
-from tracer.analysis.outcomes import ClientConnections, client_and_reply
+from tracer.analysis.outcomes import OUTCOMES, ClientConnections, client_and_reply
 
 UDP, TCP = 17, 6
 ANSWERED = "answered"
 UDP_OUTCOMES = (ANSWERED, "unreachable", "no_answer")
+# Every outcome diagnose counts, TCP's with UDP's "answered" after "succeeded".
+ALL_OUTCOMES = (OUTCOMES[0], ANSWERED, *OUTCOMES[1:])
 
 
 def _fresh_bindings(ev: pd.DataFrame) -> tuple[set[int], set[int]]:
