@@ -15,7 +15,6 @@ import errno
 import ipaddress
 import secrets
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from tracer.lab import query_log
 from tracer.lab.dns_wire import BadAnswer, build_query, parse_txt_answer
 from tracer.lab.dnsmasq import WHOAMI
 from tracer.lab.load_math import latency_summary, pod_of_body, rate
-from tracer.lab.netns_pool import run_in_netns
+from tracer.lab.netns_pool import WorkTally, run_in_netns
 from tracer.system import require_root
 
 # Tries for a source port this run has not used yet (the kernel picks ports
@@ -73,27 +72,12 @@ class DnsResult:
 
 
 @dataclass
-class _Tally:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_index: int = 0
+class _Tally(WorkTally):
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
     by_pod: Counter = field(default_factory=Counter)
     ports: set[int] = field(default_factory=set)
     latencies: list[float] = field(default_factory=list)
-    fatal: BaseException | None = None
-
-    def stop(self, exc: BaseException) -> None:
-        """A worker failed: the others take no more."""
-        with self.lock:
-            self.fatal = self.fatal or exc
-
-    def take(self, total: int) -> bool:
-        with self.lock:
-            if self.next_index >= total or self.fatal is not None:
-                return False
-            self.next_index += 1
-            return True
 
 
 def _fresh_socket(target: DnsTarget, tally: _Tally) -> socket.socket:

@@ -9,13 +9,12 @@ source as well: what session affinity and loadBalancerSourceRanges act on.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from tracer.lab.load_math import pod_of_body
-from tracer.lab.netns_pool import run_in_netns
+from tracer.lab.netns_pool import WorkTally, run_in_netns
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,13 @@ class Target:
 
 
 @dataclass
-class Tally:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_index: int = 0
+class Tally(WorkTally):
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
     status: Counter = field(default_factory=Counter)
     by_pod: Counter = field(default_factory=Counter)
     connections: int = 0
     latencies: list[float] = field(default_factory=list)
-    fatal: BaseException | None = None
-
-    def stop(self, exc: BaseException) -> None:
-        """A worker failed: the others take no more."""
-        with self.lock:
-            self.fatal = self.fatal or exc
     # source address -> pod -> answers, and source address -> failures
     by_source: defaultdict = field(default_factory=lambda: defaultdict(Counter))
     failed_by_source: Counter = field(default_factory=Counter)
@@ -67,13 +58,6 @@ class Tally:
             index = self.connections
             self.connections += 1
         return sources[index % len(sources)] if sources else None
-
-    def take(self, total: int) -> bool:
-        with self.lock:
-            if self.next_index >= total or self.fatal is not None:
-                return False
-            self.next_index += 1
-            return True
 
 
 class _HttpError(Exception):

@@ -8,9 +8,34 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tracer import netns as nsmod
 from tracer.errors import LabError, TracerError
+
+
+@dataclass
+class WorkTally:
+    """What the workers of one run share: the next piece of work to take,
+    and the first failure (after which no worker takes more). The load
+    generators' tallies add their counts to it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_index: int = 0
+    fatal: BaseException | None = None
+
+    def take(self, total: int) -> bool:
+        """Claim the next of `total` pieces of work; False when none is left."""
+        with self.lock:
+            if self.next_index >= total or self.fatal is not None:
+                return False
+            self.next_index += 1
+            return True
+
+    def stop(self, exc: BaseException) -> None:
+        """A worker failed: the others take no more."""
+        with self.lock:
+            self.fatal = self.fatal or exc
 
 
 def run_in_netns(netns: str, threads: int, loop: Callable[[], None], *, what: str,
