@@ -153,18 +153,21 @@ def test_external_policy_local_by_source(api_lab, tmp_path, capsys):
             dict(requests=24, target="node-port", node="a", source="node-a")]
     (to_a, to_b, from_pod, from_node), logged = captured_traffic(
         tmp_path, "web-local", runs, state=state)
-    assert all(r.ok == 24 for r in (to_a, to_b, from_pod, from_node))
-    assert set(to_a.by_pod) <= on_a and set(to_b.by_pod) <= on_b
+    runs = (to_a, to_b, from_pod, from_node)
+    assert all(r.ok == 24 for r in runs), [(r.ok, r.errors) for r in runs]
+    assert set(to_a.by_pod) <= on_a and set(to_b.by_pod) <= on_b, (to_a.by_pod, to_b.by_pod)
     # nginx saw the clients' own addresses on both nodes' pods (not masqueraded).
     clients = set(state.client.ips[:4])
-    assert clients <= _logged_sources(logged, on_a) and clients <= _logged_sources(logged, on_b)
+    assert clients <= _logged_sources(logged, on_a), logged
+    assert clients <= _logged_sources(logged, on_b), logged
 
     doc = _fairness(capsys, tmp_path)
-    assert doc["overall"]["connections"] == 96
     # No connection reached an endpoint its source was not promised, and
     # none of the kept addresses was rewritten.
-    assert doc["overall"]["chi_square"]["impossible_observations"] == 0
-    assert doc["source_rewrites"] == []
+    overall = {k: v for k, v in doc["overall"].items() if k != "endpoints"}
+    assert doc["overall"]["connections"] == 96, (overall, doc["notes"])
+    assert doc["overall"]["chi_square"]["impossible_observations"] == 0, (overall, doc["notes"])
+    assert doc["source_rewrites"] == [], doc["source_rewrites"][:3]
 
 
 def test_stray_masquerade_breaks_the_kept_source_and_is_listed(api_lab, tmp_path, capsys):

@@ -112,7 +112,7 @@ protocol bgp tor {{
 {_TIMERS}
   ipv4 {{ import all; export filter calico_export_to_bgp_peers; }};
 }}
-""" + (bird6.node_config(node, tor=tor, asn=asn) if tor is not None else "")
+""" + (bird6.node_config(node, tor=tor, asn=asn, timers=_TIMERS) if tor is not None else "")
 
 
 def _service_ips(ips: Sequence[str]) -> str:
@@ -178,7 +178,7 @@ protocol direct {{
   interface "*";
 }}
 
-{peers}""" + bird6.tor_config(tor, nodes, asn=asn)
+{peers}""" + bird6.tor_config(tor, nodes, asn=asn, timers=_TIMERS)
 
 
 def start(netns: str, files: Bird, config: str) -> int:

@@ -14,14 +14,9 @@ from collections.abc import Iterable
 from tracer.lab import plan6
 from tracer.lab.state import Node, Router
 
-_TIMERS6 = """\
-  connect delay time 1;
-  connect retry time 1;
-  error wait time 1, 4;
-  error forget time 10;"""
 
-
-def node_config(node: Node, *, tor: Router, asn: int) -> str:
+def node_config(node: Node, *, tor: Router, asn: int, timers: str) -> str:
+    """timers: the IPv4 sessions' (bird._TIMERS), the same for IPv6's."""
     if not node.ip6 or not node.pod_cidr6:
         return ""
     return f"""
@@ -58,7 +53,7 @@ protocol bgp tor6 {{
   local {node.ip6} as {asn};
   neighbor {tor.ip6} as {asn};
   direct;
-{_TIMERS6}
+{timers}
   ipv6 {{ import all; export filter calico_export_to_bgp_peers6; }};
 }}
 """
@@ -68,7 +63,7 @@ def bgp_name6(node: Node) -> str:
     return node.name.removeprefix("lab-").replace("-", "_") + "_6"
 
 
-def tor_config(tor: Router, nodes: Iterable[Node], *, asn: int) -> str:
+def tor_config(tor: Router, nodes: Iterable[Node], *, asn: int, timers: str) -> str:
     nodes = [n for n in nodes if n.ip6]
     if not tor.ip6 or not nodes:
         return ""
@@ -80,7 +75,7 @@ protocol bgp {bgp_name6(n)} {{
   rr client;
   direct;
   passive on;
-{_TIMERS6}
+{timers}
   ipv6 {{ import all; export all; }};
 }}
 """ for n in nodes)

@@ -77,6 +77,21 @@ def _require(program: str) -> str:
 REQUIRED_PROGRAMS = (RESTORE, SAVE, IPTABLES, NFT)
 
 
+@dataclass(frozen=True)
+class Programs:
+    """One family's tools: kube-proxy's proxier of that family loads its
+    rules with them (a dual lab runs both, tracer/lab/kubeproxy6.py)."""
+
+    restore: str
+    save: str
+    iptables: str
+    table: tuple[str, str]  # its nftables table
+
+
+IPV4 = Programs(RESTORE, SAVE, IPTABLES, NFT_TABLE)
+IPV6 = Programs(kubeproxy6.RESTORE6, kubeproxy6.SAVE6, kubeproxy6.IP6TABLES, kubeproxy6.NFT_TABLE6)
+
+
 def require_programs() -> None:
     """MissingPackageError (naming the Debian package) unless every program
     of REQUIRED_PROGRAMS is installed."""
@@ -179,23 +194,26 @@ _FILTER_CLEANUP = "\n".join(
      *(f"-X {c}" for c in _LAB_FILTER_CHAINS), "COMMIT", ""])
 
 
-def _ensure_filter_jumps(netns: str) -> None:
+def _jump_present(netns: str, jump, f: Programs) -> bool:
+    return run([f.iptables, "-t", "filter", "-C", jump.source, *jump.args()],
+               netns=netns, check=False).returncode == 0
+
+
+def _ensure_filter_jumps(netns: str, f: Programs) -> None:
     """kube-proxy's EnsureRule(Prepend) for its filter jumps: each one that
     is not there (`iptables -C`) is inserted first, in kube-proxy's order."""
     for jump in FILTER_JUMP_RULES:
-        if run([IPTABLES, "-t", "filter", "-C", jump.source, *jump.args()],
-               netns=netns, check=False).returncode != 0:
-            run([IPTABLES, "-t", "filter", "-I", jump.source, *jump.args()], netns=netns)
+        if not _jump_present(netns, jump, f):
+            run([f.iptables, "-t", "filter", "-I", jump.source, *jump.args()], netns=netns)
 
 
-def _remove_filter_rules(netns: str) -> None:
+def _remove_filter_rules(netns: str, f: Programs) -> None:
     """Take kube-proxy's iptables filter chains and jumps away (a node
     switching to nftables mode)."""
     for jump in FILTER_JUMP_RULES:
-        while run([IPTABLES, "-t", "filter", "-C", jump.source, *jump.args()],
-                  netns=netns, check=False).returncode == 0:
-            run([IPTABLES, "-t", "filter", "-D", jump.source, *jump.args()], netns=netns)
-    run([RESTORE, "--noflush"], netns=netns, input=_FILTER_CLEANUP)
+        while _jump_present(netns, jump, f):
+            run([f.iptables, "-t", "filter", "-D", jump.source, *jump.args()], netns=netns)
+    run([f.restore, "--noflush"], netns=netns, input=_FILTER_CLEANUP)
 
 
 def rules_file(state: LabState, node: Node) -> Path:
@@ -223,32 +241,38 @@ def load(state: LabState, node: Node, text: str) -> str:
     path.write_text(text)
     text, text6 = kubeproxy6.split(text)
     try:
-        if state.proxy_mode == "nftables":
-            run([RESTORE], netns=node.netns, input=_EMPTY_NAT)
-            _remove_filter_rules(node.netns)
-            run([NFT, "-f", "-"], netns=node.netns, input=text)
-        else:
-            filter_text, nat_text = _split_filter(text)
-            run([RESTORE], netns=node.netns, input=nat_text)
-            if filter_text:
-                run([RESTORE, "--noflush"], netns=node.netns, input=filter_text)
-                _ensure_filter_jumps(node.netns)
-            if nft_table(node.netns) is not None:
-                run([NFT, "delete", "table", *NFT_TABLE], netns=node.netns)
+        _load_family(node.netns, state.proxy_mode, text, IPV4)
         if text6 is not None:
-            kubeproxy6.load(node.netns, state.proxy_mode, text6, _FILTER_CLEANUP)
+            _load_family(node.netns, state.proxy_mode, text6, IPV6)
     except TracerError as exc:
         raise LabError(f"loading kube-proxy rules into {node.netns}: {exc}") from exc
     return digest(node.netns, six=text6 is not None)
 
 
-def nft_table(netns: str, *, json_output: bool = False, stateless: bool = False) -> str | None:
-    """`nft list table ip kube-proxy` of a lab namespace; None when there is
-    no such table."""
+def _load_family(netns: str, proxy_mode: str, text: str, f: Programs) -> None:
+    """One family's rules text (see load()), the other mode's removed."""
+    if proxy_mode == "nftables":
+        run([f.restore], netns=netns, input=_EMPTY_NAT)
+        _remove_filter_rules(netns, f)
+        run([NFT, "-f", "-"], netns=netns, input=text)
+        return
+    filter_text, nat_text = _split_filter(text)
+    run([f.restore], netns=netns, input=nat_text)
+    if filter_text:
+        run([f.restore, "--noflush"], netns=netns, input=filter_text)
+        _ensure_filter_jumps(netns, f)
+    if nft_table(netns, f=f) is not None:
+        run([NFT, "delete", "table", *f.table], netns=netns)
+
+
+def nft_table(netns: str, *, json_output: bool = False, stateless: bool = False,
+              f: Programs = IPV4) -> str | None:
+    """`nft list table ip kube-proxy` (f: ip6's) of a lab namespace; None
+    when there is no such table."""
     _require(NFT)
     _lab_only(netns)
     flags = [*(["-j"] if json_output else []), *(["-s"] if stateless else [])]
-    proc = run([NFT, *flags, "list", "table", *NFT_TABLE], netns=netns, check=False)
+    proc = run([NFT, *flags, "list", "table", *f.table], netns=netns, check=False)
     if proc.returncode != 0:
         if "No such file or directory" in (proc.stderr or ""):
             return None
@@ -261,11 +285,11 @@ def _lab_only(netns: str) -> None:
         raise LabError(f"refusing to read rules of non-lab namespace {netns!r}")
 
 
-def save(netns: str, *, counters: bool = False, table: str = "nat") -> str:
-    """`iptables-save -t nat` (or another table) of a lab namespace."""
-    _require(SAVE)
+def save(netns: str, *, counters: bool = False, table: str = "nat", f: Programs = IPV4) -> str:
+    """`iptables-save -t nat` (or another table; f: ip6tables') of a lab namespace."""
+    _require(f.save)
     _lab_only(netns)
-    return run([SAVE, "-t", table, *(["-c"] if counters else [])], netns=netns).stdout
+    return run([f.save, "-t", table, *(["-c"] if counters else [])], netns=netns).stdout
 
 
 def digest(netns: str, *, six: bool = False) -> str:
@@ -273,19 +297,24 @@ def digest(netns: str, *, six: bool = False) -> str:
     and of table ip kube-proxy (not counters, not comments) as the kernel
     gives them back, with six (a dual lab) the IPv6 ones too: equal digests
     mean the same rules are loaded, in either mode."""
+    lines = _digest_lines(netns, IPV4)
+    if six:
+        lines += ["# IPv6", *_digest_lines(netns, IPV6)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _digest_lines(netns: str, f: Programs) -> list[str]:
     lines = [
         _strip_counters(line)
-        for line in save(netns).splitlines()
+        for line in save(netns, f=f).splitlines()
         if line and not line.startswith("#")
     ]
-    lines += [line for line in save(netns, table="filter").splitlines()
+    lines += [line for line in save(netns, table="filter", f=f).splitlines()
               if "KUBE-" in line and not line.startswith("#")]
-    table = nft_table(netns, stateless=True)
+    table = nft_table(netns, stateless=True, f=f)
     if table is not None:
-        lines += ["# table ip kube-proxy", *table.splitlines()]
-    if six:
-        lines += kubeproxy6.digest_lines(netns, _strip_counters)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        lines += [f"# table {' '.join(f.table)}", *table.splitlines()]
+    return lines
 
 
 def _strip_counters(line: str) -> str:

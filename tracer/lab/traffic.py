@@ -79,10 +79,7 @@ def resolve_target(
     if kind not in TARGETS:
         raise UsageError(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
     candidates = [state.service(service)] if service else list(state.services)
-    if family == "ipv6":
-        svc, address, port = _destination6(state, kind, candidates, node)
-    else:
-        svc, address, port = _destination(state, kind, candidates, node)
+    svc, address, port = _destination(state, kind, candidates, node, family)
     if svc is None or address is None:
         what = kind.replace("-", " ") + (" (IPv6)" if family == "ipv6" else "")
         raise UsageError(f"no lab service has a {what}")
@@ -110,34 +107,28 @@ def resolve_target(
     return Target(kind, svc.name, address, port, pod.name, pod.netns)
 
 
-def _destination6(state: LabState, kind: str, candidates: list[Service], node: str
-                  ) -> tuple[Service | None, str | None, int]:
-    """_destination's IPv6 twin: the Services' IPv6 addresses."""
-    if kind == "node-port":
-        svc = next((s for s in candidates if s.node_port and "ipv6" in s.ip_families), None)
-        return svc, state.node(node).ip6 if svc else None, (svc.node_port or 0) if svc else 0
-    field = {"external-ip": "external_ips6", "load-balancer": "load_balancer_ips6"}.get(kind)
-    if field is None:
-        svc = next((s for s in candidates if s.cluster_ip6), None)
-        return svc, svc.cluster_ip6 if svc else None, svc.port if svc else 0
-    svc = next((s for s in candidates if getattr(s, field)), None)
-    return svc, getattr(svc, field)[0] if svc else None, svc.port if svc else 0
-
-
-def _destination(state: LabState, kind: str, candidates: list[Service], node: str
-                 ) -> tuple[Service | None, str | None, int]:
-    """(service, address, port) of the first candidate with a kind address."""
+def _addresses(svc: Service, kind: str, family: str) -> tuple[str, ...]:
+    """The Service's addresses of a kind (not node-port) and family."""
+    six = family == "ipv6"
     if kind == "external-ip":
-        svc = next((s for s in candidates if s.external_ips), None)
-        return svc, svc.external_ips[0] if svc else None, svc.port if svc else 0
+        return svc.external_ips6 if six else svc.external_ips
     if kind == "load-balancer":
-        svc = next((s for s in candidates if s.load_balancer_ips), None)
-        return svc, svc.load_balancer_ips[0] if svc else None, svc.port if svc else 0
+        return svc.load_balancer_ips6 if six else svc.load_balancer_ips
+    ip = svc.cluster_ip6 if six else svc.cluster_ip
+    return (ip,) if ip else ()
+
+
+def _destination(state: LabState, kind: str, candidates: list[Service], node: str,
+                 family: str) -> tuple[Service | None, str | None, int]:
+    """(service, address, port) of the first candidate with a kind address
+    of the family."""
     if kind == "node-port":
-        svc = next((s for s in candidates if s.node_port), None)
-        return svc, state.node(node).ip if svc else None, (svc.node_port or 0) if svc else 0
-    svc = next((s for s in candidates if s.cluster_ip), None)
-    return svc, svc.cluster_ip if svc else None, svc.port if svc else 0
+        svc = next((s for s in candidates if s.node_port and family in s.ip_families), None)
+        n = state.node(node)
+        address = n.ip6 if family == "ipv6" else n.ip
+        return svc, address if svc else None, (svc.node_port or 0) if svc else 0
+    svc = next((s for s in candidates if _addresses(s, kind, family)), None)
+    return svc, _addresses(svc, kind, family)[0] if svc else None, svc.port if svc else 0
 
 
 # --- wrk engine -------------------------------------------------------------------------
