@@ -199,7 +199,7 @@ def _jump_present(netns: str, jump, f: Programs) -> bool:
                netns=netns, check=False).returncode == 0
 
 
-def _ensure_filter_jumps(netns: str, f: Programs) -> None:
+def _ensure_filter_jumps(netns: str, f: Programs = IPV4) -> None:
     """kube-proxy's EnsureRule(Prepend) for its filter jumps: each one that
     is not there (`iptables -C`) is inserted first, in kube-proxy's order."""
     for jump in FILTER_JUMP_RULES:
@@ -207,7 +207,7 @@ def _ensure_filter_jumps(netns: str, f: Programs) -> None:
             run([f.iptables, "-t", "filter", "-I", jump.source, *jump.args()], netns=netns)
 
 
-def _remove_filter_rules(netns: str, f: Programs) -> None:
+def _remove_filter_rules(netns: str, f: Programs = IPV4) -> None:
     """Take kube-proxy's iptables filter chains and jumps away (a node
     switching to nftables mode)."""
     for jump in FILTER_JUMP_RULES:
